@@ -1,0 +1,44 @@
+"""aura-es: event sourcing on PostgreSQL that never loses or doubles an event.
+
+The public surface is what this module exports; everything else is internal.
+"""
+
+from aura_es.aggregate import AuraAggregate
+from aura_es.app import AuraApp
+from aura_es.application import CommandResult, Create, EventSourcedApp, Update
+from aura_es.errors import (
+    AggregateNotFound,
+    AuraError,
+    ConcurrencyConflict,
+    ConfigurationError,
+    DomainError,
+    IdempotencyKeyConflict,
+    InvalidIdempotencyKey,
+    SchemaMissing,
+    ServiceUnavailable,
+)
+from aura_es.events import AuraCreated, AuraEvent, CommandContext
+from aura_es.settings import Settings
+
+__all__ = [
+    "AggregateNotFound",
+    "AuraAggregate",
+    "AuraApp",
+    "AuraCreated",
+    "AuraError",
+    "AuraEvent",
+    "CommandContext",
+    "CommandResult",
+    "ConcurrencyConflict",
+    "ConfigurationError",
+    "Create",
+    "DomainError",
+    "EventSourcedApp",
+    "IdempotencyKeyConflict",
+    "InvalidIdempotencyKey",
+    "SchemaMissing",
+    "ServiceUnavailable",
+    "Settings",
+    "Update",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,378 @@
+"""The domain-agnostic application: idempotent commands over the event store.
+
+A command names its type, carries an idempotency key and its arguments, and says how
+to change one aggregate. ``execute`` runs it exactly once however often it is retried:
+the key's hash is stored in the transaction of the events, and a retry gets the
+original result back. Commands racing on one aggregate are retried against the new
+state a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from uuid import UUID, uuid4
+
+import psycopg
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, Mapper
+from eventsourcing.utils import Environment
+
+from aura_es.aggregate import AuraAggregate
+from aura_es.dsn import parse_database_url, redact
+from aura_es.errors import (
+    AggregateNotFound,
+    ConcurrencyConflict,
+    DomainError,
+    IdempotencyKeyConflict,
+    ServiceUnavailable,
+)
+from aura_es.events import CommandContext, command_context
+from aura_es.mapper import JsonMapper
+from aura_es.settings import Settings
+from aura_es.store import idempotency, schema
+from aura_es.store.factory import AuraFactory
+from aura_es.store.idempotency import IdempotencyRecord
+from aura_es.store.recorder import EVENTS_TABLE
+
+A = TypeVar("A", bound=AuraAggregate)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command stored: the same for the first call and every retry of it."""
+
+    aggregate_id: UUID
+    from_version: int
+    to_version: int
+    positions: tuple[int, ...]
+    duplicate: bool = False
+
+    @property
+    def last_position(self) -> int:
+        return self.positions[-1] if self.positions else 0
+
+
+@dataclass(frozen=True)
+class Create(Generic[A]):
+    """A command that creates an aggregate; its id is derived from the idempotency key."""
+
+    type: str
+    idempotency_key: str
+    request: dict[str, Any]
+    make: Callable[[UUID], A]
+    tenant_id: str = "default"
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Update(Generic[A]):
+    """A command that changes an existing aggregate."""
+
+    type: str
+    idempotency_key: str
+    aggregate_id: UUID
+    request: dict[str, Any]
+    change: Callable[[A], None]
+    tenant_id: str = "default"
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+Command = Create[Any] | Update[Any]
+
+
+@dataclass
+class _Prepared:
+    command: Command
+    aggregate_id: UUID
+    key_hash: str
+    request_hash: str
+    record: IdempotencyRecord | None = None
+    result: CommandResult | None = field(default=None)
+
+
+_LOOKUP = (
+    "SELECT i.key_hash, i.command_type, i.idempotency_key, i.aggregate_id, i.request_hash,"
+    " i.from_version, i.to_version,"
+    " ARRAY(SELECT e.notification_id FROM {events} e WHERE e.originator_id = i.aggregate_id"
+    "   AND e.originator_version BETWEEN i.from_version AND i.to_version"
+    "   ORDER BY e.originator_version) AS positions"
+    " FROM {keys} i WHERE i.key_hash = ANY(%s)"
+).format(events=EVENTS_TABLE, keys=idempotency.TABLE)
+
+
+class EventSourcedApp(Application[UUID]):
+    """An ``eventsourcing`` Application on PostgreSQL with idempotent commands.
+
+    Subclass it with your own command methods, or call ``execute`` directly.
+    """
+
+    name = "aura"
+    max_attempts = 5
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        pool_size: int = 4,
+        check_schema: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        url = database_url or Settings().resolved_database_url()
+        self.database_url = url
+        self._pg = parse_database_url(url)
+        self._pool_size = pool_size
+        self._extra_env = env or {}
+        if check_schema:
+            with self.connect() as conn:
+                schema.require_tables(conn)
+        super().__init__()
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Any:
+        return cls(Settings().resolved_database_url(), **kwargs)
+
+    # -- eventsourcing wiring ---------------------------------------------------------
+
+    def construct_env(self, name: str, env: Any = None) -> Environment:
+        # Explicit, not os.environ: POSTGRES_ENABLE_DB_FUNCTIONS must stay off (its
+        # insert function skips our idempotency hook and the table lock).
+        values = {
+            "POSTGRES_DBNAME": self._pg.dbname,
+            "POSTGRES_HOST": self._pg.host,
+            "POSTGRES_PORT": self._pg.port,
+            "POSTGRES_USER": self._pg.user,
+            "POSTGRES_PASSWORD": self._pg.password,
+            "POSTGRES_POOL_SIZE": str(self._pool_size),
+            "POSTGRES_MAX_OVERFLOW": str(self._pool_size),
+            "POSTGRES_CONNECT_TIMEOUT": "5",
+            "POSTGRES_PRE_PING": "y",
+            "CREATE_TABLE": "n",
+            **self._extra_env,
+            "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+        }
+        return Environment(name, values)
+
+    def construct_factory(self, env: Environment) -> AuraFactory:
+        return AuraFactory(env)
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return JsonMapper()
+
+    # -- connections --------------------------------------------------------------------
+
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+        """A new plain connection to the store's database (callers close it)."""
+        return connect(self.database_url, autocommit=autocommit)
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+        with self.factory.datastore.get_connection() as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
+            yield cur
+
+    def init_schema(self) -> None:
+        """Creates every table; harmless when they exist."""
+        self.recorder.create_table()  # type: ignore[attr-defined]
+        with self.connect() as conn:
+            schema.create_extra_tables(conn)
+
+    # -- commands -----------------------------------------------------------------------
+
+    def execute(self, command: Command) -> CommandResult:
+        """Runs ``command`` once; a retry with the same key returns the original result."""
+        prepared = self._prepare(command)
+        found = self._lookup([prepared.key_hash])
+        if prepared.key_hash in found:
+            return self._as_duplicate(prepared, found[prepared.key_hash])
+        for _ in range(self.max_attempts):
+            aggregate = self._decide(prepared)
+            try:
+                recordings = self.save(aggregate, idempotency=[prepared.record])
+            except IntegrityError:
+                found = self._lookup([prepared.key_hash])
+                if prepared.key_hash in found:
+                    return self._as_duplicate(prepared, found[prepared.key_hash])
+                if isinstance(command, Create):
+                    raise DomainError(
+                        f"aggregate {prepared.aggregate_id} already exists "
+                        f"(its idempotency key {command.idempotency_key!r} was pruned)"
+                    ) from None
+                continue  # lost a version race with another command: decide again
+            assert prepared.record is not None
+            return CommandResult(
+                aggregate_id=prepared.aggregate_id,
+                from_version=prepared.record.from_version,
+                to_version=prepared.record.to_version,
+                positions=tuple(r.notification.id for r in recordings),
+            )
+        raise ConcurrencyConflict(prepared.aggregate_id, self.max_attempts)
+
+    def execute_many(self, commands: Sequence[Command]) -> list[CommandResult]:
+        """Runs many commands in one transaction: far faster for bulk loads.
+
+        Duplicates are answered from the idempotency table first. If the transaction
+        meets a conflict (a concurrent duplicate or a version race), every command is
+        run again on its own, which sorts out which were duplicates.
+        """
+        prepared = [self._prepare(c) for c in commands]
+        found = self._lookup([p.key_hash for p in prepared])
+        fresh: list[_Prepared] = []
+        seen: set[str] = set()
+        for p in prepared:
+            if p.key_hash in found:
+                p.result = self._as_duplicate(p, found[p.key_hash])
+            elif p.key_hash in seen:
+                pass  # the same key twice in one batch: answered after the save
+            else:
+                seen.add(p.key_hash)
+                fresh.append(p)
+        if fresh:
+            try:
+                self._save_together(fresh)
+            except (IntegrityError, DomainError, AggregateNotFound):
+                return [self.execute(c) for c in commands]
+        firsts = {p.key_hash: p for p in fresh}
+        results: list[CommandResult] = []
+        for p in prepared:
+            if p.result is None:
+                p.result = self._as_duplicate(p, _as_row(firsts[p.key_hash]))
+            results.append(p.result)
+        return results
+
+    def _save_together(self, fresh: list[_Prepared]) -> None:
+        aggregates: dict[UUID, AuraAggregate] = {}
+        for p in fresh:
+            aggregates[p.aggregate_id] = self._decide(p, aggregates.get(p.aggregate_id))
+        recordings = self.save(
+            *aggregates.values(), idempotency=[p.record for p in fresh if p.record]
+        )
+        positions = {
+            (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
+            for r in recordings
+        }
+        for p in fresh:
+            assert p.record is not None
+            p.result = CommandResult(
+                aggregate_id=p.aggregate_id,
+                from_version=p.record.from_version,
+                to_version=p.record.to_version,
+                positions=tuple(
+                    positions[(p.aggregate_id, v)]
+                    for v in range(p.record.from_version, p.record.to_version + 1)
+                ),
+            )
+
+    def _prepare(self, command: Command) -> _Prepared:
+        key = idempotency.check_key(command.idempotency_key)
+        if isinstance(command, Create):
+            aggregate_id = idempotency.derived_aggregate_id(command.type, command.tenant_id, key)
+        else:
+            aggregate_id = command.aggregate_id
+        return _Prepared(
+            command=command,
+            aggregate_id=aggregate_id,
+            key_hash=idempotency.key_hash(command.type, aggregate_id, key),
+            request_hash=idempotency.request_hash(command.type, command.request),
+        )
+
+    def _decide(self, p: _Prepared, current: AuraAggregate | None = None) -> AuraAggregate:
+        """Applies the command to the aggregate's state; raises DomainError, stores nothing."""
+        command = p.command
+        existing = None
+        tenant_id = command.tenant_id
+        if isinstance(command, Update):
+            existing = current if current is not None else self._load(p.aggregate_id)
+            # Events of an existing aggregate belong to the aggregate's tenant.
+            tenant_id = getattr(existing, "tenant_id", tenant_id)
+        context = CommandContext(
+            tenant_id=tenant_id,
+            correlation_id=command.correlation_id or str(uuid4()),
+            causation_id=command.causation_id,
+            idempotency_key=command.idempotency_key,
+        )
+        with command_context(context):
+            if isinstance(command, Create):
+                aggregate = command.make(p.aggregate_id)
+                before = 0
+            else:
+                assert existing is not None
+                aggregate = existing
+                before = aggregate.version
+                command.change(aggregate)
+        if aggregate.version == before:
+            raise DomainError(f"command {command.type!r} raised no event")
+        p.record = IdempotencyRecord(
+            key_hash=p.key_hash,
+            command_type=command.type,
+            idempotency_key=command.idempotency_key,
+            aggregate_id=p.aggregate_id,
+            request_hash=p.request_hash,
+            from_version=before + 1,
+            to_version=aggregate.version,
+        )
+        return aggregate
+
+    def _load(self, aggregate_id: UUID) -> AuraAggregate:
+        try:
+            aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise AggregateNotFound(aggregate_id) from None
+        assert isinstance(aggregate, AuraAggregate)
+        return aggregate
+
+    def get(self, aggregate_id: UUID, expected: type[A]) -> A:
+        aggregate = self._load(aggregate_id)
+        if not isinstance(aggregate, expected):
+            raise AggregateNotFound(aggregate_id)
+        return aggregate
+
+    def _lookup(self, key_hashes: list[str]) -> dict[str, dict[str, Any]]:
+        with self._cursor() as cur:
+            cur.execute(_LOOKUP, (key_hashes,), prepare=True)
+            return {row["key_hash"]: row for row in cur.fetchall()}
+
+    def _as_duplicate(self, p: _Prepared, row: dict[str, Any]) -> CommandResult:
+        if row["request_hash"] != p.request_hash:
+            raise IdempotencyKeyConflict(p.command.type, p.command.idempotency_key)
+        return CommandResult(
+            aggregate_id=row["aggregate_id"],
+            from_version=row["from_version"],
+            to_version=row["to_version"],
+            positions=tuple(row["positions"]),
+            duplicate=True,
+        )
+
+    def prune_idempotency_keys(self, older_than: Any) -> int:
+        with self.connect() as conn:
+            return idempotency.prune(conn, older_than)
+
+    def head_position(self) -> int:
+        return int(self.recorder.max_notification_id() or 0)
+
+
+def _as_row(first: _Prepared) -> dict[str, Any]:
+    """The stored-key row of a command saved earlier in the same batch."""
+    assert first.result is not None
+    return {
+        "request_hash": first.request_hash,
+        "aggregate_id": first.result.aggregate_id,
+        "from_version": first.result.from_version,
+        "to_version": first.result.to_version,
+        "positions": first.result.positions,
+    }
+
+
+def connect(database_url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A connection with a clear error when the server does not answer."""
+    params = parse_database_url(database_url)
+    try:
+        return psycopg.connect(params.conninfo(), autocommit=autocommit, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ServiceUnavailable(
+            f"cannot connect to PostgreSQL at {redact(database_url)}: {reason}"
+        ) from None

@@ -1,0 +1,133 @@
+"""Event base classes: stable topics and the metadata every stored event carries.
+
+Events are the ``eventsourcing`` library's frozen dataclasses. Each concrete event
+declares ``TOPIC`` (e.g. ``"aura.debate.started.v1"``); the topic, not the Python
+path, is what is stored, so classes can be renamed or moved without breaking decoding,
+and topics double as NATS subjects.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+
+from eventsourcing.domain import AggregateCreated, AggregateEvent
+from eventsourcing.utils import register_topic, resolve_topic
+
+META_KEYS = ("event_id", "tenant_id", "correlation_id", "causation_id", "idempotency_key")
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """Who and what caused the events raised while it is active."""
+
+    tenant_id: str = "default"
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    idempotency_key: str | None = None
+
+
+_current_context: ContextVar[CommandContext] = ContextVar(
+    "aura_command_context", default=CommandContext()
+)
+
+
+def current_context() -> CommandContext:
+    return _current_context.get()
+
+
+class command_context:  # noqa: N801 - used like a function: `with command_context(...)`
+    """Makes ``context`` the metadata source for events raised inside the block."""
+
+    def __init__(self, context: CommandContext) -> None:
+        self._context = context
+        self._token: Any = None
+
+    def __enter__(self) -> CommandContext:
+        self._token = _current_context.set(self._context)
+        return self._context
+
+    def __exit__(self, *exc: object) -> None:
+        _current_context.reset(self._token)
+
+
+def new_meta() -> dict[str, str | None]:
+    """Metadata for one new event, taken from the active command context."""
+    ctx = _current_context.get()
+    return {
+        "event_id": str(uuid4()),
+        "tenant_id": ctx.tenant_id,
+        "correlation_id": ctx.correlation_id,
+        "causation_id": ctx.causation_id,
+        "idempotency_key": ctx.idempotency_key,
+    }
+
+
+class _MetaAccessors:
+    """Typed read access to the ``meta`` mapping of an event."""
+
+    meta: dict[str, str | None]
+
+    @property
+    def event_id(self) -> UUID:
+        return UUID(str(self.meta["event_id"]))
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.meta.get("tenant_id") or "default")
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.meta.get("correlation_id")
+
+    @property
+    def causation_id(self) -> str | None:
+        return self.meta.get("causation_id")
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.meta.get("idempotency_key")
+
+
+def _register(cls: type) -> None:
+    topic = cls.__dict__.get("TOPIC")
+    if not topic:
+        return
+    try:
+        existing = resolve_topic(topic)
+    except Exception:  # noqa: BLE001 - not registered yet (TopicError or ImportError)
+        existing = None
+    if existing is not None and existing is not cls:
+        # A class redefined in the same place (module reload, a test) replaces the old one.
+        if f"{existing.__module__}:{existing.__qualname__}" != f"{cls.__module__}:{cls.__qualname__}":
+            raise TypeError(f"event topic {topic!r} is already used by {existing!r}")
+        from eventsourcing.utils import _topic_cache
+
+        _topic_cache[topic] = cls
+        return
+    if existing is None:
+        register_topic(topic, cls)
+
+
+class AuraEvent(_MetaAccessors, AggregateEvent):
+    """An event of an aggregate. Subclasses set ``TOPIC`` and declare their fields."""
+
+    TOPIC: ClassVar[str]
+    meta: dict[str, str | None]
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        _register(cls)
+
+
+class AuraCreated(_MetaAccessors, AggregateCreated):
+    """The first event of an aggregate. Subclasses set ``TOPIC`` and declare their fields."""
+
+    TOPIC: ClassVar[str]
+    meta: dict[str, str | None]
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        _register(cls)

@@ -1,0 +1,137 @@
+"""Stores events as plain JSON (orjson), and turns JSON back into typed events.
+
+The library's JSONTranscoder wraps UUIDs, Decimals and datetimes in ``{"_type_": ...}``
+objects. We store the plain JSON instead, so projections can read ``payload.agent_id``
+in SQL and the mirror can publish the same bytes as CloudEvent data; the types come
+back from the event class's annotations when an event is decoded.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections import abc
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any, Union, get_args, get_origin, get_type_hints
+from uuid import UUID
+
+import orjson
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent, Transcoder
+from eventsourcing.utils import get_topic, resolve_topic
+
+Convert = Callable[[Any], Any]
+_BASE_FIELDS = frozenset({"originator_id", "originator_version"})
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"cannot store a value of type {type(obj).__name__} in an event")
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_default)
+
+
+def _converter(hint: Any) -> Convert | None:
+    """A function from JSON value to the annotated type, or None when JSON is already right."""
+    if hint in (UUID, datetime, Decimal):
+        scalar: dict[Any, Convert] = {
+            UUID: UUID,
+            datetime: datetime.fromisoformat,
+            Decimal: lambda v: Decimal(str(v)),
+        }
+        return scalar[hint]
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in get_args(hint) if a is not type(None)]
+        if len(inner) == 1:
+            conv = _converter(inner[0])
+            if conv is None:
+                return None
+            return lambda v, c=conv: None if v is None else c(v)
+        return None
+    if origin in (list, tuple, abc.Sequence):
+        args = get_args(hint)
+        conv = _converter(args[0]) if args else None
+        if origin is tuple:
+            return lambda v, c=conv: tuple(c(x) for x in v) if c else tuple(v)
+        if conv is None:
+            return None
+        return lambda v, c=conv: [c(x) for x in v]
+    return None
+
+
+@lru_cache(maxsize=None)
+def _field_converters(cls: type) -> tuple[tuple[str, Convert], ...]:
+    hints = get_type_hints(cls)
+    out = []
+    for name, hint in hints.items():
+        if name in _BASE_FIELDS or name.isupper():
+            continue
+        conv = _converter(hint)
+        if conv is not None:
+            out.append((name, conv))
+    return tuple(out)
+
+
+class _NoTranscoder(Transcoder):
+    def encode(self, obj: Any) -> bytes:
+        return dumps(obj)
+
+    def decode(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+class JsonMapper(Mapper[UUID]):
+    """Mapper whose stored state is plain JSON; typed by event annotations on the way out."""
+
+    def __init__(self) -> None:
+        super().__init__(transcoder=_NoTranscoder())
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        event_state = dict(vars(domain_event))
+        originator_id = event_state.pop("originator_id")
+        originator_version = event_state.pop("originator_version")
+        class_version = getattr(type(domain_event), "class_version", 1)
+        if class_version > 1:
+            event_state["class_version"] = class_version
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=get_topic(type(domain_event)),
+            state=dumps(event_state),
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        cls = resolve_topic(stored_event.topic)
+        try:
+            state: dict[str, Any] = orjson.loads(stored_event.state)
+            state["originator_id"] = (
+                stored_event.originator_id
+                if isinstance(stored_event.originator_id, UUID)
+                else UUID(str(stored_event.originator_id))
+            )
+            state["originator_version"] = stored_event.originator_version
+            class_version = getattr(cls, "class_version", 1)
+            from_version = state.pop("class_version", 1)
+            while from_version < class_version:
+                getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+                from_version += 1
+            for name, conv in _field_converters(cls):
+                if name in state:
+                    state[name] = conv(state[name])
+        except Exception as e:
+            raise MapperDeserialisationError(
+                f"cannot decode stored event {stored_event.topic!r} "
+                f"{stored_event.originator_id} v{stored_event.originator_version}: {e}"
+            ) from e
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", state)
+        return typing.cast(DomainEventProtocol[UUID], event)

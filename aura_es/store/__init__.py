@@ -1,0 +1,1 @@
+"""The PostgreSQL event store: the library's recorder plus a durable idempotency table."""

@@ -1,0 +1,119 @@
+"""Idempotency keys: their hashes, the record written with the events, and pruning."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid5
+
+import psycopg
+from psycopg import sql
+
+from aura_es.errors import InvalidIdempotencyKey
+from aura_es.mapper import dumps
+
+TABLE = "aura_idempotency"
+MAX_KEY_LENGTH = 255
+# Fixed namespace: ids derived from keys must be the same on every host, forever.
+_ID_NAMESPACE = UUID("6f3a0c52-5d0e-4d43-9a57-0b9a1f6c2e11")
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise InvalidIdempotencyKey("idempotency_key must be a non-empty string")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidIdempotencyKey(
+            f"idempotency_key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}"
+        )
+    return key
+
+
+def key_hash(command_type: str, aggregate_id: UUID | None, key: str) -> str:
+    """sha256 of ``type:aggregate_id:idempotency_key``, as hex (the hardening plan's formula)."""
+    return hashlib.sha256(f"{command_type}:{aggregate_id}:{key}".encode()).hexdigest()
+
+
+def derived_aggregate_id(command_type: str, tenant_id: str, key: str) -> UUID:
+    """The id a creating command gives its new aggregate, so a retried create finds it."""
+    return uuid5(_ID_NAMESPACE, f"{command_type}:{tenant_id}:{key}")
+
+
+def request_hash(command_type: str, request: dict[str, Any]) -> str:
+    """A fingerprint of the command's arguments: same key + other arguments = conflict."""
+    payload = dumps({"type": command_type, "request": request})
+    return hashlib.sha256(payload).hexdigest()
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """What is stored for one keyed command, in the transaction of its events."""
+
+    key_hash: str
+    command_type: str
+    idempotency_key: str
+    aggregate_id: UUID
+    request_hash: str
+    from_version: int
+    to_version: int
+
+
+DDL = [
+    sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {t} ("
+        " key_hash text PRIMARY KEY,"
+        " command_type text NOT NULL,"
+        " idempotency_key text NOT NULL,"
+        " aggregate_id uuid NOT NULL,"
+        " request_hash text NOT NULL,"
+        " from_version bigint NOT NULL,"
+        " to_version bigint NOT NULL,"
+        " created_at timestamptz NOT NULL DEFAULT now())"
+    ).format(t=sql.Identifier(TABLE)),
+    sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (created_at)").format(
+        i=sql.Identifier(f"{TABLE}_created_at_idx"), t=sql.Identifier(TABLE)
+    ),
+]
+
+INSERT = sql.SQL(
+    "INSERT INTO {t} (key_hash, command_type, idempotency_key, aggregate_id, request_hash,"
+    " from_version, to_version)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::uuid[], %s::text[],"
+    " %s::bigint[], %s::bigint[])"
+).format(t=sql.Identifier(TABLE))
+
+SELECT = sql.SQL(
+    "SELECT key_hash, command_type, idempotency_key, aggregate_id, request_hash,"
+    " from_version, to_version FROM {t} WHERE key_hash = %s"
+).format(t=sql.Identifier(TABLE))
+
+
+def insert_params(records: list[IdempotencyRecord]) -> tuple[list[Any], ...]:
+    return (
+        [r.key_hash for r in records],
+        [r.command_type for r in records],
+        [r.idempotency_key for r in records],
+        [r.aggregate_id for r in records],
+        [r.request_hash for r in records],
+        [r.from_version for r in records],
+        [r.to_version for r in records],
+    )
+
+
+def row_to_record(row: Any) -> IdempotencyRecord:
+    if isinstance(row, dict):
+        return IdempotencyRecord(**row)
+    return IdempotencyRecord(*row)
+
+
+def prune(conn: psycopg.Connection[Any], older_than: timedelta) -> int:
+    """Deletes keys older than ``older_than``; returns how many. Retries after this re-run."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("DELETE FROM {t} WHERE created_at < now() - %s").format(
+                t=sql.Identifier(TABLE)
+            ),
+            (older_than,),
+        )
+        return cur.rowcount

@@ -1,0 +1,45 @@
+"""Creating and checking every table aura-es needs (`aura-es db init`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from aura_es.errors import SchemaMissing
+from aura_es.store.idempotency import TABLE as IDEMPOTENCY_TABLE
+from aura_es.store.recorder import EVENTS_TABLE
+
+# Other parts (projections, the mirror) register their DDL here at import time,
+# so `db init` creates them all in one place.
+_extra_ddl: list[Callable[[], list[sql.Composable]]] = []
+_required_tables: list[str] = [EVENTS_TABLE, IDEMPOTENCY_TABLE]
+
+
+def register(ddl: Callable[[], list[sql.Composable]], tables: list[str]) -> None:
+    _extra_ddl.append(ddl)
+    _required_tables.extend(t for t in tables if t not in _required_tables)
+
+
+def create_extra_tables(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction(), conn.cursor() as cur:
+        for ddl in _extra_ddl:
+            for statement in ddl():
+                cur.execute(statement)
+
+
+def missing_tables(conn: psycopg.Connection[Any]) -> list[str]:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(quote_ident(t)) IS NULL",
+            (_required_tables,),
+        )
+        return [row[0] for row in cur.fetchall()]
+
+
+def require_tables(conn: psycopg.Connection[Any]) -> None:
+    missing = missing_tables(conn)
+    if missing:
+        raise SchemaMissing(missing)
