@@ -18,21 +18,28 @@ EVENTS_TABLE = "aura_events"
 class AuraRecorder(PostgresApplicationRecorder):
     """Writes ``idempotency=[IdempotencyRecord, ...]`` given to ``app.save`` in its transaction.
 
-    The key rows are inserted before the recorder takes its table lock, so a concurrent
-    duplicate waits on the unique index (not on the lock) and then fails with an
-    IntegrityError, which the application turns into "duplicate, here is the original".
+    The key rows go in last, after the events and under the recorder's table lock: a
+    statement that fails in pipeline mode makes Postgres skip the ones queued after it,
+    and skipped PREPAREs would leave psycopg's prepared-statement cache wrong. Last, a
+    duplicate key only aborts the transaction. The IntegrityError it raises is turned
+    by the application into "duplicate, here is the original result".
     """
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = EVENTS_TABLE):
         super().__init__(datastore, events_table_name=events_table_name)
         self.sql_create_statements.extend(idempotency.DDL)
 
-    def _insert_events(
+    def _fetch_ids_after_insert_events(
         self,
         curs: Cursor[DictRow],
         stored_events: Sequence[StoredEvent],
         **kwargs: Any,
-    ) -> None:
+    ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
         records: list[idempotency.IdempotencyRecord] | None = kwargs.get("idempotency")
         if records:
-            curs.execute(idempotency.INSERT, idempotency.insert_params(records), prepare=True)
+            curs.execute(idempotency.INSERT, idempotency.insert_params(records))
+            # Fetching syncs the pipeline, so a duplicate key raises here, inside the
+            # recorder's error handling, not later at commit as an InternalError.
+            curs.fetchall()
+        return ids
