@@ -10,6 +10,8 @@ state a bounded number of times.
 from __future__ import annotations
 
 import contextlib
+import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -127,8 +129,10 @@ class EventSourcedApp(Application[UUID]):
         self._pg = parse_database_url(url)
         self._pool_size = pool_size
         self._extra_env = env or {}
-        if check_schema:
-            with self.connect() as conn:
+        # Connect once up front: an unreachable server is one clear error, not a
+        # pool timeout deep inside the library.
+        with self.connect() as conn:
+            if check_schema:
                 schema.require_tables(conn)
         super().__init__()
 
@@ -188,8 +192,16 @@ class EventSourcedApp(Application[UUID]):
         found = self._lookup([prepared.key_hash])
         if prepared.key_hash in found:
             return self._as_duplicate(prepared, found[prepared.key_hash])
-        for _ in range(self.max_attempts):
-            aggregate = self._decide(prepared)
+        for attempt in range(self.max_attempts):
+            try:
+                aggregate = self._decide(prepared)
+            except (DomainError, AggregateNotFound):
+                # A concurrent duplicate may have committed since our lookup: then the
+                # command is not invalid, it is done (e.g. "complete" of a completed call).
+                found = self._lookup([prepared.key_hash])
+                if prepared.key_hash in found:
+                    return self._as_duplicate(prepared, found[prepared.key_hash])
+                raise
             try:
                 recordings = self.save(aggregate, idempotency=[prepared.record])
             except IntegrityError:
@@ -201,7 +213,10 @@ class EventSourcedApp(Application[UUID]):
                         f"aggregate {prepared.aggregate_id} already exists "
                         f"(its idempotency key {command.idempotency_key!r} was pruned)"
                     ) from None
-                continue  # lost a version race with another command: decide again
+                # Lost a version race with another command: back off a little, with
+                # jitter so the racers spread out, then decide again on the new state.
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
             assert prepared.record is not None
             return CommandResult(
                 aggregate_id=prepared.aggregate_id,
@@ -372,7 +387,7 @@ def connect(database_url: str, *, autocommit: bool = True) -> psycopg.Connection
     try:
         return psycopg.connect(params.conninfo(), autocommit=autocommit, connect_timeout=5)
     except psycopg.OperationalError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ServiceUnavailable(
             f"cannot connect to PostgreSQL at {redact(database_url)}: {reason}"
         ) from None

@@ -1,0 +1,1 @@
+"""The `aura-es` command line."""

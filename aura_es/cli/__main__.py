@@ -1,0 +1,3 @@
+from aura_es.cli.main import main
+
+main()

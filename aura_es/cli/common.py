@@ -1,0 +1,78 @@
+"""What every command shares: connection options, JSON output, and the exit-2 error path."""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+
+from aura_es.errors import AuraError
+from aura_es.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+console = Console(stderr=True)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", envvar="AURA_ES_DATABASE_URL", help="PostgreSQL URL."),
+]
+NatsUrl = Annotated[
+    str | None, typer.Option("--nats-url", envvar="AURA_ES_NATS_URL", help="NATS URL.")
+]
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", envvar="AURA_ES_DATA_DIR", help="Where embedded services keep data."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+def settings(database_url: str | None = None, nats_url: str | None = None,
+             data_dir: Path | None = None) -> Settings:
+    values: dict[str, Any] = {"database_url": database_url, "nats_url": nats_url}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Settings(**{k: v for k, v in values.items() if v is not None})
+
+
+def fail(message: str) -> typer.Exit:
+    """Prints one line to stderr and returns the exit-2 exception to raise."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Bad input and unreachable services: one clear line on stderr, exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except AuraError as e:
+            raise fail(str(e)) from None
+
+    return wrapper
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str, option: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise AuraError(f"{option} {text!r} is not a duration such as 90s, 15m, 12h, 30d or 2w")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})

@@ -1,0 +1,75 @@
+"""Fixtures: a real PostgreSQL (a fresh database per test, cloned from a template that
+already has the schema) and a real nats-server with JetStream."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aura_es.app import AuraApp
+from tests.support.services import PostgresServer, nats_server, postgres_server
+
+TEMPLATE_DB = "aura_test_template"
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    # Short path: Unix socket paths are limited to ~100 characters.
+    path = Path(tempfile.mkdtemp(prefix="aura-t-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server(workdir: Path) -> Iterator[PostgresServer]:
+    with postgres_server(workdir) as server:
+        server.drop_database(TEMPLATE_DB)
+        with server.admin() as conn:
+            conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+        app = AuraApp(server.url_for(TEMPLATE_DB), check_schema=False, pool_size=1)
+        app.init_schema()
+        app.close()
+        yield server
+        server.drop_database(TEMPLATE_DB)
+
+
+@pytest.fixture
+def db_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh database with every aura-es table, dropped after the test."""
+    name = pg_server.create_database(template=TEMPLATE_DB)
+    yield pg_server.url_for(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def empty_db_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh database with no tables at all."""
+    name = pg_server.create_database()
+    yield pg_server.url_for(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[AuraApp]:
+    application = AuraApp(db_url, pool_size=10)
+    yield application
+    application.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url(workdir: Path) -> Iterator[str]:
+    with nats_server(workdir) as url:
+        yield url
+
+
+@pytest.fixture
+def cli_env(db_url: str) -> dict[str, str]:
+    """Environment for running `aura-es` in a subprocess against the test database."""
+    env = dict(os.environ)
+    env["AURA_ES_DATABASE_URL"] = db_url
+    return env

@@ -1,0 +1,232 @@
+"""G1 and G2: a keyed command is stored once, whoever retries it and however often."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from aura_es import AuraApp, CommandResult, ConcurrencyConflict, IdempotencyKeyConflict
+from aura_es.application import Command
+from tests.support.services import PostgresServer
+
+DB_SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def reset(app: AuraApp) -> None:
+    with app.connect() as conn:
+        conn.execute("TRUNCATE aura_events, aura_idempotency RESTART IDENTITY")
+
+
+def stored_events(app: AuraApp) -> int:
+    with app.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM aura_events").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str  # "debate" | "argument" | "llm"
+    key: int
+    variant: int
+
+
+ops = st.lists(
+    st.builds(
+        Op,
+        kind=st.sampled_from(["debate", "argument", "llm"]),
+        key=st.integers(0, 4),
+        variant=st.integers(0, 1),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def to_command(app: AuraApp, op: Op, debate_id: Any) -> Command:
+    key = f"key-{op.key}"
+    if op.kind == "debate":
+        return app.start_debate_command(f"topic {op.variant}", ["a"], idempotency_key=key)
+    if op.kind == "argument":
+        return app.add_argument_command(
+            debate_id, "a", "for", f"text {op.variant}", round=1, idempotency_key=key
+        )
+    return app.request_llm_call_command("acme", "p", "m", op.variant, idempotency_key=key)
+
+
+@DB_SETTINGS
+@given(sequence=ops)
+def test_sequential_retries_store_once_and_conflicts_store_nothing(
+    app: AuraApp, sequence: list[Op]
+) -> None:
+    reset(app)
+    debate_id = app.start_debate("shared", ["a"], idempotency_key="setup")
+    first: dict[tuple[str, int], tuple[int, CommandResult]] = {}
+    for op in sequence:
+        command = to_command(app, op, debate_id)
+        seen = first.get((op.kind, op.key))
+        if seen is not None and seen[0] != op.variant:
+            head = app.head_position()
+            with pytest.raises(IdempotencyKeyConflict):
+                app.execute(command)
+            assert app.head_position() == head
+            continue
+        result = app.execute(command)
+        if seen is None:
+            assert not result.duplicate
+            first[(op.kind, op.key)] = (op.variant, result)
+        else:
+            assert result.duplicate
+            assert result == CommandResult(**{**seen[1].__dict__, "duplicate": True})
+    assert stored_events(app) == 1 + len(first)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    n_commands=st.integers(1, 12),
+    seed=st.integers(0, 2**16),
+)
+def test_eight_threads_retrying_the_same_commands_store_each_once(
+    app: AuraApp, n_commands: int, seed: int
+) -> None:
+    reset(app)
+    app.max_attempts = 100  # eight racers on one aggregate: let them all get through
+    debate_id = app.start_debate("shared", ["a"], idempotency_key="setup")
+    commands = [
+        to_command(app, Op(kind, i, 0), debate_id)
+        for i in range(n_commands)
+        for kind in ("debate", "argument")
+    ]
+    barrier = threading.Barrier(8)
+
+    def sender(thread_no: int) -> dict[str, CommandResult]:
+        order = list(range(len(commands)))
+        random.Random(seed + thread_no).shuffle(order)
+        barrier.wait()
+        return {f"{commands[i].type}:{i}": app.execute(commands[i]) for i in order}
+
+    with ThreadPoolExecutor(8) as pool:
+        per_thread = list(pool.map(sender, range(8)))
+    for name in per_thread[0]:
+        results = [r[name] for r in per_thread]
+        assert len({(r.aggregate_id, r.from_version, r.to_version, r.positions) for r in results}) == 1
+        assert sum(not r.duplicate for r in results) == 1
+    assert stored_events(app) == 1 + len(commands)
+
+
+def test_racing_different_commands_on_one_aggregate_all_land(app: AuraApp) -> None:
+    debate_id = app.start_debate("race", ["a"], idempotency_key="setup")
+    app.max_attempts = 100
+    barrier = threading.Barrier(8)
+
+    def argue(i: int) -> CommandResult:
+        barrier.wait()
+        return app.add_argument(debate_id, "a", "for", f"t{i}", round=1, idempotency_key=f"k{i}")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(argue, range(8)))
+    assert sorted(r.from_version for r in results) == list(range(2, 10))
+    assert app.get_debate(debate_id).arguments == 8
+
+
+def test_racing_commands_give_up_with_a_clear_error_when_attempts_run_out(app: AuraApp) -> None:
+    debate_id = app.start_debate("race", ["a"], idempotency_key="setup")
+    app.max_attempts = 1
+    barrier = threading.Barrier(8)
+    original_decide = app._decide
+
+    def slow_decide(*args: Any, **kwargs: Any) -> Any:
+        aggregate = original_decide(*args, **kwargs)
+        barrier.wait()  # everyone has read the same version before anyone saves
+        return aggregate
+
+    app._decide = slow_decide  # type: ignore[method-assign]
+
+    def argue(i: int) -> str:
+        try:
+            app.add_argument(debate_id, "a", "for", f"t{i}", round=1, idempotency_key=f"k{i}")
+            return "ok"
+        except ConcurrencyConflict:
+            return "conflict"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(argue, range(8)))
+    assert outcomes.count("ok") == 1 and outcomes.count("conflict") == 7
+    assert stored_events(app) == 2
+
+
+def test_a_racing_duplicate_that_loses_the_version_race_is_a_duplicate(app: AuraApp) -> None:
+    debate_id = app.start_debate("race", ["a"], idempotency_key="setup")
+    for round_no in range(15):
+        barrier = threading.Barrier(2)
+
+        def argue(_: int, r: int = round_no) -> CommandResult:
+            barrier.wait()
+            return app.add_argument(debate_id, "a", "for", "x", round=1, idempotency_key=f"d{r}")
+
+        with ThreadPoolExecutor(2) as pool:
+            a, b = pool.map(argue, range(2))
+        assert (a.from_version, a.positions) == (b.from_version, b.positions)
+        assert sorted([a.duplicate, b.duplicate]) == [False, True]
+    assert app.get_debate(debate_id).arguments == 15
+
+
+def _fingerprint(url: str) -> tuple[list[tuple[Any, ...]], list[str]]:
+    app = AuraApp(url, pool_size=1)
+    with app.connect() as conn:
+        events = [
+            tuple(r) for r in conn.execute(
+                "SELECT originator_id, originator_version, topic FROM aura_events ORDER BY 1, 2"
+            )
+        ]
+        keys = [r[0] for r in conn.execute("SELECT key_hash FROM aura_idempotency ORDER BY 1")]
+    app.close()
+    return events, keys
+
+
+def _load(url: str, seed: int, dup: float) -> Callable[[], subprocess.Popen[bytes]]:
+    cmd = [
+        sys.executable, "-m", "aura_es.cli", "load", "--seed", str(seed), "--commands", "150",
+        "--duplicate-rate", str(dup), "--concurrency", "2", "--database-url", url, "--json",
+    ]
+    return lambda: subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # shrinking processes takes ages
+)
+@given(seed=st.integers(0, 10_000), dup=st.sampled_from([0.0, 0.3, 0.6]))
+def test_four_processes_with_one_seed_store_what_one_process_stores(
+    pg_server: PostgresServer, seed: int, dup: float
+) -> None:
+    from tests.conftest import TEMPLATE_DB
+
+    single, racing = (pg_server.create_database(template=TEMPLATE_DB) for _ in range(2))
+    try:
+        assert _load(pg_server.url_for(single), seed, dup)().wait(timeout=120) == 0
+        procs = [_load(pg_server.url_for(racing), seed, dup)() for _ in range(4)]
+        assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+        expected = _fingerprint(pg_server.url_for(single))
+        assert len(expected[0]) == 150
+        assert _fingerprint(pg_server.url_for(racing)) == expected
+    finally:
+        pg_server.drop_database(single)
+        pg_server.drop_database(racing)
