@@ -63,7 +63,7 @@ class AuraApp(EventSourcedApp):
 
     def add_argument(
         self, debate_id: UUID, agent_id: str, position: str, text: str, *,
-        round: int, idempotency_key: str, **trace: Trace,  # noqa: A002
+        round: int, idempotency_key: str, **trace: Trace,
     ) -> CommandResult:
         return self.execute(self.add_argument_command(
             debate_id, agent_id, position, text, round=round,
@@ -72,7 +72,7 @@ class AuraApp(EventSourcedApp):
 
     def add_argument_command(
         self, debate_id: UUID, agent_id: str, position: str, text: str, *,
-        round: int, idempotency_key: str, **trace: Trace,  # noqa: A002
+        round: int, idempotency_key: str, **trace: Trace,
     ) -> Update[Debate]:
         return _update(
             "add_argument", idempotency_key, debate_id,

@@ -100,11 +100,11 @@ class _Prepared:
 _LOOKUP = (
     "SELECT i.key_hash, i.command_type, i.idempotency_key, i.aggregate_id, i.request_hash,"
     " i.from_version, i.to_version,"
-    " ARRAY(SELECT e.notification_id FROM {events} e WHERE e.originator_id = i.aggregate_id"
+    f" ARRAY(SELECT e.notification_id FROM {EVENTS_TABLE} e WHERE e.originator_id = i.aggregate_id"
     "   AND e.originator_version BETWEEN i.from_version AND i.to_version"
     "   ORDER BY e.originator_version) AS positions"
-    " FROM {keys} i WHERE i.key_hash = ANY(%s)"
-).format(events=EVENTS_TABLE, keys=idempotency.TABLE)
+    f" FROM {idempotency.TABLE} i WHERE i.key_hash = ANY(%s)"
+)
 
 
 class EventSourcedApp(Application[UUID]):

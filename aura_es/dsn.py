@@ -49,7 +49,7 @@ def parse_database_url(url: str) -> PostgresParams:
         )
     try:
         parts = conninfo_to_dict(url)
-    except Exception as e:  # noqa: BLE001 - psycopg raises ProgrammingError with a long text
+    except Exception as e:
         raise ConfigurationError(f"database URL {redact(url)!r} is malformed: {e}") from None
     port = str(parts.get("port") or "5432")
     if not port.isdigit() or not 0 < int(port) < 65536:

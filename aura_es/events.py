@@ -38,7 +38,7 @@ def current_context() -> CommandContext:
     return _current_context.get()
 
 
-class command_context:  # noqa: N801 - used like a function: `with command_context(...)`
+class command_context:
     """Makes ``context`` the metadata source for events raised inside the block."""
 
     def __init__(self, context: CommandContext) -> None:
@@ -97,7 +97,7 @@ def _register(cls: type) -> None:
         return
     try:
         existing = resolve_topic(topic)
-    except Exception:  # noqa: BLE001 - not registered yet (TopicError or ImportError)
+    except Exception:
         existing = None
     if existing is not None and existing is not cls:
         # A class redefined in the same place (module reload, a test) replaces the old one.

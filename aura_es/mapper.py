@@ -14,7 +14,7 @@ from collections import abc
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 from typing import Any, Union, get_args, get_origin, get_type_hints
 from uuid import UUID
 
@@ -68,7 +68,7 @@ def _converter(hint: Any) -> Convert | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _field_converters(cls: type) -> tuple[tuple[str, Convert], ...]:
     hints = get_type_hints(cls)
     out = []

@@ -76,7 +76,7 @@ class Debate(AuraAggregate):
             non_empty("participants[]", agent)
         return cls._create(DebateStarted, id=debate_id, topic=topic, participants=participants)
 
-    def add_argument(self, agent_id: str, position: str, text: str, round: int) -> None:  # noqa: A002
+    def add_argument(self, agent_id: str, position: str, text: str, round: int) -> None:
         self._require_open("add an argument to")
         non_empty("agent_id", agent_id)
         non_empty("position", position)
