@@ -36,7 +36,10 @@ def _update(
             raise AggregateNotFound(aggregate_id)
         change(aggregate)
 
-    return Update(command_type, key, aggregate_id, request, checked, **trace)
+    return Update(
+        command_type, key, aggregate_id, request, checked,
+        correlation_id=trace.get("correlation_id"), causation_id=trace.get("causation_id"),
+    )
 
 
 class AuraApp(EventSourcedApp):

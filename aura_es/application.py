@@ -154,14 +154,13 @@ class EventSourcedApp(Application[UUID]):
             "POSTGRES_POOL_SIZE": str(self._pool_size),
             "POSTGRES_MAX_OVERFLOW": str(self._pool_size),
             "POSTGRES_CONNECT_TIMEOUT": "5",
-            "POSTGRES_PRE_PING": "y",
             "CREATE_TABLE": "n",
             **self._extra_env,
             "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         }
         return Environment(name, values)
 
-    def construct_factory(self, env: Environment) -> AuraFactory:
+    def construct_factory(self, env: Environment) -> AuraFactory:  # type: ignore[override]
         return AuraFactory(env)
 
     def construct_mapper(self) -> Mapper[UUID]:
@@ -309,6 +308,7 @@ class EventSourcedApp(Application[UUID]):
             causation_id=command.causation_id,
             idempotency_key=command.idempotency_key,
         )
+        aggregate: AuraAggregate
         with command_context(context):
             if isinstance(command, Create):
                 aggregate = command.make(p.aggregate_id)
@@ -333,7 +333,7 @@ class EventSourcedApp(Application[UUID]):
 
     def _load(self, aggregate_id: UUID) -> AuraAggregate:
         try:
-            aggregate = self.repository.get(aggregate_id)
+            aggregate: object = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             raise AggregateNotFound(aggregate_id) from None
         assert isinstance(aggregate, AuraAggregate)

@@ -45,7 +45,8 @@ def parse_database_url(url: str) -> PostgresParams:
     scheme = urlsplit(url).scheme
     if scheme not in ("postgresql", "postgres"):
         raise ConfigurationError(
-            f"database URL {redact(url)!r} must start with postgresql:// (got {scheme or 'no'} scheme)"
+            f"database URL {redact(url)!r} must start with postgresql://"
+            f" (got {scheme or 'no'} scheme)"
         )
     try:
         parts = conninfo_to_dict(url)

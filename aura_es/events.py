@@ -29,8 +29,9 @@ class CommandContext:
     idempotency_key: str | None = None
 
 
+# CommandContext is frozen, so one shared default instance is safe.
 _current_context: ContextVar[CommandContext] = ContextVar(
-    "aura_command_context", default=CommandContext()
+    "aura_command_context", default=CommandContext()  # noqa: B039
 )
 
 
@@ -101,7 +102,11 @@ def _register(cls: type) -> None:
         existing = None
     if existing is not None and existing is not cls:
         # A class redefined in the same place (module reload, a test) replaces the old one.
-        if f"{existing.__module__}:{existing.__qualname__}" != f"{cls.__module__}:{cls.__qualname__}":
+        def place(c: type) -> tuple[str, str]:
+            return c.__module__, c.__qualname__
+
+        same_place = place(existing) == place(cls)
+        if not same_place:
             raise TypeError(f"event topic {topic!r} is already used by {existing!r}")
         from eventsourcing.utils import _topic_cache
 

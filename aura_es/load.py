@@ -7,6 +7,7 @@ same time, therefore store exactly what one run stores.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -90,11 +91,7 @@ def _debate(rng: random.Random, key: str) -> Scenario:
         for agent in people:
             position, k = rng.choice(POSITIONS), f"{key}:{len(steps)}"
             text = f"{agent} argues {position} in round {round_no}"
-            steps.append(
-                lambda app, d, a=agent, p=position, t=text, r=round_no, k=k: (
-                    app.add_argument_command(_id(d), a, p, t, round=r, idempotency_key=k)
-                )
-            )
+            steps.append(functools.partial(_argue, agent, position, text, round_no, k))
     end_key = f"{key}:{len(steps)}"
     if rng.random() < 0.7:
         decision = f"adopt: {topic.lower()}"
@@ -103,7 +100,9 @@ def _debate(rng: random.Random, key: str) -> Scenario:
         ))
     else:
         reason = rng.choice(("timeout", "deadlock", "participants left"))
-        steps.append(lambda app, d: app.fail_debate_command(_id(d), reason, idempotency_key=end_key))
+        steps.append(lambda app, d: app.fail_debate_command(
+            _id(d), reason, idempotency_key=end_key
+        ))
     return Scenario(steps)
 
 
@@ -145,6 +144,13 @@ def _llm_call(rng: random.Random, key: str) -> Scenario:
             _id(c), error, idempotency_key=f"{key}:1"
         ))
     return Scenario(steps)
+
+
+def _argue(
+    agent: str, position: str, text: str, round_no: int, key: str, app: AuraApp, debate: UUID | None
+) -> Command:
+    return app.add_argument_command(_id(debate), agent, position, text, round=round_no,
+                                    idempotency_key=key)
 
 
 def _id(value: UUID | None) -> UUID:

@@ -8,6 +8,7 @@ back from the event class's annotations when an event is decoded.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from collections import abc
@@ -55,17 +56,29 @@ def _converter(hint: Any) -> Convert | None:
             conv = _converter(inner[0])
             if conv is None:
                 return None
-            return lambda v, c=conv: None if v is None else c(v)
+            return functools.partial(_optional, conv)
         return None
     if origin in (list, tuple, abc.Sequence):
         args = get_args(hint)
         conv = _converter(args[0]) if args else None
         if origin is tuple:
-            return lambda v, c=conv: tuple(c(x) for x in v) if c else tuple(v)
+            return functools.partial(_each, conv or _same, tuple)
         if conv is None:
             return None
-        return lambda v, c=conv: [c(x) for x in v]
+        return functools.partial(_each, conv, list)
     return None
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _optional(convert: Convert, value: Any) -> Any:
+    return None if value is None else convert(value)
+
+
+def _each(convert: Convert, container: Callable[[Any], Any], values: Any) -> Any:
+    return container(convert(v) for v in values)
 
 
 @cache

@@ -123,7 +123,8 @@ def test_eight_threads_retrying_the_same_commands_store_each_once(
         per_thread = list(pool.map(sender, range(8)))
     for name in per_thread[0]:
         results = [r[name] for r in per_thread]
-        assert len({(r.aggregate_id, r.from_version, r.to_version, r.positions) for r in results}) == 1
+        outcomes = {(r.aggregate_id, r.from_version, r.to_version, r.positions) for r in results}
+        assert len(outcomes) == 1
         assert sum(not r.duplicate for r in results) == 1
     assert stored_events(app) == 1 + len(commands)
 
@@ -174,7 +175,7 @@ def test_a_racing_duplicate_that_loses_the_version_race_is_a_duplicate(app: Aura
     for round_no in range(15):
         barrier = threading.Barrier(2)
 
-        def argue(_: int, r: int = round_no) -> CommandResult:
+        def argue(_: int, r: int = round_no, barrier: threading.Barrier = barrier) -> CommandResult:
             barrier.wait()
             return app.add_argument(debate_id, "a", "for", "x", round=1, idempotency_key=f"d{r}")
 

@@ -64,7 +64,9 @@ def test_aggregate_defined_only_in_this_test(db_url: str) -> None:
     app = EventSourcedApp(db_url)
     try:
         opened = [
-            app.execute(Create("open", "acct-1", {"owner": "ann"}, lambda i: Account.open(i, "ann")))
+            app.execute(
+                Create("open", "acct-1", {"owner": "ann"}, lambda i: Account.open(i, "ann"))
+            )
             for _ in range(3)
         ]
         account_id = opened[0].aggregate_id

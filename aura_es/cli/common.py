@@ -31,7 +31,9 @@ NatsUrl = Annotated[
 ]
 DataDir = Annotated[
     Path,
-    typer.Option("--data-dir", envvar="AURA_ES_DATA_DIR", help="Where embedded services keep data."),
+    typer.Option(
+        "--data-dir", envvar="AURA_ES_DATA_DIR", help="Where embedded services keep data."
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 

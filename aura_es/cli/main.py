@@ -8,7 +8,10 @@ from aura_es.cli import load, services
 
 app = typer.Typer(
     name="aura-es",
-    help="Event sourcing on PostgreSQL: idempotent appends, projection workers, a JetStream mirror.",
+    help=(
+        "Event sourcing on PostgreSQL: idempotent appends, projection workers,"
+        " a JetStream mirror."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

@@ -83,7 +83,9 @@ class Debate(AuraAggregate):
         non_empty("text", text)
         if isinstance(round, bool) or not isinstance(round, int) or round < 1:
             raise DomainError(f"round must be an integer >= 1, got {round!r}")
-        self.trigger_event(ArgumentAdded, agent_id=agent_id, position=position, text=text, round=round)
+        self.trigger_event(
+            ArgumentAdded, agent_id=agent_id, position=position, text=text, round=round
+        )
 
     def reach_consensus(self, decision: str) -> None:
         self._require_open("reach consensus on")

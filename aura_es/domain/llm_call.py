@@ -78,7 +78,8 @@ class LLMCall(AuraAggregate):
         if not isinstance(prompt_tokens, int):
             raise DomainError(f"prompt_tokens must be an integer, got {prompt_tokens!r}")
         return cls._create(
-            LLMCallRequested, id=call_id, provider=provider, model=model, prompt_tokens=prompt_tokens
+            LLMCallRequested, id=call_id, provider=provider, model=model,
+            prompt_tokens=prompt_tokens,
         )
 
     def complete(self, completion_tokens: int, cost_usd: Decimal, latency_ms: float) -> None:

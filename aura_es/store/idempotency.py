@@ -80,7 +80,7 @@ INSERT = sql.SQL(
     "INSERT INTO {t} (key_hash, command_type, idempotency_key, aggregate_id, request_hash,"
     " from_version, to_version)"
     " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::uuid[], %s::text[],"
-    " %s::bigint[], %s::bigint[]) RETURNING key_hash"
+    " %s::bigint[], %s::bigint[])"
 ).format(t=sql.Identifier(TABLE))
 
 SELECT = sql.SQL(

@@ -14,11 +14,11 @@ from aura_es.store.recorder import EVENTS_TABLE
 
 # Other parts (projections, the mirror) register their DDL here at import time,
 # so `db init` creates them all in one place.
-_extra_ddl: list[Callable[[], list[sql.Composable]]] = []
+_extra_ddl: list[Callable[[], list[sql.Composed | sql.SQL]]] = []
 _required_tables: list[str] = [EVENTS_TABLE, IDEMPOTENCY_TABLE]
 
 
-def register(ddl: Callable[[], list[sql.Composable]], tables: list[str]) -> None:
+def register(ddl: Callable[[], list[sql.Composed | sql.SQL]], tables: list[str]) -> None:
     _extra_ddl.append(ddl)
     _required_tables.extend(t for t in tables if t not in _required_tables)
 

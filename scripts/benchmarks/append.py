@@ -1,0 +1,142 @@
+"""`scripts/bench append`: idempotent appends next to the plain `eventsourcing` library.
+
+Each row runs the same saves twice in one process against one server: once with the
+plain library (no keys) or raw psycopg, once through aura-es with idempotency keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from uuid import uuid4
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+
+from aura_es.app import AuraApp
+from aura_es.dsn import parse_database_url
+from scripts.benchmarks._common import fresh_database, percentile, postgres, report
+
+
+class PlainDebate(Aggregate):
+    @event("Started")
+    def __init__(self, topic: str, participants: list[str]) -> None:
+        self.topic = topic
+        self.participants = participants
+
+
+def plain_app(url: str, pool_size: int) -> Application[Any]:
+    pg = parse_database_url(url)
+    return Application(env={
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": pg.dbname, "POSTGRES_HOST": pg.host, "POSTGRES_PORT": pg.port,
+        "POSTGRES_USER": pg.user, "POSTGRES_PASSWORD": pg.password,
+        "POSTGRES_POOL_SIZE": str(pool_size), "POSTGRES_MAX_OVERFLOW": str(pool_size),
+        "CREATE_TABLE": "y",
+    })
+
+
+def timed(n: int, threads: int, one: Callable[[int], object]) -> float:
+    """Events per second of ``one(i)`` for i in range(n), spread over ``threads``."""
+    started = time.perf_counter()
+    if threads == 1:
+        for i in range(n):
+            one(i)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, range(n)))
+    return n / (time.perf_counter() - started)
+
+
+def single_and_concurrent(admin: str, n: int, threads: int) -> dict[str, Any]:
+    with fresh_database(admin) as url:
+        plain = plain_app(url, threads)
+        ours = AuraApp(url, pool_size=threads)
+        run = uuid4().hex
+        base = timed(n, threads, lambda i: plain.save(PlainDebate(f"t{i}", ["a", "b"])))
+        keyed = timed(n, threads, lambda i: ours.start_debate(
+            f"t{i}", ["a", "b"], idempotency_key=f"{run}:{i}"))
+        plain.close()
+        ours.close()
+    return {
+        "case": f"1 event per transaction, {threads} writer{'s' if threads > 1 else ''}",
+        "baseline": "eventsourcing app.save, no keys",
+        "baseline events/s": round(base),
+        "aura-es events/s": round(keyed),
+        "ratio": round(keyed / base, 2),
+    }
+
+
+def batches(admin: str, n: int, size: int) -> dict[str, Any]:
+    with fresh_database(admin) as url:
+        ours = AuraApp(url, pool_size=2)
+        with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE raw_events (id bigserial PRIMARY KEY, originator_id uuid,"
+                         " originator_version int, topic text, state bytea)")
+            payload = b'{"topic": "t", "participants": ["a", "b"]}'
+
+            def raw_batch(_: int) -> None:
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO raw_events (originator_id, originator_version, topic, state)"
+                        " VALUES (%s, 1, 'aura.debate.started.v1', %s)",
+                        [(uuid4(), payload) for _ in range(size)],
+                    )
+
+            base = timed(n // size, 1, raw_batch) * size
+        run = uuid4().hex
+
+        def our_batch(b: int) -> None:
+            ours.execute_many([
+                ours.start_debate_command(f"t{i}", ["a", "b"], idempotency_key=f"{run}:{b}:{i}")
+                for i in range(size)
+            ])
+
+        keyed = timed(n // size, 1, our_batch) * size
+        ours.close()
+    return {
+        "case": f"{size} events per transaction, 1 writer",
+        "baseline": "raw psycopg executemany, no keys",
+        "baseline events/s": round(base),
+        "aura-es events/s": round(keyed),
+        "ratio": round(keyed / base, 2),
+    }
+
+
+def duplicates(admin: str, n: int) -> dict[str, Any]:
+    with fresh_database(admin) as url:
+        ours = AuraApp(url, pool_size=2)
+        for i in range(n):
+            ours.start_debate(f"t{i}", ["a"], idempotency_key=f"k{i}")
+        absorbed, fresh = [], []
+        for i in range(n):
+            started = time.perf_counter()
+            ours.start_debate(f"t{i}", ["a"], idempotency_key=f"k{i}")
+            absorbed.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            ours.start_debate(f"t{i}", ["a"], idempotency_key=f"new{i}")
+            fresh.append((time.perf_counter() - started) * 1000)
+        ours.close()
+    return {
+        "case": "a retried command (duplicate absorbed), ms",
+        "baseline": "the first, storing call",
+        "baseline events/s": f"p50 {percentile(fresh, 50):.2f} / p99 {percentile(fresh, 99):.2f}",
+        "aura-es events/s": f"p50 {percentile(absorbed, 50):.2f} / "
+                            f"p99 {percentile(absorbed, 99):.2f}",
+        "ratio": round(percentile(absorbed, 50) / percentile(fresh, 50), 2),
+    }
+
+
+def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
+    n = 300 if quick else 3000
+    with postgres() as admin:
+        rows = [
+            single_and_concurrent(admin, n, 1),
+            single_and_concurrent(admin, n, 8),
+            batches(admin, n * 10, 100),
+            duplicates(admin, n // 3),
+        ]
+    report("append: aura-es next to its baselines (same run, same server)", rows, as_json=as_json)
