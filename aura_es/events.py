@@ -92,10 +92,15 @@ class _MetaAccessors:
         return self.meta.get("idempotency_key")
 
 
+#: Every event topic a loaded event class declares (the catalog warns about others).
+KNOWN_TOPICS: set[str] = set()
+
+
 def _register(cls: type) -> None:
     topic = cls.__dict__.get("TOPIC")
     if not topic:
         return
+    KNOWN_TOPICS.add(topic)
     try:
         existing = resolve_topic(topic)
     except Exception:

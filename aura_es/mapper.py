@@ -28,7 +28,8 @@ Convert = Callable[[Any], Any]
 _BASE_FIELDS = frozenset({"originator_id", "originator_version"})
 
 
-def _default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """orjson's fallback: Decimals as exact strings, sets and tuples as lists."""
     if isinstance(obj, Decimal):
         return str(obj)
     if isinstance(obj, (set, frozenset, tuple)):
@@ -37,7 +38,7 @@ def _default(obj: Any) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_default)
+    return orjson.dumps(obj, default=json_default)
 
 
 def _converter(hint: Any) -> Convert | None:

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from aura_es.errors import AuraError
+from aura_es.mapper import json_default
 from aura_es.settings import Settings
 
 P = ParamSpec("P")
@@ -66,7 +67,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    text = orjson.dumps(data, default=json_default, option=orjson.OPT_INDENT_2).decode()
+    sys.stdout.write(text + "\n")
 
 
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from aura_es.cli import load, services
+from aura_es.cli import load, services, status
+from aura_es.cli.catalog import catalog_cli
+from aura_es.cli.workers import workers_cli
 
 app = typer.Typer(
     name="aura-es",
@@ -20,6 +22,10 @@ app.command("down")(services.down)
 app.add_typer(services.db_cli, name="db")
 app.add_typer(services.idempotency_cli, name="idempotency")
 app.command("load")(load.load)
+app.add_typer(catalog_cli, name="catalog")
+app.add_typer(workers_cli, name="workers")
+app.command("status")(status.status)
+app.command("query")(status.query)
 
 
 def main() -> None:

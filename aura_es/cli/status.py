@@ -1,0 +1,126 @@
+"""`aura-es status [--watch]` and `aura-es query PROJECTION`."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from psycopg import sql
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from aura_es.application import connect
+from aura_es.catalog import load_catalog
+from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
+from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
+from aura_es.projection.declarative import DeclarativeProjection
+from aura_es.projection.loading import build, select
+from aura_es.projection.status import projection_status
+from aura_es.store import schema
+
+_COLOUR = {"running": "green", "standby": "yellow", "stopped": "red"}
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="aura-es projections")
+    for title in ("projection", "state", "checkpoint/head", "lag", "lag s", "ev/s", "worker",
+                  "drift", "last error"):
+        table.add_column(title, overflow="fold")
+    for row in rows:
+        worker = f"{row['pid']}@{row['host']}" if row["pid"] else ""
+        if row["standbys"]:
+            worker += f" +{row['standbys']} standby"
+        table.add_row(
+            row["projection"], f"[{_COLOUR[row['state']]}]{row['state']}[/]",
+            f"{row['checkpoint']}/{row['head']}", str(row["lag_events"]),
+            f"{row['lag_seconds']:g}", f"{row['events_per_second']:g}", worker,
+            "[red]yes[/]" if row["drift"] else "no", row["last_error"] or "",
+        )
+    return table
+
+
+@handle_errors
+def status(
+    catalog: CatalogPath = DEFAULT_PATH,
+    watch: Annotated[bool, typer.Option("--watch", help="Redraw every second.")] = False,
+    until_caught_up: Annotated[
+        bool, typer.Option("--until-caught-up", help="With --watch: stop when no lag is left.")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="With --watch: give up after.")] = 0,
+    database_url: DatabaseUrl = None,
+    json: Json = False,
+) -> None:
+    """Per projection: checkpoint, head, lag, state, worker, events/s, last error."""
+    specs = load_catalog(catalog).projections
+    with connect(settings(database_url).resolved_database_url()) as conn:
+        schema.require_tables(conn)
+        rows = projection_status(conn, specs)
+        if watch:
+            deadline = time.monotonic() + timeout if timeout else None
+            with Live(_table(rows), console=Console(), auto_refresh=False) as live:
+                while not (until_caught_up and all(r["lag_events"] == 0 for r in rows)):
+                    if deadline and time.monotonic() > deadline:
+                        raise fail(f"projections did not catch up within {timeout:g}s")
+                    time.sleep(1)
+                    rows = projection_status(conn, specs)
+                    live.update(_table(rows), refresh=True)
+    if json:
+        emit_json(rows)
+    elif not watch:
+        Console().print(_table(rows))
+
+
+@handle_errors
+def query(
+    projection: Annotated[str, typer.Argument(help="The projection's name in the catalog.")],
+    key: Annotated[str | None, typer.Option("--key", help="Only the row with this key.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 20,
+    window: Annotated[
+        bool, typer.Option("--window", help="A sliding-window projection: the current window.")
+    ] = False,
+    catalog: CatalogPath = DEFAULT_PATH,
+    database_url: DatabaseUrl = None,
+    json: Json = False,
+) -> None:
+    """Print a projection's rows."""
+    (spec,) = select(load_catalog(catalog), [projection])
+    handler = build(spec)
+    if window and not (isinstance(handler, DeclarativeProjection) and handler.window_seconds):
+        raise fail(f"projection {projection!r} has no windowing")
+    key_column = sql.Identifier(handler.key_column)
+    with connect(settings(database_url).resolved_database_url()) as conn:
+        source: sql.Composable = handler.table
+        params: list[Any] = []
+        if window:
+            assert isinstance(handler, DeclarativeProjection) and spec.windowing
+            source = sql.SQL("({}) AS w").format(handler.sliding_query())
+            params.append(f"{spec.windowing.seconds} seconds")
+        where: sql.Composable = sql.SQL("")
+        if key is not None:
+            where = sql.SQL(" WHERE {}::text = %s").format(key_column)
+            params.append(key)
+        if conn.execute("SELECT to_regclass(%s)", (spec.storage,)).fetchone() == (None,):
+            raise fail(f"projection {projection!r} has no table yet: run `aura-es workers run`")
+        cur = conn.execute(
+            sql.SQL("SELECT * FROM {} {} ORDER BY {} LIMIT %s").format(source, where, key_column),
+            [*params, limit],
+        )
+        names = [d.name for d in cur.description or []]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    if json:
+        emit_json(rows)
+        return
+    table = Table(title=f"{projection} ({spec.storage})")
+    for name in names:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list) and len(value) > 6:
+        return f"[{len(value)} values]"
+    return "" if value is None else str(value)

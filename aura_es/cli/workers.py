@@ -1,0 +1,50 @@
+"""`aura-es workers run`: the supervisor and its worker processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aura_es.application import connect
+from aura_es.catalog import load_catalog
+from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
+from aura_es.cli.common import DatabaseUrl, console, handle_errors, settings
+from aura_es.projection.loading import build, select, topic_warnings
+from aura_es.store import schema
+from workers.shutdown import Shutdown
+from workers.supervisor import Supervisor
+
+workers_cli = typer.Typer(help="Projection worker processes.", no_args_is_help=True)
+
+
+@workers_cli.command("run")
+@handle_errors
+def run(
+    projection: Annotated[
+        list[str] | None,
+        typer.Option("--projection", "-p", help="Run only these (repeatable); default all."),
+    ] = None,
+    catalog: CatalogPath = DEFAULT_PATH,
+    poll_seconds: Annotated[
+        float, typer.Option("--poll-seconds", help="Poll interval when no NOTIFY arrives.")
+    ] = 1.0,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Run one worker process per projection until SIGTERM or Ctrl-C."""
+    url = settings(database_url).resolved_database_url()
+    specs = select(load_catalog(catalog), projection or [])
+    for spec in specs:
+        build(spec)  # a handler that does not import fails here, before any process starts
+    for warning in topic_warnings(specs):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    with connect(url) as conn:
+        schema.require_tables(conn)
+    shutdown = Shutdown().install()
+    supervisor = Supervisor(
+        [s.name for s in specs], catalog=Path(catalog).resolve(), database_url=url,
+        shutdown=shutdown, poll_seconds=poll_seconds,
+    )
+    raise typer.Exit(supervisor.run())
+

@@ -1,0 +1,102 @@
+"""The Python projection API: a handler gets a batch of events and a transaction.
+
+Subclass ``Projection``; either override ``handle`` to work on the whole batch (the fast
+way: one statement per batch), or decorate per-event methods with ``@on(topic)``. Use
+``self.table`` (and ``self.aux_table(...)``) for every table you write: replay builds
+the next version of the read model under other names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from aura_es.catalog.model import ProjectionSpec
+from aura_es.projection.envelope import EventEnvelope
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on(*topics: str) -> Callable[[F], F]:
+    """Marks a method ``(self, event: EventEnvelope, tx: Tx) -> None`` as the handler of topics."""
+
+    def mark(method: F) -> F:
+        method.__aura_topics__ = topics  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+@dataclass
+class Tx:
+    """The batch's transaction: read-model writes here commit with the checkpoint."""
+
+    cursor: psycopg.Cursor[Any]
+    replaying: bool = False
+    _after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    def execute(self, query: sql.Composable | str, params: Any = None) -> psycopg.Cursor[Any]:
+        return self.cursor.execute(query, params)  # type: ignore[arg-type]
+
+    def side_effect(self, action: Callable[[], None]) -> None:
+        """Runs ``action`` after the batch commits; never while replaying."""
+        if not self.replaying:
+            self._after_commit.append(action)
+
+    def run_side_effects(self) -> list[BaseException]:
+        errors: list[BaseException] = []
+        for action in self._after_commit:
+            try:
+                action()
+            except Exception as e:  # one failing webhook must not hide the others
+                errors.append(e)
+        self._after_commit.clear()
+        return errors
+
+
+class Projection:
+    """Base class of the Python projections the catalog names with ``handler:``."""
+
+    #: Bump when the handler's logic changes: it is part of the drift fingerprint.
+    version: ClassVar[str] = "1"
+    #: The column ``aura-es query --key`` filters on.
+    key_column: ClassVar[str] = "id"
+    _handlers: ClassVar[dict[str, Callable[..., None]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers: dict[str, Callable[..., None]] = {}
+        for klass in reversed(cls.__mro__):
+            for attribute in vars(klass).values():
+                for topic in getattr(attribute, "__aura_topics__", ()):
+                    handlers[topic] = attribute
+        cls._handlers = handlers
+
+    def __init__(self, spec: ProjectionSpec, storage: str | None = None) -> None:
+        self.spec = spec
+        self.storage = storage or spec.storage
+
+    @property
+    def table(self) -> sql.Identifier:
+        return sql.Identifier(self.storage)
+
+    def aux_table(self, suffix: str) -> sql.Identifier:
+        return sql.Identifier(f"{self.storage}__{suffix}")
+
+    def tables(self) -> list[str]:
+        """Every table this projection writes (created by ``create``)."""
+        return [self.storage]
+
+    def create(self, tx: Tx) -> None:
+        """Creates the read-model tables if they do not exist."""
+        raise NotImplementedError
+
+    def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
+        for event in batch:
+            method = self._handlers.get(event.topic)
+            if method is not None:
+                method(self, event, tx)

@@ -1,0 +1,224 @@
+"""Projections defined in YAML alone: a key, computed fields and optional windows.
+
+A batch is folded in memory per key (and per window), then written with ONE upsert
+per table whose ``ON CONFLICT`` clause merges the batch into the stored row: counts and
+sums add, min and max compare, first keeps the stored value, last takes the new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from aura_es.catalog.model import DeclarativeField, DeclarativeSpec, ProjectionSpec
+from aura_es.errors import AuraError
+from aura_es.projection.api import Projection, Tx
+from aura_es.projection.envelope import EventEnvelope
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_COLUMN_TYPES = {
+    "count": "bigint NOT NULL DEFAULT 0",
+    "sum": "numeric NOT NULL DEFAULT 0",
+    "min": "jsonb",
+    "max": "jsonb",
+    "first": "jsonb",
+    "last": "jsonb",
+}
+_MERGE = {
+    "count": "{t}.{c} + EXCLUDED.{c}",
+    "sum": "{t}.{c} + EXCLUDED.{c}",
+    "min": "LEAST({t}.{c}, EXCLUDED.{c})",
+    "max": "GREATEST({t}.{c}, EXCLUDED.{c})",
+    "first": "COALESCE({t}.{c}, EXCLUDED.{c})",
+    "last": "COALESCE(EXCLUDED.{c}, {t}.{c})",
+}
+_ARRAY_TYPES = {"count": "bigint[]", "sum": "numeric[]"}
+
+
+class MissingKey(AuraError):
+    """An event lacks the value the projection's key is taken from."""
+
+
+class DeclarativeProjection(Projection):
+    def __init__(self, spec: ProjectionSpec, storage: str | None = None) -> None:
+        super().__init__(spec, storage)
+        assert spec.declarative is not None
+        self.declarative: DeclarativeSpec = spec.declarative
+        self.key_column = self.declarative.key_column  # type: ignore[misc]
+        self.window_seconds = _bucket_seconds(spec)
+
+    @property
+    def windows_table(self) -> sql.Identifier:
+        return self.aux_table("windows")
+
+    def tables(self) -> list[str]:
+        names = [self.storage]
+        if self.window_seconds:
+            names.append(f"{self.storage}__windows")
+        return names
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def create(self, tx: Tx) -> None:
+        fields = self.declarative.fields
+        columns = [
+            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_COLUMN_TYPES[f.op]))
+            for name, f in fields.items()
+        ]
+        derived = [
+            sql.SQL(
+                "{name} double precision GENERATED ALWAYS AS (CASE WHEN {den} = 0 THEN NULL"
+                " ELSE {num}::double precision / {den} END) STORED"
+            ).format(
+                name=sql.Identifier(name),
+                num=sql.Identifier(ratio.ratio[0]),
+                den=sql.Identifier(ratio.ratio[1]),
+            )
+            for name, ratio in self.declarative.derived.items()
+        ]
+        key = sql.Identifier(self.key_column)
+        tx.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {t} ({k} text PRIMARY KEY, {cols})").format(
+            t=self.table, k=key, cols=sql.SQL(", ").join(columns + derived),
+        ))
+        if self.window_seconds:
+            tx.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {t} ({k} text NOT NULL,"
+                " window_start timestamptz NOT NULL, {cols}, PRIMARY KEY ({k}, window_start))"
+            ).format(t=self.windows_table, k=key, cols=sql.SQL(", ").join(columns + derived)))
+
+    def sliding_query(self) -> sql.Composed:
+        """Rows over the last window, computed at read time from the stored buckets."""
+        assert self.spec.windowing is not None
+        pieces = []
+        for name, f in self.declarative.fields.items():
+            column = sql.Identifier(name)
+            if f.op == "count":
+                pieces.append(sql.SQL("sum({c})::bigint AS {c}").format(c=column))
+            elif f.op == "sum":
+                pieces.append(sql.SQL("sum({c}) AS {c}").format(c=column))
+            elif f.op in ("min", "max"):
+                pieces.append(sql.SQL(f"{f.op}({{c}}) AS {{c}}").format(c=column))
+            else:
+                order = "ASC" if f.op == "first" else "DESC"
+                pieces.append(sql.SQL(
+                    f"(array_agg({{c}} ORDER BY window_start {order})"
+                    " FILTER (WHERE {c} IS NOT NULL))[1] AS {c}"
+                ).format(c=column))
+        for name, ratio in self.declarative.derived.items():
+            num, den = (sql.Identifier(p) for p in ratio.ratio)
+            pieces.append(sql.SQL(
+                "CASE WHEN sum({den}) = 0 THEN NULL ELSE sum({num})::double precision"
+                " / sum({den}) END AS {name}"
+            ).format(num=num, den=den, name=sql.Identifier(name)))
+        return sql.SQL(
+            "SELECT {k}, {cols} FROM {t} WHERE window_start > now() - %s::interval GROUP BY {k}"
+        ).format(
+            k=sql.Identifier(self.key_column), cols=sql.SQL(", ").join(pieces),
+            t=self.windows_table,
+        )
+
+    # -- events ---------------------------------------------------------------------------
+
+    def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
+        rows: dict[str, dict[str, Any]] = {}
+        windows: dict[tuple[str, datetime], dict[str, Any]] = {}
+        for event in batch:
+            key = event.value(self.declarative.key)
+            if key is None or key == "":
+                raise MissingKey(
+                    f"event {event.topic} at position {event.position} has no "
+                    f"{self.declarative.key} (the key of projection {self.spec.name!r})"
+                )
+            key = str(key)
+            self._fold(rows.setdefault(key, {}), event)
+            if self.window_seconds:
+                start = _window_start(event.occurred_at, self.window_seconds)
+                self._fold(windows.setdefault((key, start), {}), event)
+        if rows:
+            self._upsert(tx, self.table, [(k,) for k in rows], list(rows.values()), False)
+        if windows:
+            self._upsert(tx, self.windows_table, list(windows), list(windows.values()), True)
+
+    def _fold(self, acc: dict[str, Any], event: EventEnvelope) -> None:
+        for name, f in self.declarative.fields.items():
+            if f.topics and event.topic not in f.topics:
+                continue
+            value = None if f.of is None else event.value(f.of)
+            acc[name] = _combine(f, acc.get(name), value)
+
+    def _upsert(
+        self, tx: Tx, table: sql.Identifier, keys: list[tuple[Any, ...]],
+        values: list[dict[str, Any]], windowed: bool,
+    ) -> None:
+        fields = self.declarative.fields
+        key = sql.Identifier(self.key_column)
+        key_columns = [key, sql.Identifier("window_start")] if windowed else [key]
+        key_types = ["text[]", "timestamptz[]"] if windowed else ["text[]"]
+        names = list(fields)
+        params: list[list[Any]] = [[k[i] for k in keys] for i in range(len(key_columns))]
+        for name in names:
+            f = fields[name]
+            params.append([_stored(f, v.get(name)) for v in values])
+        casts = [*key_types, *(_ARRAY_TYPES.get(fields[n].op, "jsonb[]") for n in names)]
+        target = sql.Identifier("t")
+        tx.execute(
+            sql.SQL(
+                "INSERT INTO {table} AS t ({cols}) SELECT * FROM unnest({arrays})"
+                " ON CONFLICT ({keys}) DO UPDATE SET {merge}"
+            ).format(
+                table=table,
+                cols=sql.SQL(", ").join([*key_columns, *map(sql.Identifier, names)]),
+                arrays=sql.SQL(", ").join(sql.SQL("%s::" + c) for c in casts),
+                keys=sql.SQL(", ").join(key_columns),
+                merge=sql.SQL(", ").join(
+                    sql.SQL("{c} = " + _MERGE[fields[n].op]).format(
+                        c=sql.Identifier(n), t=target
+                    )
+                    for n in names
+                ),
+            ),
+            params,
+        )
+
+
+def _combine(f: DeclarativeField, current: Any, value: Any) -> Any:
+    if f.op == "count":
+        return (current or 0) + 1
+    if value is None:
+        return current
+    if f.op == "sum":
+        return (current or Decimal(0)) + Decimal(str(value))
+    if f.op == "first":
+        return current if current is not None else value
+    if f.op == "last":
+        return value
+    if current is None:
+        return value
+    return min(current, value) if f.op == "min" else max(current, value)
+
+
+def _stored(f: DeclarativeField, value: Any) -> Any:
+    if f.op == "count":
+        return value or 0
+    if f.op == "sum":
+        return value or Decimal(0)
+    return None if value is None else Jsonb(value)
+
+
+def _bucket_seconds(spec: ProjectionSpec) -> int:
+    if spec.windowing is None:
+        return 0
+    if spec.windowing.type == "tumbling":
+        return spec.windowing.seconds
+    # A sliding window is summed at read time from 60 buckets of its length.
+    return max(1, spec.windowing.seconds // 60)
+
+
+def _window_start(at: datetime, seconds: int) -> datetime:
+    elapsed = int((at - _EPOCH).total_seconds())
+    return _EPOCH + timedelta(seconds=elapsed - elapsed % seconds)

@@ -1,0 +1,72 @@
+"""From a catalog entry to a projection object, with clear errors for bad handlers."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Sequence
+
+import orjson
+
+import aura_es.domain  # noqa: F401  (the AURA event classes, so their topics are known)
+from aura_es.catalog.model import Catalog, ProjectionSpec
+from aura_es.errors import ConfigurationError
+from aura_es.events import KNOWN_TOPICS
+from aura_es.projection.api import Projection
+from aura_es.projection.declarative import DeclarativeProjection
+
+
+def projection_class(spec: ProjectionSpec) -> type[Projection]:
+    if spec.handler is None:
+        return DeclarativeProjection
+    module_name, _, class_name = spec.handler.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        raise ConfigurationError(
+            f"projection {spec.name!r}: handler {spec.handler!r} does not import: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Projection)):
+        raise ConfigurationError(
+            f"projection {spec.name!r}: handler {spec.handler!r} is not a "
+            "subclass of aura_es.projection.Projection"
+        )
+    return cls
+
+
+def build(spec: ProjectionSpec, storage: str | None = None) -> Projection:
+    return projection_class(spec)(spec, storage)
+
+
+def fingerprint(spec: ProjectionSpec) -> str:
+    """Changes when the catalog entry or the handler's ``version`` changes (drift)."""
+    # Only what shapes the read model: retries or batch sizes do not make it drift.
+    definition = spec.model_dump(
+        mode="json", exclude={"description", "error_handling", "batch_size"}
+    )
+    definition["handler_version"] = projection_class(spec).version
+    return hashlib.sha256(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def select(catalog: Catalog, names: Sequence[str] = ()) -> list[ProjectionSpec]:
+    """The named projections (all when none are named); unknown names are an error."""
+    if not names:
+        return list(catalog.projections)
+    try:
+        return [catalog.get(name) for name in names]
+    except KeyError as e:
+        raise ConfigurationError(str(e.args[0])) from None
+
+
+def topic_warnings(specs: Sequence[ProjectionSpec]) -> list[str]:
+    """Source events no loaded event class declares (after importing every handler)."""
+    for spec in specs:
+        projection_class(spec)
+    return [
+        f"projection {spec.name!r}: no known event class has the topic {topic!r}"
+        for spec in specs
+        for topic in spec.source_events
+        if topic not in KNOWN_TOPICS
+    ]

@@ -1,0 +1,132 @@
+"""Applies a projection's batches: read-model writes and checkpoint in ONE transaction.
+
+The runner owns no process and no lock: a worker (``workers/``) gives it a connection
+that holds the projection's advisory lock. Each step locks the checkpoint row and
+checks it still says what this runner last wrote: if another worker moved it (a lost
+lock, a takeover), the step aborts before writing anything (G4).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from aura_es.catalog.model import ProjectionSpec
+from aura_es.errors import AuraError
+from aura_es.projection.api import Projection, Tx
+from aura_es.projection.reader import read_batch
+from aura_es.projection.tables import CHECKPOINTS
+
+_CHECKPOINT = sql.Identifier(CHECKPOINTS)
+
+
+class LostOwnership(AuraError):
+    """Another worker advanced this projection's checkpoint: stop and stand by."""
+
+
+@dataclass(frozen=True)
+class Step:
+    applied: int
+    position: int
+    head: int
+    seconds: float
+
+    @property
+    def caught_up(self) -> bool:
+        return self.position >= self.head
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        spec: ProjectionSpec,
+        projection: Projection,
+        *,
+        checkpoint_name: str | None = None,
+        fingerprint: str | None = None,
+        replaying: bool = False,
+    ) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.projection = projection
+        self.checkpoint_name = checkpoint_name or spec.name
+        self.fingerprint = fingerprint
+        self.replaying = replaying
+        self.topics = list(spec.source_events)
+        # Scan ahead in position windows, so a projection of rare topics still moves its
+        # checkpoint (and its lag reads true) without scanning the whole log per batch.
+        self.window = max(spec.batch_size * 20, 10_000)
+        self.position = self.setup()
+
+    def setup(self) -> int:
+        """Creates the read model's tables and the checkpoint row; returns the position."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            self.projection.create(Tx(cur, replaying=self.replaying))
+            # The fingerprint of the definition that starts a read model stays with it:
+            # a later worker with another definition is drift, shown by `status`.
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {t} (projection, fingerprint) VALUES (%s, %s)"
+                    " ON CONFLICT (projection) DO NOTHING"
+                ).format(t=_CHECKPOINT),
+                (self.checkpoint_name, self.fingerprint),
+            )
+            row = cur.execute(
+                sql.SQL("SELECT position FROM {t} WHERE projection = %s").format(t=_CHECKPOINT),
+                (self.checkpoint_name,),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def step(self, limit: int | None = None) -> Step:
+        """One batch: at most ``limit`` (default ``batch_size``) events, one transaction."""
+        started = time.perf_counter()
+        tx: Tx | None = None
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            row = cur.execute(
+                sql.SQL("SELECT position FROM {t} WHERE projection = %s FOR UPDATE").format(
+                    t=_CHECKPOINT
+                ),
+                (self.checkpoint_name,),
+            ).fetchone()
+            stored = int(row[0]) if row else -1
+            if stored != self.position:
+                raise LostOwnership(
+                    f"projection {self.checkpoint_name!r}: checkpoint is {stored}, this worker "
+                    f"expected {self.position}; another worker has taken over"
+                )
+            batch = read_batch(
+                cur, self.position, self.topics, limit or self.spec.batch_size, self.window
+            )
+            if batch.events:
+                tx = Tx(cur, replaying=self.replaying)
+                self.projection.handle(batch.events, tx)
+            if batch.scanned_to != self.position:
+                cur.execute(
+                    sql.SQL(
+                        "UPDATE {t} SET position = %s, events_applied = events_applied + %s,"
+                        " updated_at = now() WHERE projection = %s"
+                    ).format(t=_CHECKPOINT),
+                    (batch.scanned_to, len(batch.events), self.checkpoint_name),
+                )
+        self.position = batch.scanned_to
+        if tx is not None:
+            tx.run_side_effects()
+        return Step(
+            applied=len(batch.events), position=batch.scanned_to, head=batch.head,
+            seconds=time.perf_counter() - started,
+        )
+
+    def run_until_caught_up(self) -> int:
+        """Steps until the head seen at the last step is reached; returns events applied."""
+        applied = 0
+        while True:
+            step = self.step()
+            applied += step.applied
+            if step.caught_up:
+                return applied

@@ -1,0 +1,90 @@
+"""What `aura-es status` reports: per projection, where it is and who is running it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from aura_es.catalog.model import ProjectionSpec
+from aura_es.projection.loading import fingerprint
+from aura_es.projection.tables import CHECKPOINTS, WORKERS
+from aura_es.store.recorder import EVENTS_TABLE
+
+#: A worker whose heartbeat is older than this is taken for dead.
+ALIVE_SECONDS = 5
+_LAG_CAP = 1_000_000
+
+_LAG = sql.SQL(
+    "SELECT (SELECT count(*) FROM (SELECT 1 FROM {e} WHERE notification_id > %(cp)s"
+    "   AND topic = ANY(%(topics)s) LIMIT %(cap)s) AS pending),"
+    " (SELECT (convert_from(state, 'UTF8')::jsonb ->> 'timestamp')::timestamptz FROM {e}"
+    "   WHERE notification_id > %(cp)s AND topic = ANY(%(topics)s)"
+    "   ORDER BY notification_id LIMIT 1)"
+).format(e=sql.Identifier(EVENTS_TABLE))
+
+
+def projection_status(
+    conn: psycopg.Connection[Any], specs: Sequence[ProjectionSpec]
+) -> list[dict[str, Any]]:
+    head_row = conn.execute(
+        sql.SQL("SELECT coalesce(max(notification_id), 0), now() FROM {}").format(
+            sql.Identifier(EVENTS_TABLE)
+        )
+    ).fetchone()
+    assert head_row is not None
+    head, now = int(head_row[0]), head_row[1]
+    checkpoints = {
+        row[0]: row[1:]
+        for row in conn.execute(sql.SQL(
+            "SELECT projection, position, events_applied, fingerprint, updated_at FROM {}"
+        ).format(sql.Identifier(CHECKPOINTS)))
+    }
+    workers: dict[str, list[tuple[Any, ...]]] = {}
+    for row in conn.execute(sql.SQL(
+        "SELECT projection, role, pid, host, events_per_second, last_error, last_error_at,"
+        " heartbeat_at > now() - make_interval(secs => %s) FROM {} ORDER BY started_at"
+    ).format(sql.Identifier(WORKERS)), (ALIVE_SECONDS,)):
+        workers.setdefault(row[0], []).append(row[1:])
+    return [_one(conn, spec, head, now, checkpoints.get(spec.name), workers.get(spec.name, []))
+            for spec in specs]
+
+
+def _one(
+    conn: psycopg.Connection[Any], spec: ProjectionSpec, head: int, now: datetime,
+    checkpoint: tuple[Any, ...] | None, workers: list[tuple[Any, ...]],
+) -> dict[str, Any]:
+    position, applied, built_by, updated_at = checkpoint or (0, 0, None, None)
+    lag_row = conn.execute(
+        _LAG, {"cp": position, "topics": list(spec.source_events), "cap": _LAG_CAP}
+    ).fetchone()
+    assert lag_row is not None
+    lag_events, oldest = int(lag_row[0]), lag_row[1]
+    alive = [w for w in workers if w[6]]
+    active = next((w for w in alive if w[0] == "active"), None)
+    state = "running" if active else "standby" if alive else "stopped"
+    errors = [w for w in workers if w[4] and w[5]]
+    last_error = max(errors, key=lambda w: w[5]) if errors else None
+    current = fingerprint(spec)
+    return {
+        "projection": spec.name,
+        "storage": spec.storage,
+        "state": state,
+        "checkpoint": position,
+        "head": head,
+        "lag_events": lag_events,
+        "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
+        "events_applied": applied,
+        "events_per_second": round(active[3], 1) if active else 0.0,
+        "pid": active[1] if active else None,
+        "host": active[2] if active else None,
+        "standbys": sum(1 for w in alive if w[0] == "standby"),
+        "last_error": last_error[4] if last_error else None,
+        "last_error_at": last_error[5].isoformat() if last_error else None,
+        "updated_at": updated_at.isoformat() if updated_at else None,
+        "fingerprint": current,
+        "drift": built_by is not None and built_by != current,
+    }
