@@ -18,8 +18,8 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Mapper
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
 from eventsourcing.utils import Environment
 
 from aura_es.aggregate import AuraAggregate
@@ -104,6 +104,12 @@ _LOOKUP = (
     "   AND e.originator_version BETWEEN i.from_version AND i.to_version"
     "   ORDER BY e.originator_version) AS positions"
     f" FROM {idempotency.TABLE} i WHERE i.key_hash = ANY(%s)"
+)
+
+_LOAD_MANY = (
+    "SELECT originator_id, originator_version, topic, state"
+    f" FROM {EVENTS_TABLE} WHERE originator_id = ANY(%s)"
+    " ORDER BY originator_id, originator_version"
 )
 
 
@@ -258,7 +264,10 @@ class EventSourcedApp(Application[UUID]):
         return results
 
     def _save_together(self, fresh: list[_Prepared]) -> None:
-        aggregates: dict[UUID, AuraAggregate] = {}
+        # One query for every aggregate the batch changes, not one per command.
+        aggregates = self._load_many(
+            [p.aggregate_id for p in fresh if isinstance(p.command, Update)]
+        )
         for p in fresh:
             aggregates[p.aggregate_id] = self._decide(p, aggregates.get(p.aggregate_id))
         recordings = self.save(
@@ -338,6 +347,28 @@ class EventSourcedApp(Application[UUID]):
             raise AggregateNotFound(aggregate_id) from None
         assert isinstance(aggregate, AuraAggregate)
         return aggregate
+
+    def _load_many(self, aggregate_ids: list[UUID]) -> dict[UUID, AuraAggregate]:
+        """The current state of many aggregates from one query; missing ids are left out."""
+        if not aggregate_ids:
+            return {}
+        history: dict[UUID, list[Any]] = {}
+        with self._cursor() as cur:
+            cur.execute(_LOAD_MANY, (list(set(aggregate_ids)),), prepare=True)
+            for row in cur.fetchall():
+                stored = StoredEvent(
+                    row["originator_id"], row["originator_version"], row["topic"],
+                    bytes(row["state"]),
+                )
+                history.setdefault(row["originator_id"], []).append(
+                    self.mapper.to_domain_event(stored)
+                )
+        loaded: dict[UUID, AuraAggregate] = {}
+        for aggregate_id, domain_events in history.items():
+            aggregate = project_aggregate(None, domain_events)
+            if isinstance(aggregate, AuraAggregate):
+                loaded[aggregate_id] = aggregate
+        return loaded
 
     def get(self, aggregate_id: UUID, expected: type[A]) -> A:
         aggregate = self._load(aggregate_id)

@@ -73,3 +73,30 @@ def cli_env(db_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env["AURA_ES_DATABASE_URL"] = db_url
     return env
+
+
+BIG_LOG_DB = "aura_test_big_log"
+BIG_LOG_COMMANDS = 50_000
+
+
+@pytest.fixture(scope="session")
+def big_log_template(pg_server: PostgresServer) -> Iterator[str]:
+    """A template database holding a 50,000-event AURA log (made once per session)."""
+    from aura_es.load import run_load
+
+    pg_server.drop_database(BIG_LOG_DB)
+    with pg_server.admin() as conn:
+        conn.execute(f'CREATE DATABASE "{BIG_LOG_DB}" TEMPLATE "{TEMPLATE_DB}"')
+    app = AuraApp(pg_server.url_for(BIG_LOG_DB), pool_size=4)
+    run_load(app, seed=11, commands=BIG_LOG_COMMANDS, concurrency=2, batch_size=250)
+    app.close()
+    yield BIG_LOG_DB
+    pg_server.drop_database(BIG_LOG_DB)
+
+
+@pytest.fixture
+def big_log_url(pg_server: PostgresServer, big_log_template: str) -> Iterator[str]:
+    """A fresh copy of the 50,000-event log."""
+    name = pg_server.create_database(template=big_log_template)
+    yield pg_server.url_for(name)
+    pg_server.drop_database(name)

@@ -24,7 +24,8 @@ _READ = sql.SQL(
     " e.originator_version, e.topic, e.state"
     " FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
     "   SELECT notification_id, originator_id, originator_version, topic, state FROM {events}"
-    "   WHERE notification_id > %(after)s AND notification_id <= %(after)s + %(window)s"
+    "   WHERE notification_id > %(after)s::bigint"
+    "     AND notification_id <= %(after)s::bigint + %(window)s::bigint"
     "     AND notification_id <= (SELECT head FROM head) AND topic = ANY(%(topics)s)"
     "   ORDER BY notification_id LIMIT %(limit)s) e ON true"
 ).format(events=sql.Identifier(EVENTS_TABLE))

@@ -1,0 +1,174 @@
+"""Read models computed independently from the raw event log, to compare workers against.
+
+Written plainly and event by event, sharing no code with the projections under test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+
+def events(conn: psycopg.Connection[Any], up_to: int | None = None) -> Iterator[dict[str, Any]]:
+    query = ("SELECT notification_id, originator_id, topic, convert_from(state, 'UTF8')"
+             " FROM aura_events")
+    params: tuple[Any, ...] = ()
+    if up_to is not None:
+        query += " WHERE notification_id <= %s"
+        params = (up_to,)
+    for position, aggregate_id, topic, state in conn.execute(
+        query + " ORDER BY notification_id", params
+    ):
+        data = json.loads(state)
+        yield {
+            "position": position, "id": aggregate_id, "topic": topic, "data": data,
+            "at": datetime.fromisoformat(data["timestamp"]),
+        }
+
+
+def debate_state(conn: psycopg.Connection[Any], up_to: int | None = None) -> dict[Any, tuple]:
+    rows: dict[Any, dict[str, Any]] = {}
+    for e in events(conn, up_to):
+        d = e["data"]
+        if e["topic"] == "aura.debate.started.v1":
+            rows[e["id"]] = {
+                "tenant_id": d["meta"]["tenant_id"], "topic": d["topic"],
+                "participants": d["participants"], "status": "open", "rounds": 0,
+                "arguments": 0, "decision": None, "failure_reason": None,
+                "started_at": e["at"], "updated_at": e["at"],
+            }
+            continue
+        row = rows.get(e["id"])
+        if row is None:
+            continue
+        if e["topic"] == "aura.debate.argument_added.v1":
+            row["arguments"] += 1
+            row["rounds"] = max(row["rounds"], d["round"])
+        elif e["topic"] == "aura.debate.consensus_reached.v1":
+            row["status"], row["decision"] = "consensus", d["decision"]
+        elif e["topic"] == "aura.debate.failed.v1":
+            row["status"], row["failure_reason"] = "failed", d["reason"]
+        else:
+            continue
+        row["updated_at"] = e["at"]
+    return {k: tuple(v.values()) for k, v in rows.items()}
+
+
+def stored_debate_state(conn: psycopg.Connection[Any], table: str = "debate_state") -> dict:
+    return {
+        row[0]: tuple(row[1:])
+        for row in conn.execute(
+            f'SELECT debate_id, tenant_id, topic, participants, status, rounds, arguments,'
+            f' decision, failure_reason, started_at, updated_at FROM "{table}"'
+        )
+    }
+
+
+_DECISION = "aura.decision."
+
+
+def agent_performance(
+    conn: psycopg.Connection[Any], bucket_seconds: int = 0, up_to: int | None = None
+) -> dict[Any, tuple]:
+    rows: dict[Any, dict[str, Any]] = {}
+    for e in events(conn, up_to):
+        if not e["topic"].startswith(_DECISION):
+            continue
+        key: Any = e["data"]["agent_id"]
+        if bucket_seconds:
+            epoch = int(e["at"].timestamp())
+            start = datetime.fromtimestamp(epoch - epoch % bucket_seconds, tz=UTC)
+            key = (key, start)
+        row = rows.setdefault(key, {
+            "proposed": 0, "approved": 0, "rejected": 0, "decided": 0,
+            "first_proposal_at": None, "last_decision_at": None,
+        })
+        kind = e["topic"].removeprefix(_DECISION).removesuffix(".v1")
+        row[kind] += 1
+        if kind in ("approved", "rejected"):
+            row["decided"] += 1
+        if kind == "proposed" and row["first_proposal_at"] is None:
+            row["first_proposal_at"] = e["at"].isoformat()
+        row["last_decision_at"] = e["at"].isoformat()
+    return {
+        k: (*v.values(), v["approved"] / v["decided"] if v["decided"] else None)
+        for k, v in rows.items()
+    }
+
+
+def stored_agent_performance(
+    conn: psycopg.Connection[Any], table: str = "agent_performance", windows: bool = False
+) -> dict:
+    key = "agent_id, window_start" if windows else "agent_id"
+    out = {}
+    for row in conn.execute(
+        f"SELECT {key}, proposed, approved, rejected, decided, first_proposal_at,"
+        f' last_decision_at, approval_rate FROM "{table}{"__windows" if windows else ""}"'
+    ):
+        n = 2 if windows else 1
+        out[tuple(row[:n]) if windows else row[0]] = tuple(row[n:])
+    return out
+
+
+def _p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = 0.95 * (len(ordered) - 1)
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def llm_spend(conn: psycopg.Connection[Any], up_to: int | None = None) -> dict[Any, tuple]:
+    calls: dict[Any, tuple[str, str, str, Any]] = {}
+    rows: dict[Any, dict[str, Any]] = {}
+    for e in events(conn, up_to):
+        d = e["data"]
+        if e["topic"] == "aura.llm_call.requested.v1":
+            calls[e["id"]] = (d["meta"]["tenant_id"], d["provider"], d["model"],
+                              e["at"].astimezone(UTC).date())
+        if not e["topic"].startswith("aura.llm_call.") or e["id"] not in calls:
+            continue
+        row = rows.setdefault(calls[e["id"]], {
+            "calls": 0, "failures": 0, "prompt": 0, "completion": 0,
+            "cost": Decimal(0), "latencies": [],
+        })
+        if e["topic"] == "aura.llm_call.requested.v1":
+            row["calls"] += 1
+            row["prompt"] += d["prompt_tokens"]
+        elif e["topic"] == "aura.llm_call.completed.v1":
+            row["completion"] += d["completion_tokens"]
+            row["cost"] += Decimal(str(d["cost_usd"]))
+            row["latencies"].append(float(d.get("latency_ms", 0.0)))
+        elif e["topic"] == "aura.llm_call.failed.v1":
+            row["failures"] += 1
+    return {
+        k: (v["calls"], v["failures"], v["prompt"], v["completion"], v["cost"],
+            v["latencies"], _rounded(sum(v["latencies"]) / len(v["latencies"])
+                                     if v["latencies"] else None),
+            _rounded(_p95(v["latencies"])))
+        for k, v in rows.items()
+    }
+
+
+def stored_llm_spend(conn: psycopg.Connection[Any], table: str = "llm_spend") -> dict:
+    return {
+        tuple(row[:4]): (*row[4:10], _rounded(row[10]), _rounded(row[11]))
+        for row in conn.execute(
+            "SELECT tenant_id, provider, model, day, calls, failures, prompt_tokens,"
+            " completion_tokens, cost_usd, latencies, latency_mean_ms, latency_p95_ms"
+            f' FROM "{table}"'
+        )
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+

@@ -1,0 +1,88 @@
+"""Starting real worker and supervisor processes, and waiting on what they report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.support import folds
+
+ROOT = Path(__file__).resolve().parents[2]
+CATALOG = ROOT / "catalog" / "projection-catalog.yaml"
+ALL = ("DebateStateProjection", "AgentPerformanceProjection", "LLMSpendProjection")
+
+
+def env_for(db_url: str) -> dict[str, str]:
+    return dict(os.environ, AURA_ES_DATABASE_URL=db_url, PYTHONPATH=str(ROOT))
+
+
+def start_worker(db_url: str, projection: str, catalog: Path = CATALOG) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.worker", "--projection", projection,
+         "--catalog", str(catalog), "--poll-seconds", "0.5"],
+        env=env_for(db_url), cwd=ROOT, text=True,
+    )
+
+
+def start_supervisor(db_url: str, *projections: str) -> subprocess.Popen[str]:
+    args = [arg for p in projections for arg in ("--projection", p)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "aura_es.cli", "workers", "run", *args,
+         "--catalog", str(CATALOG), "--poll-seconds", "0.5"],
+        env=env_for(db_url), cwd=ROOT, text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def positions(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    return dict(conn.execute("SELECT projection, position FROM aura_projection_checkpoints"))
+
+
+def head(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM aura_events").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def caught_up(conn: psycopg.Connection[Any], names: Sequence[str] = ALL) -> bool:
+    done = positions(conn)
+    top = head(conn)
+    return all(done.get(name, -1) >= top for name in names)
+
+
+def active_workers(conn: psycopg.Connection[Any], projection: str) -> list[int]:
+    return [row[0] for row in conn.execute(
+        "SELECT pid FROM aura_projection_workers WHERE projection = %s AND role = 'active'"
+        " AND heartbeat_at > now() - interval '3 seconds'", (projection,),
+    )]
+
+
+def assert_read_models_equal_fold(conn: psycopg.Connection[Any], names: Sequence[str] = ALL) -> None:
+    at = positions(conn)
+    if "DebateStateProjection" in names:
+        assert folds.stored_debate_state(conn) == folds.debate_state(
+            conn, at["DebateStateProjection"])
+    if "AgentPerformanceProjection" in names:
+        up_to = at["AgentPerformanceProjection"]
+        assert folds.stored_agent_performance(conn) == folds.agent_performance(conn, up_to=up_to)
+        assert folds.stored_agent_performance(conn, windows=True) == folds.agent_performance(
+            conn, bucket_seconds=60, up_to=up_to)
+    if "LLMSpendProjection" in names:
+        assert folds.stored_llm_spend(conn) == folds.llm_spend(conn, at["LLMSpendProjection"])
