@@ -12,7 +12,7 @@ from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import schema_json
 from aura_es.errors import ConfigurationError
 from tests.support.workers import CATALOG, ROOT
-from tests.test_cli import aura, assert_one_line_error
+from tests.test_cli import assert_one_line_error, aura
 
 
 def edited(tmp_path: Path, change: str, old: str, new: str) -> Path:

@@ -4,6 +4,7 @@ source events."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,10 +103,8 @@ def test_read_models_equal_the_fold_at_every_checkpoint(
                         raise Crash
 
                     r.projection.handle = crashing  # type: ignore[method-assign]
-                    try:
+                    with contextlib.suppress(Crash):
                         r.step(limit=n)
-                    except Crash:
-                        pass
                     runners[name] = runner(conn, r.spec, suffix)
                     assert runners[name].position in (before, r.position)
             check(conn, runners)

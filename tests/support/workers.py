@@ -74,7 +74,19 @@ def active_workers(conn: psycopg.Connection[Any], projection: str) -> list[int]:
     )]
 
 
-def assert_read_models_equal_fold(conn: psycopg.Connection[Any], names: Sequence[str] = ALL) -> None:
+def assert_read_models_equal_fold(
+    conn: psycopg.Connection[Any], names: Sequence[str] = ALL
+) -> None:
+    # One snapshot for checkpoints and tables: a killed worker's COMMIT may still land
+    # while we read, and G4 is about what any single snapshot shows.
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        _compare(conn, names)
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def _compare(conn: psycopg.Connection[Any], names: Sequence[str]) -> None:
     at = positions(conn)
     if "DebateStateProjection" in names:
         assert folds.stored_debate_state(conn) == folds.debate_state(
