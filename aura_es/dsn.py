@@ -36,7 +36,7 @@ def _escape(value: str) -> str:
 
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***``."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@]*:)[^@]+@", r"\1***@", url)
 
 
 def parse_database_url(url: str) -> PostgresParams:

@@ -12,6 +12,7 @@ import collections
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 
@@ -52,6 +53,7 @@ class Worker:
         self._last_beat = 0.0
         self._role = "standby"
         self._error: str | None = None
+        self._woken = threading.Event()
 
     def run(self) -> int:
         with connect(self.database_url) as conn:
@@ -64,9 +66,13 @@ class Worker:
             self._beat(force=True)
             runner = BatchRunner(conn, self.spec, self.projection, fingerprint=self.fingerprint)
             self.log.info("active", position=runner.position)
+            # A NOTIFY that arrives while a batch runs is delivered to this handler during
+            # that batch's queries; the flag keeps it from being lost before the next wait.
+            conn.add_notify_handler(lambda _: self._woken.set())
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
             failures = 0
             while not self.shutdown.requested:
+                self._woken.clear()
                 try:
                     step = runner.step()
                 except LostOwnership as e:
@@ -93,7 +99,7 @@ class Worker:
     def _wait_for_events(self) -> None:
         """Until a NOTIFY, a poll interval or shutdown; a lost NOTIFY costs one interval."""
         deadline = time.monotonic() + self.poll_seconds
-        while not self.shutdown.requested:
+        while not self.shutdown.requested and not self._woken.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return

@@ -1,0 +1,218 @@
+"""`scripts/bench projections`: catch-up and live latency of a projection worker, next to
+the `eventsourcing` library's ProjectionRunner on the same events, in the same run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.projection import Projection as LibraryProjection
+from eventsourcing.projection import ProjectionRunner
+from psycopg.sql import SQL
+
+from aura_es.app import AuraApp
+from aura_es.application import EventSourcedApp
+from aura_es.dsn import parse_database_url
+from aura_es.load import run_load
+from scripts.benchmarks._common import console, fresh_database, percentile, postgres, report
+
+ROOT = Path(__file__).resolve().parents[2]
+DEBATE_TOPICS = (
+    "aura.debate.started.v1", "aura.debate.argument_added.v1",
+    "aura.debate.consensus_reached.v1", "aura.debate.failed.v1",
+)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def checkpoint(conn: psycopg.Connection[Any], name: str = "DebateStateProjection") -> int:
+    row = conn.execute(
+        "SELECT position FROM aura_projection_checkpoints WHERE projection = %s", (name,)
+    ).fetchone()
+    return int(row[0]) if row else -1
+
+
+def start_worker(url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.worker", "--projection", "DebateStateProjection",
+         "--catalog", str(ROOT / "catalog/projection-catalog.yaml"), "--poll-seconds", "1"],
+        env=dict(os.environ, AURA_ES_DATABASE_URL=url, PYTHONPATH=str(ROOT)),
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def catch_up(url: str, conn: psycopg.Connection[Any], head: int, debate_events: int) -> dict:
+    started = time.perf_counter()
+    worker = start_worker(url)
+    memory: list[float] = []
+    first = started
+    while (position := checkpoint(conn)) < head:
+        if first == started and position > 0:
+            first = time.perf_counter()
+        memory.append(rss_mb(worker.pid))
+        time.sleep(0.05)
+    done = time.perf_counter()
+    worker.terminate()
+    worker.wait()
+    quarter = memory[len(memory) // 4] if memory else 0.0
+    return {
+        "seconds": done - started,
+        "events_per_second": debate_events / (done - started),
+        "events_per_second_after_start": debate_events / (done - first),
+        "rss_mb_at_25pct": round(quarter, 1),
+        "rss_mb_at_end": round(memory[-1], 1) if memory else 0.0,
+    }
+
+
+class DebateView(PostgresTrackingRecorder):
+    """The library's way: one transaction per event (row write + tracking record)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sql_create_statements.append(SQL(
+            "CREATE TABLE IF NOT EXISTS baseline_debates (debate_id uuid PRIMARY KEY,"
+            " status text NOT NULL, arguments int NOT NULL, rounds int NOT NULL)"
+        ))
+
+    def apply(self, debate_id: UUID, topic: str, event: Any, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            if topic == DEBATE_TOPICS[0]:
+                curs.execute("INSERT INTO baseline_debates VALUES (%s, 'open', 0, 0)",
+                             (debate_id,))
+            elif topic == DEBATE_TOPICS[1]:
+                curs.execute("UPDATE baseline_debates SET arguments = arguments + 1,"
+                             " rounds = greatest(rounds, %s) WHERE debate_id = %s",
+                             (event.round, debate_id))
+            else:
+                curs.execute("UPDATE baseline_debates SET status = %s WHERE debate_id = %s",
+                             ("consensus" if topic == DEBATE_TOPICS[2] else "failed", debate_id))
+            self._insert_tracking(curs, tracking)
+
+
+class BaselineDebates(LibraryProjection[DebateView]):
+    name = "baseline_debates"
+    topics = DEBATE_TOPICS
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        self.view.apply(domain_event.originator_id, type(domain_event).TOPIC, domain_event,
+                        tracking)
+
+
+def baseline(url: str, conn: psycopg.Connection[Any], up_to_debate_events: int) -> dict:
+    class App(EventSourcedApp):
+        def __init__(self, env: Any = None) -> None:
+            super().__init__(url, pool_size=2)
+
+    pg = parse_database_url(url)
+    env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": pg.dbname,
+           "POSTGRES_HOST": pg.host, "POSTGRES_PORT": pg.port, "POSTGRES_USER": pg.user,
+           "POSTGRES_PASSWORD": pg.password, "CREATE_TABLE": "y"}
+    started = time.perf_counter()
+    with ProjectionRunner(application_class=App, projection_class=BaselineDebates,
+                          view_class=DebateView, env=env) as runner:
+        target = conn.execute(
+            "SELECT notification_id FROM aura_events WHERE topic = ANY(%s)"
+            " ORDER BY notification_id OFFSET %s LIMIT 1",
+            (list(DEBATE_TOPICS), up_to_debate_events - 1),
+        ).fetchone()
+        assert target is not None
+        runner.wait(target[0], timeout=600)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "events_per_second": up_to_debate_events / seconds}
+
+
+def live_latency(url: str, conn: psycopg.Connection[Any], rate: int, seconds: float) -> dict:
+    """Append at ``rate`` events/s; time from commit to the checkpoint covering the event."""
+    worker = start_worker(url)
+    while not conn.execute(
+        "SELECT 1 FROM aura_projection_workers WHERE pid = %s AND role = 'active'", (worker.pid,)
+    ).fetchone():
+        time.sleep(0.05)
+    app = AuraApp(url, pool_size=2)
+    committed: dict[int, float] = {}
+    visible: dict[int, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as watcher:
+            while not stop.is_set():
+                now_at = checkpoint(watcher)
+                stamp = time.perf_counter()
+                # Positions are registered after their commit returns, so a position may
+                # be covered before it is known here: check every unseen one each poll.
+                for position in [p for p in list(committed) if p not in visible]:
+                    if position <= now_at:
+                        visible[position] = stamp
+                time.sleep(0.0005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    interval, next_at = 1.0 / rate, time.perf_counter()
+    for i in range(int(rate * seconds)):
+        result = app.execute(app.start_debate_command(f"live {i}", ["a"],
+                                                      idempotency_key=f"live-{i}"))
+        committed[result.positions[0]] = time.perf_counter()
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.perf_counter()))
+    time.sleep(1.0)
+    stop.set()
+    watcher.join()
+    worker.terminate()
+    worker.wait()
+    app.close()
+    latencies = [(visible[p] - t) * 1000 for p, t in committed.items() if p in visible]
+    return {"events": len(committed), "seen": len(latencies),
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95)}
+
+
+def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
+    events = 20_000 if quick else 200_000
+    baseline_events = 2_000 if quick else 10_000
+    with postgres() as admin, fresh_database(admin) as url:
+        app = AuraApp(url, pool_size=4)
+        with console.status(f"writing {events:,} events…"):
+            run_load(app, seed=7, commands=events, concurrency=2, batch_size=250)
+        app.close()
+        with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn:
+            head = int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0])
+            debate_events = int(conn.execute(
+                "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)", (list(DEBATE_TOPICS),)
+            ).fetchone()[0])
+            with console.status("aura-es worker catching up…"):
+                ours = catch_up(url, conn, head, debate_events)
+            with console.status("eventsourcing ProjectionRunner catching up…"):
+                lib = baseline(url, conn, baseline_events)
+            with console.status("live latency at 200 events/s…"):
+                live = live_latency(url, conn, rate=200, seconds=5 if quick else 15)
+    rows = [
+        {"measure": f"catch-up, DebateStateProjection ({debate_events:,} of {events:,} events)",
+         "eventsourcing ProjectionRunner": f"{lib['events_per_second']:,.0f} events/s "
+                                          f"(first {baseline_events:,})",
+         "aura-es worker": f"{ours['events_per_second']:,.0f} events/s with process start,"
+                           f" {ours['events_per_second_after_start']:,.0f} after",
+         "ratio": round(ours["events_per_second"] / lib["events_per_second"], 1)},
+        {"measure": "worker RSS at 25% / at the end of the catch-up",
+         "eventsourcing ProjectionRunner": "",
+         "aura-es worker": f"{ours['rss_mb_at_25pct']} MB / {ours['rss_mb_at_end']} MB",
+         "ratio": ""},
+        {"measure": f"append-to-visible at 200 events/s ({live['seen']}/{live['events']} seen)",
+         "eventsourcing ProjectionRunner": "",
+         "aura-es worker": f"p50 {live['p50_ms']:.1f} ms / p95 {live['p95_ms']:.1f} ms",
+         "ratio": ""},
+    ]
+    report("projections: aura-es next to its baseline (same run, same server)", rows,
+           as_json=as_json)
