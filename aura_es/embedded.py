@@ -22,7 +22,6 @@ from pathlib import Path
 from aura_es.errors import ConfigurationError, ServiceUnavailable
 from aura_es.settings import STATE_FILE
 
-
 # pgserver asks platformdirs for a runtime directory, which warns when XDG_RUNTIME_DIR
 # is unset (CI, root shells); the server does not use it.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
