@@ -1,6 +1,9 @@
 """LLMSpendProjection: per tenant, provider, model and day: calls, failures, tokens, cost,
 mean and p95 latency.
 
+Every column is order-independent (sums, and latencies kept sorted), so a batch applied
+late, as a DLQ retry does, gives the same row as the log's order would.
+
 Completions and failures do not repeat the call's tenant, provider and model, so the
 projection keeps each call's row key in an auxiliary table it writes in the same
 transaction. The day is the UTC day the call was requested.
@@ -130,7 +133,7 @@ class LLMSpendProjection(Projection):
             " latency_p95_ms)"
             " SELECT te, pr, mo, da, ca, fa, pt, ct, co, l, ls, " + p95.format("l") +
             " FROM (SELECT te, pr, mo, da, ca, fa, pt, ct, co, ls,"
-            "   ARRAY(SELECT jsonb_array_elements_text(lj)::float8) AS l FROM unnest("
+            "   ARRAY(SELECT jsonb_array_elements_text(lj)::float8 ORDER BY 1) AS l FROM unnest("
             "   %s::text[], %s::text[], %s::text[], %s::date[], %s::bigint[], %s::bigint[],"
             "   %s::bigint[], %s::bigint[], %s::numeric[], %s::jsonb[], %s::numeric[])"
             "   AS x(te, pr, mo, da, ca, fa, pt, ct, co, lj, ls)) AS x"
@@ -139,7 +142,7 @@ class LLMSpendProjection(Projection):
             " prompt_tokens = t.prompt_tokens + EXCLUDED.prompt_tokens,"
             " completion_tokens = t.completion_tokens + EXCLUDED.completion_tokens,"
             " cost_usd = t.cost_usd + EXCLUDED.cost_usd,"
-            " latencies = t.latencies || EXCLUDED.latencies,"
+            " latencies = ARRAY(SELECT unnest(t.latencies || EXCLUDED.latencies) ORDER BY 1),"
             " latency_sum_ms = t.latency_sum_ms + EXCLUDED.latency_sum_ms,"
             " latency_p95_ms = " + p95.format("t.latencies || EXCLUDED.latencies")
         ).format(t=self.table), columns)

@@ -1,8 +1,11 @@
 """One projection worker process: stand by for the projection's lock, then apply batches.
 
-Run by the supervisor as ``python -m workers.worker --projection NAME``. Exit status:
-0 after a graceful stop, 3 when another worker took the projection over (the
-supervisor restarts it at once, as a standby), 1 on anything else.
+Run by the supervisor as ``python -m workers.worker --projection NAME``. The loop reads
+top to bottom: wait while the circuit breaker is open; connect and stand by for the
+lock; then advance batch by batch, where poison events are isolated and dead-lettered
+(``ResilientRunner``) and transient failures are retried and counted by the breaker.
+Exit status: 0 after a graceful stop, 3 when another worker took the projection over
+(the supervisor restarts it at once, as a standby), 1 on a configuration error.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 
 import psycopg
 from psycopg import sql
@@ -22,9 +24,16 @@ from psycopg import sql
 from aura_es.application import connect
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.errors import AuraError
+from aura_es.errors import AuraError, ServiceUnavailable
 from aura_es.log import get_logger
+from aura_es.projection.failures import (
+    CircuitBreaker,
+    is_transient,
+    retry_delay,
+    transient_types,
+)
 from aura_es.projection.loading import build, fingerprint
+from aura_es.projection.resilience import Paused, ResilientRunner
 from aura_es.projection.runner import BatchRunner, LostOwnership, Step
 from aura_es.projection.tables import WORKERS
 from aura_es.settings import Settings
@@ -47,57 +56,130 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.projection = build(spec)
         self.fingerprint = fingerprint(spec)
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.transient = (*transient_types(spec.error_handling), ServiceUnavailable)
+        breaker = spec.error_handling.circuit_breaker
+        self.breaker = CircuitBreaker(breaker.failure_threshold, breaker.recovery_timeout)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.log = get_logger(projection=spec.name, worker_id=self.worker_id)
+        self.conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._last_beat = 0.0
         self._role = "standby"
         self._error: str | None = None
         self._woken = threading.Event()
+        self._logged_transitions = 0
+
+    # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        with connect(self.database_url) as conn:
-            self.conn = conn
-            self._beat(force=True)
-            self.log.info("standing by for the projection lock")
-            if not wait_for_lock(conn, self.spec.name, self.shutdown, while_waiting=self._beat):
-                return self._leave()
-            self._role = "active"
-            self._beat(force=True)
-            runner = BatchRunner(conn, self.spec, self.projection, fingerprint=self.fingerprint)
-            self.log.info("active", position=runner.position)
-            # A NOTIFY that arrives while a batch runs is delivered to this handler during
-            # that batch's queries; the flag keeps it from being lost before the next wait.
-            conn.add_notify_handler(lambda _: self._woken.set())
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
-            failures = 0
-            while not self.shutdown.requested:
-                self._woken.clear()
-                try:
-                    step = runner.step()
-                except LostOwnership as e:
-                    self.log.warning("taken over", reason=str(e))
-                    return EXIT_TAKEN_OVER
-                except psycopg.OperationalError:
+        while not self.shutdown.requested:
+            if not self._breaker_allows():
+                continue
+            try:
+                return self._run_connected()
+            except Exception as e:
+                if not is_transient(e, self.transient):
                     raise
-                except Exception as e:
-                    failures += 1
-                    self._error = f"{type(e).__name__}: {e}"
-                    self.log.error("batch failed", error=self._error, position=runner.position,
-                                   attempt=failures)
-                    self._beat(force=True)
-                    self.shutdown.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
-                    continue
-                failures = 0
-                self._count(step)
-                self._beat()
-                if step.caught_up:
-                    self._wait_for_events()
-            self.log.info("stopped", position=runner.position, signal=self.shutdown.signal_name)
+                self._transient_failure(e)
+            finally:
+                self._disconnect()
+        return EXIT_OK
+
+    def _run_connected(self) -> int:
+        self.conn = conn = connect(self.database_url)
+        self._role = "standby"
+        self._beat(force=True)
+        self.log.info("standing by for the projection lock")
+        if not wait_for_lock(conn, self.spec.name, self.shutdown, while_waiting=self._beat):
             return self._leave()
+        runner = BatchRunner(conn, self.spec, self.projection, fingerprint=self.fingerprint)
+        resilient = ResilientRunner(runner, self.spec, self.log)
+        self._role = "active"
+        self._beat(force=True)
+        self.log.info("active", position=runner.position)
+        # A NOTIFY that arrives while a batch runs is delivered to this handler during
+        # that batch's queries; the flag keeps it from being lost before the next wait.
+        conn.add_notify_handler(lambda _: self._woken.set())
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+        while not self.shutdown.requested:
+            if not self._breaker_allows():
+                continue
+            self._woken.clear()
+            try:
+                progress = resilient.advance()
+            except LostOwnership as e:
+                self.log.warning("taken over", reason=str(e))
+                return EXIT_TAKEN_OVER
+            except Paused as e:
+                self._pause(e, resilient.attempts)
+                continue
+            except Exception as e:
+                if not is_transient(e, self.transient) or conn.broken:
+                    raise
+                self._transient_failure(e)
+                continue
+            self._after(progress.step)
+            if progress.wait:
+                self.shutdown.wait(progress.wait)
+            elif progress.step is not None and progress.step.caught_up:
+                self._wait_for_events()
+        self.log.info("stopped", position=runner.position, signal=self.shutdown.signal_name)
+        return self._leave()
+
+    # -- failures ---------------------------------------------------------------------------
+
+    def _breaker_allows(self) -> bool:
+        allowed = self.breaker.allow()
+        self._log_transitions()
+        if not allowed:
+            self.shutdown.wait(min(self.breaker.seconds_until_probe(), 1.0))
+            self._beat()
+        return allowed
+
+    def _transient_failure(self, error: BaseException) -> None:
+        self.breaker.failure()
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        self._error = f"{type(error).__name__}: {first_line}"
+        wait = retry_delay(self.spec.error_handling, self.breaker.failures)
+        self.log.warning("transient failure", error=self._error, breaker=self.breaker.state,
+                         consecutive=self.breaker.failures, retry_in_seconds=round(wait, 3))
+        self._log_transitions()
+        self._beat(force=True)
+        if self.breaker.allow():
+            self.shutdown.wait(wait)
+
+    def _pause(self, error: Paused, attempts: int) -> None:
+        self._role = "paused"
+        self._error = str(error)
+        self.log.error("paused", error=self._error)
+        self._beat(force=True)
+        self.shutdown.wait(retry_delay(self.spec.error_handling, attempts))
+
+    def _log_transitions(self) -> None:
+        for before, after in self.breaker.transitions[self._logged_transitions:]:
+            level = "error" if after == "open" else "info"
+            getattr(self.log, level)("circuit breaker", before=str(before), after=str(after),
+                                     recovery_timeout=self.breaker.recovery_timeout)
+        self._logged_transitions = len(self.breaker.transitions)
+
+    def _after(self, step: Step | None) -> None:
+        if step is None:
+            return
+        self.breaker.success()
+        self._log_transitions()
+        if self._role == "paused":
+            self._role = "active"
+        now = time.monotonic()
+        self._recent.append((now, step.applied))
+        while self._recent and self._recent[0][0] < now - 5:
+            self._recent.popleft()
+        self._beat()
+
+    # -- waiting and reporting --------------------------------------------------------------
 
     def _wait_for_events(self) -> None:
         """Until a NOTIFY, a poll interval or shutdown; a lost NOTIFY costs one interval."""
+        assert self.conn is not None
         deadline = time.monotonic() + self.poll_seconds
         while not self.shutdown.requested and not self._woken.is_set():
             left = deadline - time.monotonic()
@@ -107,12 +189,6 @@ class Worker:
                 return
             self._beat()
 
-    def _count(self, step: Step) -> None:
-        now = time.monotonic()
-        self._recent.append((now, step.applied))
-        while self._recent and self._recent[0][0] < now - 5:
-            self._recent.popleft()
-
     def _rate(self) -> float:
         if not self._recent:
             return 0.0
@@ -121,30 +197,38 @@ class Worker:
 
     def _beat(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_beat < HEARTBEAT_SECONDS:
+        conn = self.conn
+        if conn is None or conn.broken or (not force and now - self._last_beat < HEARTBEAT_SECONDS):
             return
         self._last_beat = now
-        self.conn.execute(
+        conn.execute(
             sql.SQL(
-                "INSERT INTO {t} (worker_id, projection, host, pid, role, events_per_second,"
-                " last_error, last_error_at) VALUES (%s, %s, %s, %s, %s, %s, %s,"
-                " CASE WHEN %s::text IS NULL THEN NULL ELSE now() END)"
+                "INSERT INTO {t} (worker_id, projection, host, pid, role, breaker,"
+                " events_per_second, last_error, last_error_at) VALUES (%s, %s, %s, %s, %s, %s,"
+                " %s, %s, CASE WHEN %s::text IS NULL THEN NULL ELSE now() END)"
                 " ON CONFLICT (worker_id) DO UPDATE SET role = EXCLUDED.role,"
-                " heartbeat_at = now(), events_per_second = EXCLUDED.events_per_second,"
+                " breaker = EXCLUDED.breaker, heartbeat_at = now(),"
+                " events_per_second = EXCLUDED.events_per_second,"
                 " last_error = coalesce(EXCLUDED.last_error, {t}.last_error),"
                 " last_error_at = coalesce(EXCLUDED.last_error_at, {t}.last_error_at)"
             ).format(t=sql.Identifier(WORKERS)),
             (self.worker_id, self.spec.name, socket.gethostname(), os.getpid(), self._role,
-             self._rate(), self._error, self._error),
+             str(self.breaker.state), self._rate(), self._error, self._error),
         )
         self._error = None
 
     def _leave(self) -> int:
-        self.conn.execute(
-            sql.SQL("DELETE FROM {t} WHERE worker_id = %s").format(t=sql.Identifier(WORKERS)),
-            (self.worker_id,),
-        )
+        if self.conn is not None and not self.conn.broken:
+            self.conn.execute(
+                sql.SQL("DELETE FROM {t} WHERE worker_id = %s").format(t=sql.Identifier(WORKERS)),
+                (self.worker_id,),
+            )
         return EXIT_OK
+
+    def _disconnect(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,9 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         return Worker(url, spec, shutdown, poll_seconds=args.poll_seconds).run()
     except (AuraError, KeyError) as e:
         get_logger(projection=args.projection).error("cannot run", error=str(e))
-        return EXIT_FAILED
-    except psycopg.OperationalError as e:
-        get_logger(projection=args.projection).error("database connection lost", error=str(e))
         return EXIT_FAILED
 
 

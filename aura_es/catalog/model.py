@@ -133,6 +133,8 @@ class DeclarativeSpec(_Strict):
         names = [self.key_column, *self.fields, *self.derived]
         for name in names:
             check_identifier(name, "column")
+            if "__" in name:
+                raise ValueError(f"column {name!r}: '__' is reserved for aura-es's own columns")
         if len(set(names)) != len(names):
             raise ValueError("column names (key_column, fields, derived) must be distinct")
         if not self.fields:

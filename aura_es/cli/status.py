@@ -20,13 +20,13 @@ from aura_es.projection.loading import build, select
 from aura_es.projection.status import projection_status
 from aura_es.store import schema
 
-_COLOUR = {"running": "green", "standby": "yellow", "stopped": "red"}
+_COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": "red"}
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="aura-es projections")
     for title in ("projection", "state", "checkpoint/head", "lag", "lag s", "ev/s", "worker",
-                  "drift", "last error"):
+                  "breaker", "DLQ", "drift", "last error"):
         table.add_column(title, overflow="fold")
     for row in rows:
         worker = f"{row['pid']}@{row['host']}" if row["pid"] else ""
@@ -36,9 +36,22 @@ def _table(rows: list[dict[str, Any]]) -> Table:
             row["projection"], f"[{_COLOUR[row['state']]}]{row['state']}[/]",
             f"{row['checkpoint']}/{row['head']}", str(row["lag_events"]),
             f"{row['lag_seconds']:g}", f"{row['events_per_second']:g}", worker,
+            _breaker(row["breaker"]), _dead_letters(row),
             "[red]yes[/]" if row["drift"] else "no", row["last_error"] or "",
         )
     return table
+
+
+def _breaker(state: str | None) -> str:
+    if state is None:
+        return ""
+    return state if state == "closed" else f"[red]{state}[/]"
+
+
+def _dead_letters(row: dict[str, Any]) -> str:
+    if not row["dead_letters"]:
+        return "0"
+    return f"[red]{row['dead_letters']}[/] (+{row['parked_events']} parked)"
 
 
 @handle_errors
@@ -108,7 +121,12 @@ def query(
             [*params, limit],
         )
         names = [d.name for d in cur.description or []]
-        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        # Bookkeeping columns (``<field>__pos``) are aura-es's, not the user's model.
+        rows = [
+            {k: v for k, v in zip(names, r, strict=True) if "__" not in k}
+            for r in cur.fetchall()
+        ]
+        names = [n for n in names if "__" not in n]
     if json:
         emit_json(rows)
         return

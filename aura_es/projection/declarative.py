@@ -29,14 +29,21 @@ _COLUMN_TYPES = {
     "first": "jsonb",
     "last": "jsonb",
 }
+# first/last compare the log positions kept beside them (``<field>__pos``), so the
+# result does not depend on the order batches arrive in (a DLQ retry applies an old
+# event late); count, sum, min and max do not depend on order at all.
 _MERGE = {
     "count": "{t}.{c} + EXCLUDED.{c}",
     "sum": "{t}.{c} + EXCLUDED.{c}",
     "min": "LEAST({t}.{c}, EXCLUDED.{c})",
     "max": "GREATEST({t}.{c}, EXCLUDED.{c})",
-    "first": "COALESCE({t}.{c}, EXCLUDED.{c})",
-    "last": "COALESCE(EXCLUDED.{c}, {t}.{c})",
+    "first": "CASE WHEN EXCLUDED.{p} < coalesce({t}.{p}, 9223372036854775807)"
+             " THEN EXCLUDED.{c} ELSE {t}.{c} END, {p} = LEAST({t}.{p}, EXCLUDED.{p})",
+    "last": "CASE WHEN EXCLUDED.{p} > coalesce({t}.{p}, -1)"
+            " THEN EXCLUDED.{c} ELSE {t}.{c} END, {p} = GREATEST({t}.{p}, EXCLUDED.{p})",
 }
+_ORDERED = ("first", "last")
+POSITION_SUFFIX = "__pos"
 _ARRAY_TYPES = {"count": "bigint[]", "sum": "numeric[]"}
 
 
@@ -69,6 +76,9 @@ class DeclarativeProjection(Projection):
         columns = [
             sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_COLUMN_TYPES[f.op]))
             for name, f in fields.items()
+        ] + [
+            sql.SQL("{} bigint").format(sql.Identifier(name + POSITION_SUFFIX))
+            for name, f in fields.items() if f.op in _ORDERED
         ]
         derived = [
             sql.SQL(
@@ -106,9 +116,9 @@ class DeclarativeProjection(Projection):
             else:
                 order = "ASC" if f.op == "first" else "DESC"
                 pieces.append(sql.SQL(
-                    f"(array_agg({{c}} ORDER BY window_start {order})"
+                    f"(array_agg({{c}} ORDER BY {{p}} {order})"
                     " FILTER (WHERE {c} IS NOT NULL))[1] AS {c}"
-                ).format(c=column))
+                ).format(c=column, p=sql.Identifier(name + POSITION_SUFFIX)))
         for name, ratio in self.declarative.derived.items():
             num, den = (sql.Identifier(p) for p in ratio.ratio)
             pieces.append(sql.SQL(
@@ -149,6 +159,10 @@ class DeclarativeProjection(Projection):
             if f.topics and event.topic not in f.topics:
                 continue
             value = None if f.of is None else event.value(f.of)
+            if f.op in _ORDERED:
+                if value is not None and (f.op == "last" or acc.get(name) is None):
+                    acc[name], acc[name + POSITION_SUFFIX] = value, event.position
+                continue
             acc[name] = _combine(f, acc.get(name), value)
 
     def _upsert(
@@ -160,11 +174,17 @@ class DeclarativeProjection(Projection):
         key_columns = [key, sql.Identifier("window_start")] if windowed else [key]
         key_types = ["text[]", "timestamptz[]"] if windowed else ["text[]"]
         names = list(fields)
+        positions = [n + POSITION_SUFFIX for n in names if fields[n].op in _ORDERED]
         params: list[list[Any]] = [[k[i] for k in keys] for i in range(len(key_columns))]
         for name in names:
             f = fields[name]
             params.append([_stored(f, v.get(name)) for v in values])
-        casts = [*key_types, *(_ARRAY_TYPES.get(fields[n].op, "jsonb[]") for n in names)]
+        for name in positions:
+            params.append([v.get(name) for v in values])
+        casts = [
+            *key_types, *(_ARRAY_TYPES.get(fields[n].op, "jsonb[]") for n in names),
+            *("bigint[]" for _ in positions),
+        ]
         target = sql.Identifier("t")
         tx.execute(
             sql.SQL(
@@ -172,12 +192,14 @@ class DeclarativeProjection(Projection):
                 " ON CONFLICT ({keys}) DO UPDATE SET {merge}"
             ).format(
                 table=table,
-                cols=sql.SQL(", ").join([*key_columns, *map(sql.Identifier, names)]),
+                cols=sql.SQL(", ").join(
+                    [*key_columns, *map(sql.Identifier, names), *map(sql.Identifier, positions)]
+                ),
                 arrays=sql.SQL(", ").join(sql.SQL("%s::" + c) for c in casts),
                 keys=sql.SQL(", ").join(key_columns),
                 merge=sql.SQL(", ").join(
                     sql.SQL("{c} = " + _MERGE[fields[n].op]).format(
-                        c=sql.Identifier(n), t=target
+                        c=sql.Identifier(n), t=target, p=sql.Identifier(n + POSITION_SUFFIX)
                     )
                     for n in names
                 ),
@@ -193,10 +215,6 @@ def _combine(f: DeclarativeField, current: Any, value: Any) -> Any:
         return current
     if f.op == "sum":
         return (current or Decimal(0)) + Decimal(str(value))
-    if f.op == "first":
-        return current if current is not None else value
-    if f.op == "last":
-        return value
     if current is None:
         return value
     return min(current, value) if f.op == "min" else max(current, value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -17,6 +18,7 @@ from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError
+from aura_es.projection import dlq
 from aura_es.projection.api import Projection, Tx
 from aura_es.projection.reader import read_batch
 from aura_es.projection.tables import CHECKPOINTS
@@ -34,6 +36,7 @@ class Step:
     position: int
     head: int
     seconds: float
+    parked: int = 0
 
     @property
     def caught_up(self) -> bool:
@@ -84,46 +87,119 @@ class BatchRunner:
         return int(row[0])
 
     def step(self, limit: int | None = None) -> Step:
-        """One batch: at most ``limit`` (default ``batch_size``) events, one transaction."""
+        """One batch: at most ``limit`` (default ``batch_size``) events, one transaction.
+
+        Events of aggregates with an open dead letter are parked behind it, in order,
+        instead of being handled (G5).
+        """
         started = time.perf_counter()
         tx: Tx | None = None
         with self.conn.transaction(), self.conn.cursor() as cur:
-            # A read model is derived data: if the server crashes before this commit
-            # reaches disk, read-model rows and checkpoint are lost together and the
-            # events are applied again. Consistency (G4) holds; only the fsync wait goes.
-            cur.execute("SET LOCAL synchronous_commit = off")
-            row = cur.execute(
-                sql.SQL("SELECT position FROM {t} WHERE projection = %s FOR UPDATE").format(
-                    t=_CHECKPOINT
-                ),
-                (self.checkpoint_name,),
-            ).fetchone()
-            stored = int(row[0]) if row else -1
-            if stored != self.position:
-                raise LostOwnership(
-                    f"projection {self.checkpoint_name!r}: checkpoint is {stored}, this worker "
-                    f"expected {self.position}; another worker has taken over"
-                )
+            self._lock_checkpoint(cur)
             batch = read_batch(
                 cur, self.position, self.topics, limit or self.spec.batch_size, self.window
             )
-            if batch.events:
+            events = list(batch.events)
+            parked = 0
+            if events:
+                blocked = dlq.parked_aggregates(cur, self.checkpoint_name)
+                held = [e for e in events if e.aggregate_id in blocked]
+                if held:
+                    dlq.park(cur, self.checkpoint_name, held, blocked)
+                    events = [e for e in events if e.aggregate_id not in blocked]
+                    parked = len(held)
+            if events:
                 tx = Tx(cur, replaying=self.replaying)
-                self.projection.handle(batch.events, tx)
-            if batch.scanned_to != self.position:
-                cur.execute(
-                    sql.SQL(
-                        "UPDATE {t} SET position = %s, events_applied = events_applied + %s,"
-                        " updated_at = now() WHERE projection = %s"
-                    ).format(t=_CHECKPOINT),
-                    (batch.scanned_to, len(batch.events), self.checkpoint_name),
-                )
+                self.projection.handle(events, tx)
+            self._advance(cur, batch.scanned_to, len(events))
         self.position = batch.scanned_to
         if tx is not None:
             tx.run_side_effects()
         return Step(
-            applied=len(batch.events), position=batch.scanned_to, head=batch.head,
-            seconds=time.perf_counter() - started,
+            applied=len(events), position=batch.scanned_to, head=batch.head,
+            seconds=time.perf_counter() - started, parked=parked,
+        )
+
+    def dead_letter_next(
+        self, error: BaseException, attempts: int, first_failed_at: datetime
+    ) -> int:
+        """Moves the next event to the DLQ and the checkpoint past it; returns its position."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            self._lock_checkpoint(cur)
+            batch = read_batch(cur, self.position, self.topics, 1, self.window)
+            if not batch.events:
+                raise LookupError(f"projection {self.checkpoint_name!r}: no event to dead-letter")
+            event = batch.events[0]
+            dlq.dead_letter(cur, self.checkpoint_name, event,
+                            dlq.Failure.of(error, attempts, first_failed_at))
+            self._advance(cur, event.position, 0)
+        self.position = event.position
+        return event.position
+
+    def retry_dead_letter(self, dead_letter_id: int) -> bool:
+        """Re-applies a dead letter's events in order; True when they all applied.
+
+        Holds the checkpoint row's lock, so no batch of the live worker interleaves.
+        A failure keeps the events parked, with one more attempt recorded.
+        """
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT 1 FROM {t} WHERE projection = %s FOR UPDATE").format(
+                    t=_CHECKPOINT
+                ),
+                (self.checkpoint_name,),
+            )
+            letter = dlq.get(cur, dead_letter_id, lock=True)
+            if letter is None or letter["status"] != dlq.PARKED_STATUS:
+                raise LookupError(f"dead letter {dead_letter_id} is not open")
+            events = dlq.events_of(cur, letter)
+            try:
+                with self.conn.transaction():
+                    self.projection.handle(events, Tx(cur, replaying=self.replaying))
+            except Exception as e:
+                dlq.record_retry_failure(cur, dead_letter_id, e)
+                return False
+            cur.execute(
+                sql.SQL("DELETE FROM {t} WHERE dead_letter_id = %s").format(
+                    t=sql.Identifier(dlq.PARKED)
+                ),
+                (dead_letter_id,),
+            )
+            dlq.close(cur, dead_letter_id, dlq.RESOLVED)
+            cur.execute(
+                sql.SQL("UPDATE {t} SET events_applied = events_applied + %s"
+                        " WHERE projection = %s").format(t=_CHECKPOINT),
+                (len(events), self.checkpoint_name),
+            )
+        return True
+
+    def _lock_checkpoint(self, cur: psycopg.Cursor[Any]) -> None:
+        # A read model is derived data: if the server crashes before this commit
+        # reaches disk, read-model rows and checkpoint are lost together and the
+        # events are applied again. Consistency (G4) holds; only the fsync wait goes.
+        cur.execute("SET LOCAL synchronous_commit = off")
+        row = cur.execute(
+            sql.SQL("SELECT position FROM {t} WHERE projection = %s FOR UPDATE").format(
+                t=_CHECKPOINT
+            ),
+            (self.checkpoint_name,),
+        ).fetchone()
+        stored = int(row[0]) if row else -1
+        if stored != self.position:
+            raise LostOwnership(
+                f"projection {self.checkpoint_name!r}: checkpoint is {stored}, this worker "
+                f"expected {self.position}; another worker has taken over"
+            )
+
+    def _advance(self, cur: psycopg.Cursor[Any], position: int, applied: int) -> None:
+        if position == self.position:
+            return
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET position = %s, events_applied = events_applied + %s,"
+                " updated_at = now() WHERE projection = %s"
+            ).format(t=_CHECKPOINT),
+            (position, applied, self.checkpoint_name),
         )
 
     def run_until_caught_up(self) -> int:

@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
+from aura_es.projection import dlq
 from aura_es.projection.loading import fingerprint
 from aura_es.projection.tables import CHECKPOINTS, WORKERS
 from aura_es.store.recorder import EVENTS_TABLE
@@ -46,16 +47,23 @@ def projection_status(
     workers: dict[str, list[tuple[Any, ...]]] = {}
     for row in conn.execute(sql.SQL(
         "SELECT projection, role, pid, host, events_per_second, last_error, last_error_at,"
-        " heartbeat_at > now() - make_interval(secs => %s) FROM {} ORDER BY started_at"
+        " heartbeat_at > now() - make_interval(secs => %s), breaker FROM {}"
+        " ORDER BY started_at"
     ).format(sql.Identifier(WORKERS)), (ALIVE_SECONDS,)):
         workers.setdefault(row[0], []).append(row[1:])
-    return [_one(conn, spec, head, now, checkpoints.get(spec.name), workers.get(spec.name, []))
-            for spec in specs]
+    with conn.cursor() as cur:
+        dead = dlq.depth(cur)
+    return [
+        _one(conn, spec, head, now, checkpoints.get(spec.name), workers.get(spec.name, []),
+             dead.get(spec.name))
+        for spec in specs
+    ]
 
 
 def _one(
     conn: psycopg.Connection[Any], spec: ProjectionSpec, head: int, now: datetime,
     checkpoint: tuple[Any, ...] | None, workers: list[tuple[Any, ...]],
+    dead: tuple[int, int, datetime | None] | None,
 ) -> dict[str, Any]:
     position, applied, built_by, updated_at = checkpoint or (0, 0, None, None)
     lag_row = conn.execute(
@@ -64,8 +72,12 @@ def _one(
     assert lag_row is not None
     lag_events, oldest = int(lag_row[0]), lag_row[1]
     alive = [w for w in workers if w[6]]
-    active = next((w for w in alive if w[0] == "active"), None)
-    state = "running" if active else "standby" if alive else "stopped"
+    active = next((w for w in alive if w[0] in ("active", "paused")), None)
+    if active:
+        state = "paused" if active[0] == "paused" else "running"
+    else:
+        state = "standby" if alive else "stopped"
+    letters, parked, oldest_failure = dead or (0, 0, None)
     errors = [w for w in workers if w[4] and w[5]]
     last_error = max(errors, key=lambda w: w[5]) if errors else None
     current = fingerprint(spec)
@@ -82,6 +94,12 @@ def _one(
         "pid": active[1] if active else None,
         "host": active[2] if active else None,
         "standbys": sum(1 for w in alive if w[0] == "standby"),
+        "breaker": active[7] if active else None,
+        "dead_letters": letters,
+        "parked_events": parked,
+        "oldest_dead_letter_seconds": (
+            round((now - oldest_failure).total_seconds(), 1) if oldest_failure else None
+        ),
         "last_error": last_error[4] if last_error else None,
         "last_error_at": last_error[5].isoformat() if last_error else None,
         "updated_at": updated_at.isoformat() if updated_at else None,

@@ -33,6 +33,10 @@ def ddl() -> list[sql.Composed | sql.SQL]:
             " last_error text,"
             " last_error_at timestamptz)"
         ).format(t=sql.Identifier(WORKERS)),
+        # Columns added after the first release: `db init` upgrades older tables in place.
+        sql.SQL(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS breaker text NOT NULL DEFAULT 'closed'"
+        ).format(t=sql.Identifier(WORKERS)),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (projection)").format(
             i=sql.Identifier(f"{WORKERS}_projection_idx"), t=sql.Identifier(WORKERS)
         ),

@@ -15,7 +15,9 @@ from typing import Any
 import psycopg
 
 
-def events(conn: psycopg.Connection[Any], up_to: int | None = None) -> Iterator[dict[str, Any]]:
+def events(
+    conn: psycopg.Connection[Any], up_to: int | None = None, exclude: frozenset[int] = frozenset()
+) -> Iterator[dict[str, Any]]:
     query = ("SELECT notification_id, originator_id, topic, convert_from(state, 'UTF8')"
              " FROM aura_events")
     params: tuple[Any, ...] = ()
@@ -25,6 +27,8 @@ def events(conn: psycopg.Connection[Any], up_to: int | None = None) -> Iterator[
     for position, aggregate_id, topic, state in conn.execute(
         query + " ORDER BY notification_id", params
     ):
+        if position in exclude:
+            continue
         data = json.loads(state)
         yield {
             "position": position, "id": aggregate_id, "topic": topic, "data": data,
@@ -32,9 +36,11 @@ def events(conn: psycopg.Connection[Any], up_to: int | None = None) -> Iterator[
         }
 
 
-def debate_state(conn: psycopg.Connection[Any], up_to: int | None = None) -> dict[Any, tuple]:
+def debate_state(
+    conn: psycopg.Connection[Any], up_to: int | None = None, exclude: frozenset[int] = frozenset()
+) -> dict[Any, tuple]:
     rows: dict[Any, dict[str, Any]] = {}
-    for e in events(conn, up_to):
+    for e in events(conn, up_to, exclude):
         d = e["data"]
         if e["topic"] == "aura.debate.started.v1":
             rows[e["id"]] = {
@@ -150,7 +156,7 @@ def llm_spend(conn: psycopg.Connection[Any], up_to: int | None = None) -> dict[A
             row["failures"] += 1
     return {
         k: (v["calls"], v["failures"], v["prompt"], v["completion"], v["cost"],
-            v["latencies"], _rounded(sum(v["latencies"]) / len(v["latencies"])
+            sorted(v["latencies"]), _rounded(sum(v["latencies"]) / len(v["latencies"])
                                      if v["latencies"] else None),
             _rounded(_p95(v["latencies"])))
         for k, v in rows.items()

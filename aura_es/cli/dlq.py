@@ -1,0 +1,143 @@
+"""`aura-es dlq list | show | retry | discard`: the ordered dead-letter queue."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aura_es.application import connect
+from aura_es.catalog import load_catalog
+from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
+from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
+from aura_es.projection import dlq
+from aura_es.projection.loading import build, select
+from aura_es.projection.runner import BatchRunner
+from aura_es.store import schema
+
+dlq_cli = typer.Typer(help="The dead-letter queue.", no_args_is_help=True)
+Projection = Annotated[str | None, typer.Option("--projection", help="Only this projection.")]
+
+
+@dlq_cli.command("list")
+@handle_errors
+def list_(
+    projection: Projection = None,
+    every: Annotated[bool, typer.Option("--all", help="Also resolved and discarded.")] = False,
+    database_url: DatabaseUrl = None,
+    json: Json = False,
+) -> None:
+    """Open dead letters: the failed event, its error, and how many events wait behind it."""
+    with connect(settings(database_url).resolved_database_url()) as conn:
+        schema.require_tables(conn)
+        rows = dlq.listing(conn.cursor(), projection, None if every else dlq.PARKED_STATUS)
+    if json:
+        emit_json(rows)
+        return
+    table = Table(title="dead letters")
+    for title in ("id", "projection", "position", "aggregate", "topic", "error", "attempts",
+                  "parked", "status"):
+        table.add_column(title, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["id"]), r["projection"], str(r["position"]), str(r["aggregate_id"]),
+                      r["topic"], f"{r['error_type'].rsplit('.', 1)[-1]}: {r['error_message']}",
+                      str(r["attempts"]), str(r["parked_events"]), r["status"])
+    Console().print(table)
+
+
+@dlq_cli.command("show")
+@handle_errors
+def show(
+    dead_letter_id: Annotated[int, typer.Argument(metavar="ID")],
+    database_url: DatabaseUrl = None,
+    json: Json = False,
+) -> None:
+    """One dead letter in full, with its traceback and parked positions."""
+    with connect(settings(database_url).resolved_database_url()) as conn:
+        schema.require_tables(conn)
+        row = dlq.get(conn.cursor(), dead_letter_id)
+    if row is None:
+        raise fail(f"no dead letter with id {dead_letter_id}")
+    if json:
+        emit_json(row)
+        return
+    for key, value in row.items():
+        if key != "traceback":
+            typer.echo(f"{key}: {value}")
+    typer.echo(row["traceback"])
+
+
+@dlq_cli.command("retry")
+@handle_errors
+def retry(
+    dead_letter_id: Annotated[int | None, typer.Argument(metavar="[ID]")] = None,
+    projection: Projection = None,
+    every: Annotated[bool, typer.Option("--all", help="Every open dead letter.")] = False,
+    catalog: CatalogPath = DEFAULT_PATH,
+    database_url: DatabaseUrl = None,
+    json: Json = False,
+) -> None:
+    """Re-apply dead letters and their parked events in order (ID, --projection or --all)."""
+    if sum(x is not None and x is not False for x in (dead_letter_id, projection, every)) != 1:
+        raise fail("name exactly one of: a dead letter ID, --projection P, --all")
+    loaded = load_catalog(catalog)
+    if projection is not None:
+        select(loaded, [projection])
+    outcomes: list[dict[str, Any]] = []
+    with connect(settings(database_url).resolved_database_url()) as conn:
+        schema.require_tables(conn)
+        if dead_letter_id is not None:
+            one = dlq.get(conn.cursor(), dead_letter_id)
+            if one is None:
+                raise fail(f"no dead letter with id {dead_letter_id}")
+            if one["status"] != dlq.PARKED_STATUS:
+                raise fail(f"dead letter {dead_letter_id} is {one['status']}, not open")
+            letters = [one]
+        else:
+            letters = dlq.listing(conn.cursor(), projection)
+        runners: dict[str, BatchRunner] = {}
+        for letter in letters:
+            name = letter["projection"]
+            if name not in runners:
+                (spec,) = select(loaded, [name])
+                runners[name] = BatchRunner(conn, spec, build(spec))
+            applied = runners[name].retry_dead_letter(letter["id"])
+            outcomes.append({"id": letter["id"], "projection": name, "applied": applied})
+    failed = [o for o in outcomes if not o["applied"]]
+    if json:
+        emit_json({"retried": len(outcomes), "failed": len(failed), "results": outcomes})
+    else:
+        typer.echo(f"retried {len(outcomes)} dead letters: {len(outcomes) - len(failed)} applied,"
+                   f" {len(failed)} failed again (still parked)")
+    if failed:
+        raise typer.Exit(1)
+
+
+@dlq_cli.command("discard")
+@handle_errors
+def discard(
+    dead_letter_id: Annotated[int, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option("--reason", help="Why: kept with the audit record.")] = "",
+    database_url: DatabaseUrl = None,
+    json: Json = False,
+) -> None:
+    """Give up on a dead letter: its events stay unapplied, its aggregate flows again."""
+    if not reason.strip():
+        raise fail("--reason is required: say why these events are given up")
+    with connect(settings(database_url).resolved_database_url()) as conn:
+        schema.require_tables(conn)
+        with conn.transaction():
+            cur = conn.cursor()
+            row = dlq.get(cur, dead_letter_id, lock=True)
+            if row is None:
+                raise fail(f"no dead letter with id {dead_letter_id}")
+            if row["status"] != dlq.PARKED_STATUS:
+                raise fail(f"dead letter {dead_letter_id} is {row['status']}, not open")
+            dlq.close(cur, dead_letter_id, dlq.DISCARDED, reason.strip())
+    if json:
+        emit_json({"id": dead_letter_id, "status": dlq.DISCARDED, "reason": reason.strip()})
+    else:
+        typer.echo(f"dead letter {dead_letter_id} discarded ({len(row['parked_positions'])}"
+                   " parked events with it)")

@@ -1,0 +1,94 @@
+"""Poison isolation around the batch runner: split a failing batch until the failing
+event is alone, retry it, then dead-letter it (or pause the projection, visibly).
+
+Transient failures are not handled here: they propagate to the worker, whose circuit
+breaker and retry policy deal with them, so a sick database never fills the DLQ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aura_es.catalog.model import ProjectionSpec
+from aura_es.errors import AuraError
+from aura_es.projection.failures import is_transient, retry_delay, transient_types
+from aura_es.projection.runner import BatchRunner, LostOwnership, Step
+
+
+class Paused(AuraError):
+    """A poison event and no dead-letter queue: the projection stops at it."""
+
+    def __init__(self, position: int, error: BaseException) -> None:
+        super().__init__(
+            f"paused before position {position}: {type(error).__name__}: {error}"
+            " (dead_letter_queue is off)"
+        )
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one call of ``advance`` did; ``wait`` is how long to pause before the next."""
+
+    step: Step | None = None
+    wait: float = 0.0
+    split_to: int | None = None
+    dead_lettered: int | None = None
+
+
+class ResilientRunner:
+    def __init__(self, runner: BatchRunner, spec: ProjectionSpec, log: Any = None) -> None:
+        self.runner = runner
+        self.spec = spec
+        self.policy = spec.error_handling
+        self.transient = transient_types(self.policy)
+        self.log = log
+        self.limit = spec.batch_size
+        self.attempts = 0
+        self.first_failed_at: datetime | None = None
+
+    def advance(self) -> Progress:
+        try:
+            step = self.runner.step(limit=self.limit)
+        except LostOwnership:
+            raise
+        except Exception as e:
+            if is_transient(e, self.transient):
+                raise
+            return self._poison(e)
+        # Grow back after an isolation, so one poison event costs O(log n) small batches.
+        self.limit = min(self.spec.batch_size, self.limit * 2)
+        self.attempts, self.first_failed_at = 0, None
+        return Progress(step=step)
+
+    def _poison(self, error: BaseException) -> Progress:
+        if self.limit > 1:
+            self.limit = max(1, self.limit // 2)
+            self._log("warning", "batch failed; splitting it to isolate the event",
+                      error=_describe(error), limit=self.limit)
+            return Progress(split_to=self.limit)
+        self.attempts += 1
+        self.first_failed_at = self.first_failed_at or datetime.now(UTC)
+        if self.attempts <= self.policy.max_retries:
+            wait = retry_delay(self.policy, self.attempts)
+            self._log("warning", "event failed; retrying", error=_describe(error),
+                      attempt=self.attempts, max_retries=self.policy.max_retries,
+                      retry_in_seconds=round(wait, 3))
+            return Progress(wait=wait)
+        if not self.policy.dead_letter_queue:
+            raise Paused(self.runner.position + 1, error)
+        position = self.runner.dead_letter_next(error, self.attempts, self.first_failed_at)
+        self._log("error", "event dead-lettered; later events of its aggregate are parked",
+                  error=_describe(error), event_position=position, attempts=self.attempts)
+        self.attempts, self.first_failed_at = 0, None
+        return Progress(dead_lettered=position)
+
+    def _log(self, level: str, message: str, **fields: Any) -> None:
+        if self.log is not None:
+            getattr(self.log, level)(message, position=self.runner.position, **fields)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,102 @@
+"""Pure logic: the circuit breaker's transitions, retry delays, transient classification."""
+
+from __future__ import annotations
+
+import random
+
+import psycopg
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aura_es.catalog.model import ErrorHandling
+from aura_es.errors import ConfigurationError
+from aura_es.projection.failures import (
+    BreakerState,
+    CircuitBreaker,
+    is_transient,
+    retry_delay,
+    transient_types,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_at_the_threshold_probes_after_the_timeout_and_closes() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=10, clock=clock)
+    for _ in range(2):
+        breaker.failure()
+        assert breaker.allow()
+    breaker.failure()
+    assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    clock.now = 9.9
+    assert not breaker.allow() and breaker.seconds_until_probe() == pytest.approx(0.1)
+    clock.now = 10
+    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+    breaker.failure()  # the probe failed: open again for a full timeout
+    assert breaker.state is BreakerState.OPEN and breaker.seconds_until_probe() == 10
+    clock.now = 20
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state is BreakerState.CLOSED and breaker.failures == 0
+    assert breaker.transitions == [
+        ("closed", "open"), ("open", "half_open"), ("half_open", "open"),
+        ("open", "half_open"), ("half_open", "closed"),
+    ]
+
+
+@given(st.lists(st.booleans(), max_size=60), st.integers(1, 6))
+def test_breaker_is_open_exactly_after_threshold_consecutive_failures(
+    outcomes: list[bool], threshold: int
+) -> None:
+    breaker = CircuitBreaker(failure_threshold=threshold, recovery_timeout=1e9, clock=Clock())
+    run = 0
+    for ok in outcomes:
+        if breaker.state is BreakerState.OPEN:
+            break
+        if ok:
+            breaker.success()
+            run = 0
+        else:
+            breaker.failure()
+            run += 1
+        assert (breaker.state is BreakerState.OPEN) == (run >= threshold)
+
+
+@given(st.integers(1, 40), st.integers(0, 2**32))
+def test_exponential_backoff_grows_with_jitter_and_is_capped(attempt: int, seed: int) -> None:
+    policy = ErrorHandling(retry_policy="exponential_backoff")
+    delay = retry_delay(policy, attempt, random.Random(seed))
+    ceiling = min(30.0, 0.2 * 2.0 ** (attempt - 1))
+    assert ceiling / 2 <= delay <= ceiling
+    assert retry_delay(ErrorHandling(retry_policy="fixed"), attempt) == 1.0
+    assert retry_delay(ErrorHandling(retry_policy="none"), attempt) == 0.0
+
+
+class Flaky(Exception):
+    pass
+
+
+def test_transient_classification_follows_causes_and_the_catalog() -> None:
+    policy = ErrorHandling(transient_exceptions=["tests.test_failure_policies:Flaky"])
+    types = transient_types(policy)
+    assert is_transient(psycopg.errors.SerializationFailure("x"), types)
+    assert is_transient(psycopg.OperationalError("connection lost"), types)
+    assert is_transient(Flaky(), types)
+    wrapped = RuntimeError("handler")
+    wrapped.__cause__ = psycopg.errors.LockNotAvailable("x")
+    assert is_transient(wrapped, types)
+    assert not is_transient(ValueError("bad payload"), types)
+    assert not is_transient(psycopg.errors.UniqueViolation("x"), types)
+
+
+def test_an_unknown_transient_exception_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="nowhere:Thing"):
+        transient_types(ErrorHandling(transient_exceptions=["nowhere:Thing"]))
