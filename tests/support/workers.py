@@ -31,13 +31,16 @@ def start_worker(db_url: str, projection: str, catalog: Path = CATALOG) -> subpr
     )
 
 
-def start_supervisor(db_url: str, *projections: str) -> subprocess.Popen[str]:
+def start_supervisor(
+    db_url: str, *projections: str, catalog: Path = CATALOG, log: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
     args = [arg for p in projections for arg in ("--projection", p)]
     return subprocess.Popen(
         [sys.executable, "-m", "aura_es.cli", "workers", "run", *args,
-         "--catalog", str(CATALOG), "--poll-seconds", "0.5"],
-        env=env_for(db_url), cwd=ROOT, text=True,
-        start_new_session=True,
+         "--catalog", str(catalog), "--poll-seconds", "0.5"],
+        env={**env_for(db_url), **(env or {})}, cwd=ROOT, text=True,
+        stderr=log.open("w") if log else None, start_new_session=True,
     )
 
 
