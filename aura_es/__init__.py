@@ -3,6 +3,7 @@
 The public surface is what this module exports; everything else is internal.
 """
 
+import aura_es.mirror.progress
 import aura_es.projection  # noqa: F401  (registers the workers' tables with `db init`)
 from aura_es.aggregate import AuraAggregate
 from aura_es.app import AuraApp

@@ -9,7 +9,7 @@ from aura_es.application import connect
 from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import BatchRunner
 from tests.support.poison import PoisonedDebates
-from tests.test_cli import aura, assert_one_line_error
+from tests.test_cli import assert_one_line_error, aura
 from tests.test_dlq_properties import SPEC
 
 

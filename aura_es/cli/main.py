@@ -7,6 +7,7 @@ import typer
 from aura_es.cli import load, services, status
 from aura_es.cli.catalog import catalog_cli
 from aura_es.cli.dlq import dlq_cli
+from aura_es.cli.mirror import mirror_cli
 from aura_es.cli.workers import workers_cli
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("load")(load.load)
 app.add_typer(catalog_cli, name="catalog")
 app.add_typer(workers_cli, name="workers")
 app.add_typer(dlq_cli, name="dlq")
+app.add_typer(mirror_cli, name="mirror")
 app.command("status")(status.status)
 app.command("query")(status.query)
 

@@ -1,0 +1,108 @@
+"""`aura-es mirror run` and `aura-es mirror verify`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Annotated
+
+import typer
+
+from aura_es.application import connect
+from aura_es.cli.common import (
+    DatabaseUrl,
+    Json,
+    NatsUrl,
+    console,
+    emit_json,
+    fail,
+    handle_errors,
+    parse_duration,
+    settings,
+)
+from aura_es.errors import ServiceUnavailable
+from aura_es.mirror.relay import Relay
+from aura_es.mirror.stream import StreamSettings
+from aura_es.mirror.verify import verify as verify_stream
+from aura_es.store import schema
+
+mirror_cli = typer.Typer(help="The JetStream mirror of the event store.", no_args_is_help=True)
+Stream = Annotated[str, typer.Option("--stream", help="JetStream stream name.")]
+Prefix = Annotated[str, typer.Option("--subject-prefix", help="Subjects: PREFIX.<agg>.<event>.")]
+
+
+def _settings(stream: str, prefix: str, replicas: int = 1, max_age: str = "") -> StreamSettings:
+    age = parse_duration(max_age, "--max-age").total_seconds() if max_age else 0.0
+    return StreamSettings(name=stream, subject_prefix=prefix, replicas=replicas,
+                          max_age_seconds=age)
+
+
+@mirror_cli.command("run")
+@handle_errors
+def run(
+    stream: Stream = "AURA_EVENTS",
+    subject_prefix: Prefix = "aura.events",
+    replicas: Annotated[int, typer.Option("--replicas", help="Stream replicas (1-5).")] = 1,
+    max_age: Annotated[str, typer.Option("--max-age", help="e.g. 30d; default: forever")] = "",
+    force_pipelined: Annotated[bool, typer.Option(
+        "--force-pipelined", help="Use publish_async even where atomic batches work.")] = False,
+    database_url: DatabaseUrl = None,
+    nats_url: NatsUrl = None,
+) -> None:
+    """Relay every stored event to JetStream, in order, exactly once, until SIGTERM."""
+    config = _settings(stream, subject_prefix, replicas, max_age)
+    resolved = settings(database_url, nats_url)
+    url = resolved.resolved_database_url()
+    with connect(url) as conn:
+        schema.require_tables(conn)
+    relay = Relay(url, resolved.resolved_nats_url(), config, force_pipelined=force_pipelined)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, relay.stop.set)
+        await relay.run()
+
+    asyncio.run(main())
+    console.print(f"mirror stopped after publishing {relay.published} events", highlight=False)
+
+
+@mirror_cli.command("verify")
+@handle_errors
+def verify(
+    stream: Stream = "AURA_EVENTS",
+    subject_prefix: Prefix = "aura.events",
+    database_url: DatabaseUrl = None,
+    nats_url: NatsUrl = None,
+    json: Json = False,
+) -> None:
+    """Compare the stream with the store; exit 1 if any event is missing, doubled or moved."""
+    config = _settings(stream, subject_prefix)
+    resolved = settings(database_url, nats_url)
+    try:
+        with console.status("reading the stream and the store…"):
+            report = verify_stream(resolved.resolved_database_url(),
+                                   resolved.resolved_nats_url(), config)
+    except (OSError, TimeoutError) as e:
+        raise ServiceUnavailable(f"cannot read stream {stream!r}: {e}") from None
+    except Exception as e:
+        if type(e).__name__ in ("NoServersError", "NotFoundError"):
+            raise fail(f"cannot read stream {stream!r}: {type(e).__name__}") from None
+        raise
+    data = report.as_dict()
+    if json:
+        emit_json(data)
+    else:
+        verdict = "OK" if report.ok else "FAILED"
+        typer.echo(
+            f"{verdict}: {report.stream_messages} messages for {report.stored_events} stored"
+            f" events (mirrored up to position {report.mirrored_up_to},"
+            f" {report.not_yet_mirrored} not yet mirrored); missing {len(report.missing)},"
+            f" duplicated {len(report.duplicated)}, out of order {len(report.out_of_order)},"
+            f" different {len(report.different)}"
+        )
+        for name in ("missing", "duplicated", "out_of_order", "different"):
+            if data[name]:
+                typer.echo(f"  {name}: positions {data[name][:50]}")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,187 @@
+"""`aura-es mirror run`: relays every stored event, in global order, onto the stream.
+
+The resume point is the stream's own tail (its last message's ``Aura-Position``), never
+local state: a relay killed anywhere, or a batch whose outcome is unknown, resumes from
+what the stream really holds. One active relay across hosts (advisory lock); others
+stand by. The store is read in batches of at most ``batch_size`` and each batch is
+confirmed before the next is read, so memory is bounded and a slow broker slows the
+relay instead of filling it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import nats
+import psycopg
+from nats.aio.client import Client
+from psycopg import sql
+
+from aura_es.dsn import parse_database_url
+from aura_es.errors import ConfigurationError
+from aura_es.log import get_logger
+from aura_es.mirror import progress
+from aura_es.mirror.cloudevents import to_message
+from aura_es.mirror.publish import (
+    MAX_ATOMIC_BATCH,
+    AtomicBatchPublisher,
+    PipelinedPublisher,
+    Publisher,
+)
+from aura_es.mirror.stream import StreamSettings, ensure_stream, tail
+from aura_es.projection.envelope import EventEnvelope
+from aura_es.store.recorder import EVENTS_TABLE
+
+_READ = sql.SQL(
+    "WITH head AS (SELECT coalesce(max(notification_id), 0) AS head FROM {e})"
+    " SELECT notification_id, originator_id, originator_version, topic, state FROM {e}"
+    " WHERE notification_id > %s AND notification_id <= (SELECT head FROM head)"
+    " ORDER BY notification_id LIMIT %s"
+).format(e=sql.Identifier(EVENTS_TABLE))
+
+
+def supports_atomic(version: str) -> bool:
+    """Atomic batches with Nats-Msg-Id dedup: nats-server 2.12.1 and later."""
+    try:
+        parts = tuple(int(p) for p in version.split("-")[0].split(".")[:3])
+    except ValueError:
+        return False
+    return parts >= (2, 12, 1)
+
+
+class Relay:
+    def __init__(
+        self, database_url: str, nats_url: str, settings: StreamSettings, *,
+        batch_size: int = MAX_ATOMIC_BATCH, force_pipelined: bool = False,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.database_url = database_url
+        self.nats_url = nats_url
+        self.settings = settings
+        self.batch_size = min(batch_size, MAX_ATOMIC_BATCH)
+        self.force_pipelined = force_pipelined
+        self.poll_seconds = poll_seconds
+        self.stop = asyncio.Event()
+        self.log = get_logger(component="mirror", stream=settings.name)
+        self.published = 0
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                await self._run_once()
+                return
+            except ConfigurationError:
+                raise  # a conflicting stream or bad settings: retrying cannot help
+            except Exception as e:  # unreachable services: say so, back off, try again
+                attempt += 1
+                delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+                self.log.warning("relay interrupted", error=f"{type(e).__name__}: {e}",
+                                 retry_in_seconds=delay)
+                await self._sleep(delay)
+
+    async def _run_once(self) -> None:
+        conninfo = parse_database_url(self.database_url).conninfo()
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            nc = await self._connect_nats()
+            if nc is None:
+                return
+            try:
+                # The stream is checked before standing by: a conflicting configuration
+                # is an error to report now, not after another relay has died.
+                publisher = await self._publisher(nc)
+                await self._wait_for_lock(conn)
+                if self.stop.is_set():
+                    return
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+                await self._relay(conn, nc, publisher)
+            finally:
+                await nc.drain()
+
+    async def _connect_nats(self) -> Client | None:
+        """Connects (reconnecting for ever once connected), or None if stopped meanwhile."""
+        connecting = asyncio.ensure_future(nats.connect(
+            self.nats_url, connect_timeout=5, max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, error_cb=self._nats_error,
+        ))
+        stopping = asyncio.ensure_future(self.stop.wait())
+        done, _ = await asyncio.wait(
+            {connecting, stopping}, timeout=15, return_when=asyncio.FIRST_COMPLETED
+        )
+        stopping.cancel()
+        if connecting not in done:
+            connecting.cancel()
+            if self.stop.is_set():
+                return None
+            raise ConnectionError(f"no answer from NATS at {self.nats_url} within 15 s")
+        return connecting.result()
+
+    async def _publisher(self, nc: Client) -> Publisher:
+        js = nc.jetstream()
+        version = nc.connected_server_version
+        atomic = not self.force_pipelined and supports_atomic(
+            f"{version.major}.{version.minor}.{version.patch}"
+        )
+        if await ensure_stream(js, self.settings, atomic):
+            return AtomicBatchPublisher(nc, self.settings.name)
+        return PipelinedPublisher(js, self.settings.name)
+
+    async def _nats_error(self, error: Exception) -> None:
+        # One line instead of nats-py's default traceback; reconnects are automatic.
+        self.log.warning("nats connection", error=f"{type(error).__name__}: {error}")
+
+    async def _wait_for_lock(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        key = f"aura.mirror:{self.settings.name}"
+        announced = False
+        while not self.stop.is_set():
+            cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
+            row = await cur.fetchone()
+            if row and row[0]:
+                self.log.info("active")
+                return
+            if not announced:
+                self.log.info("standing by: another relay is active")
+                announced = True
+            await self._sleep(0.5)
+
+    async def _relay(
+        self, conn: psycopg.AsyncConnection[Any], nc: Client, publisher: Publisher
+    ) -> None:
+        js = nc.jetstream()
+        last_seq, position = await tail(js, self.settings.name)
+        self.log.info("relaying", publisher=publisher.name, from_position=position,
+                      stream_seq=last_seq)
+        failures = 0
+        while not self.stop.is_set():
+            cur = await conn.execute(_READ, (position, self.batch_size))
+            events = [EventEnvelope.from_row(row) for row in await cur.fetchall()]
+            if not events:
+                await progress.record(conn, self.settings.name, position, last_seq)
+                await self._wait(conn)
+                continue
+            messages = [to_message(e, self.settings.subject_prefix) for e in events]
+            try:
+                last_seq = await publisher.publish(messages, last_seq)
+                position = messages[-1].position
+                self.published += len(messages)
+                failures = 0
+            except Exception as e:
+                failures += 1
+                delay = min(10.0, 0.2 * 2 ** min(failures, 6))
+                self.log.warning("batch not confirmed; re-reading the stream's tail",
+                                 error=f"{type(e).__name__}: {e}", retry_in_seconds=delay)
+                await self._sleep(delay)
+                last_seq, position = await tail(js, self.settings.name)
+                continue
+            await progress.record(conn, self.settings.name, position, last_seq)
+
+    async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        gen = conn.notifies(timeout=self.poll_seconds, stop_after=1)
+        async for _ in gen:
+            break
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
