@@ -100,6 +100,10 @@ def kill_relay_repeatedly_under_load(
     assert report["ok"], report
     assert report["stream_messages"] == report["stored_events"] == stored_count(db_url)
     assert report["not_yet_mirrored"] == 0
+    status = json.loads(aura("status", "--json", "--catalog", str(ROOT / "catalog" /
+                                                                 "projection-catalog.yaml"),
+                             env=env_for(db_url)).stdout)
+    assert [(m["stream"], m["lag_events"]) for m in status["mirror"]] == [(stream, 0)]
 
 
 @pytest.mark.slow
@@ -249,3 +253,27 @@ def test_an_unreachable_broker_is_retried_not_a_crash(cli_env: dict[str, str]) -
     assert "ConnectionRefusedError" in stderr and "nats connection" in stderr
 
 
+
+
+def test_the_documented_durable_consumer_reads_what_was_mirrored(
+    app: AuraApp, private_nats: tuple[str, Path]
+) -> None:
+    sys.path.insert(0, str(ROOT / "docs" / "examples"))
+    try:
+        from mirror_consumer import consume
+    finally:
+        sys.path.pop(0)
+    url = private_nats[0]
+    call = app.request_llm_call("acme", "openai", "gpt-4o", 10, idempotency_key="c")
+    app.complete_llm_call(call, 5, __import__("decimal").Decimal("0.01"), 12.5,
+                          idempotency_key="d")
+    app.start_debate("not billing", ["a"], idempotency_key="x")
+    relay = start_relay(app.database_url, url, "AURA_EVENTS")
+    wait_for("the mirror", lambda: mirrored_up_to(app.database_url) == head(app.database_url), 30)
+    relay.send_signal(signal.SIGTERM)
+    relay.communicate(timeout=30)
+    first = asyncio.run(consume(url, subject="aura_events.llm_call.>", limit=10))
+    assert [(e["type"], e["auraposition"]) for e in first] == [
+        ("aura.llm_call.requested.v1", 1), ("aura.llm_call.completed.v1", 2)]
+    # Durable: a second run of the service gets nothing it already acknowledged.
+    assert asyncio.run(consume(url, subject="aura_events.llm_call.>", limit=10)) == []

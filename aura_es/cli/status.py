@@ -17,7 +17,7 @@ from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
 from aura_es.projection.declarative import DeclarativeProjection
 from aura_es.projection.loading import build, select
-from aura_es.projection.status import projection_status
+from aura_es.projection.status import mirror_status, projection_status
 from aura_es.store import schema
 
 _COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": "red"}
@@ -79,10 +79,17 @@ def status(
                     time.sleep(1)
                     rows = projection_status(conn, specs)
                     live.update(_table(rows), refresh=True)
+        mirrors = mirror_status(conn)
     if json:
-        emit_json(rows)
-    elif not watch:
+        emit_json({"projections": rows, "mirror": mirrors})
+        return
+    if not watch:
         Console().print(_table(rows))
+    for m in mirrors:
+        Console().print(
+            f"mirror {m['stream']}: position {m['position']} (stream seq {m['stream_seq']}),"
+            f" lag {m['lag_events']} events / {m['lag_seconds']:g} s", highlight=False,
+        )
 
 
 @handle_errors

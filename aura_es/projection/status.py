@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
+from aura_es.mirror.progress import PROGRESS
 from aura_es.projection import dlq
 from aura_es.projection.loading import fingerprint
 from aura_es.projection.tables import CHECKPOINTS, WORKERS
@@ -106,3 +107,24 @@ def _one(
         "fingerprint": current,
         "drift": built_by is not None and built_by != current,
     }
+
+
+def mirror_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Per mirrored stream: the last position the relay confirmed, and its lag."""
+    rows = conn.execute(sql.SQL(
+        "SELECT p.stream, p.position, p.stream_seq, p.updated_at, now(),"
+        " (SELECT count(*) FROM {e} e WHERE e.notification_id > p.position),"
+        " (SELECT (convert_from(state, 'UTF8')::jsonb ->> 'timestamp')::timestamptz FROM {e} e"
+        "   WHERE e.notification_id > p.position ORDER BY e.notification_id LIMIT 1)"
+        " FROM {p} p ORDER BY p.stream"
+    ).format(e=sql.Identifier(EVENTS_TABLE), p=sql.Identifier(PROGRESS))).fetchall()
+    return [
+        {
+            "stream": stream, "position": position, "stream_seq": seq,
+            "lag_events": int(lag), "lag_seconds": (
+                round((now - oldest).total_seconds(), 3) if oldest else 0.0
+            ),
+            "updated_at": updated.isoformat(),
+        }
+        for stream, position, seq, updated, now, lag, oldest in rows
+    ]
