@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import nats
@@ -23,7 +24,7 @@ from aura_es.dsn import parse_database_url
 from aura_es.errors import ConfigurationError
 from aura_es.log import get_logger
 from aura_es.mirror import progress
-from aura_es.mirror.cloudevents import to_message
+from aura_es.mirror.cloudevents import Message, to_message
 from aura_es.mirror.publish import (
     MAX_ATOMIC_BATCH,
     AtomicBatchPublisher,
@@ -66,6 +67,7 @@ class Relay:
         self.stop = asyncio.Event()
         self.log = get_logger(component="mirror", stream=settings.name)
         self.published = 0
+        self._woken = asyncio.Event()
 
     async def run(self) -> None:
         attempt = 0
@@ -95,6 +97,9 @@ class Relay:
                 await self._wait_for_lock(conn)
                 if self.stop.is_set():
                     return
+                # A NOTIFY that arrives while a batch is read or published reaches this
+                # handler then; the flag keeps it from being lost before the next wait.
+                conn.add_notify_handler(lambda _: self._woken.set())
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
                 await self._relay(conn, nc, publisher)
             finally:
@@ -154,20 +159,27 @@ class Relay:
         self.log.info("relaying", publisher=publisher.name, from_position=position,
                       stream_seq=last_seq)
         failures = 0
+        recorded_at = 0.0
+        prefetched: asyncio.Future[list[Message]] | None = None
         while not self.stop.is_set():
-            cur = await conn.execute(_READ, (position, self.batch_size))
-            events = [EventEnvelope.from_row(row) for row in await cur.fetchall()]
-            if not events:
+            self._woken.clear()
+            messages = await (prefetched or self._read(conn, position))
+            prefetched = None
+            if not messages:
                 await progress.record(conn, self.settings.name, position, last_seq)
                 await self._wait(conn)
                 continue
-            messages = [to_message(e, self.settings.subject_prefix) for e in events]
+            # Read the next batch while this one is published: store and broker work in
+            # parallel. It is used only if this batch is confirmed.
+            prefetched = asyncio.ensure_future(self._read(conn, messages[-1].position))
             try:
                 last_seq = await publisher.publish(messages, last_seq)
                 position = messages[-1].position
                 self.published += len(messages)
                 failures = 0
             except Exception as e:
+                await prefetched
+                prefetched = None
                 failures += 1
                 delay = min(10.0, 0.2 * 2 ** min(failures, 6))
                 self.log.warning("batch not confirmed; re-reading the stream's tail",
@@ -175,11 +187,22 @@ class Relay:
                 await self._sleep(delay)
                 last_seq, position = await tail(js, self.settings.name)
                 continue
-            await progress.record(conn, self.settings.name, position, last_seq)
+            # Progress is for `status` only (the stream is the truth): twice a second is enough.
+            if time.monotonic() - recorded_at > 0.5:
+                await progress.record(conn, self.settings.name, position, last_seq)
+                recorded_at = time.monotonic()
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any], after: int) -> list[Message]:
+        cur = await conn.execute(_READ, (after, self.batch_size))
+        return [
+            to_message(EventEnvelope.from_row(row), self.settings.subject_prefix)
+            for row in await cur.fetchall()
+        ]
 
     async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        gen = conn.notifies(timeout=self.poll_seconds, stop_after=1)
-        async for _ in gen:
+        if self._woken.is_set():
+            return
+        async for _ in conn.notifies(timeout=self.poll_seconds, stop_after=1):
             break
 
     async def _sleep(self, seconds: float) -> None:
