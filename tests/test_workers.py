@@ -41,11 +41,11 @@ def test_sigkill_at_random_points_during_catch_up_applies_every_event_once(
     with connect(big_log_url) as conn:
         assert head(conn) == 50_000
         kills = 0
-        while kills < 6 and not caught_up(conn):
+        while kills < 8 and not caught_up(conn):
             procs = [start_worker(big_log_url, name) for name in ALL]
             wait_for("a worker to become active", lambda: any(
                 active_workers(conn, n) for n in ALL), timeout=30)
-            time.sleep(rng.uniform(0.05, 0.8))
+            time.sleep(rng.uniform(0.02, 0.3))
             for p in procs:
                 p.kill()
                 p.wait()
