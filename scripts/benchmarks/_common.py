@@ -6,6 +6,7 @@ import contextlib
 import os
 import statistics
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,3 +88,17 @@ def report(title: str, rows: list[dict[str, Any]], *, as_json: bool) -> None:
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     Console().print(table)
+
+
+def paced_appends(
+    app: AuraApp, rate: int, seconds: float, key_prefix: str, committed: dict[int, float]
+) -> None:
+    """Starts one debate every 1/rate s, recording position -> commit time as it goes
+    (a watcher thread reads ``committed`` meanwhile)."""
+    interval, next_at = 1.0 / rate, time.perf_counter()
+    for i in range(int(rate * seconds)):
+        result = app.execute(app.start_debate_command(
+            f"{key_prefix} {i}", ["a"], idempotency_key=f"{key_prefix}-{i}"))
+        committed[result.positions[0]] = time.perf_counter()
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.perf_counter()))

@@ -24,7 +24,14 @@ from aura_es.mirror.cloudevents import POSITION_HEADER, to_message
 from aura_es.mirror.relay import Relay
 from aura_es.mirror.stream import StreamSettings
 from aura_es.projection.envelope import EventEnvelope
-from scripts.benchmarks._common import console, fresh_database, percentile, postgres, report
+from scripts.benchmarks._common import (
+    console,
+    fresh_database,
+    paced_appends,
+    percentile,
+    postgres,
+    report,
+)
 
 
 @contextlib.contextmanager
@@ -126,12 +133,7 @@ def latency(url: str, nats_url: str, rate: int, seconds: float, head: int) -> di
     ready.wait(30)
     time.sleep(1.0)
     app = AuraApp(url, pool_size=2)
-    interval, next_at = 1.0 / rate, time.perf_counter()
-    for i in range(int(rate * seconds)):
-        result = app.execute(app.start_debate_command(f"m{i}", ["a"], idempotency_key=f"m{i}"))
-        committed[result.positions[0]] = time.perf_counter()
-        next_at += interval
-        time.sleep(max(0.0, next_at - time.perf_counter()))
+    paced_appends(app, rate, seconds, "m", committed)
     time.sleep(1.5)
     stop.set()
     listener.join()

@@ -23,7 +23,14 @@ from aura_es.app import AuraApp
 from aura_es.application import EventSourcedApp
 from aura_es.dsn import parse_database_url
 from aura_es.load import run_load
-from scripts.benchmarks._common import console, fresh_database, percentile, postgres, report
+from scripts.benchmarks._common import (
+    console,
+    fresh_database,
+    paced_appends,
+    percentile,
+    postgres,
+    report,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBATE_TOPICS = (
@@ -161,13 +168,7 @@ def live_latency(url: str, conn: psycopg.Connection[Any], rate: int, seconds: fl
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    interval, next_at = 1.0 / rate, time.perf_counter()
-    for i in range(int(rate * seconds)):
-        result = app.execute(app.start_debate_command(f"live {i}", ["a"],
-                                                      idempotency_key=f"live-{i}"))
-        committed[result.positions[0]] = time.perf_counter()
-        next_at += interval
-        time.sleep(max(0.0, next_at - time.perf_counter()))
+    paced_appends(app, rate, seconds, "live", committed)
     time.sleep(1.0)
     stop.set()
     watcher.join()
