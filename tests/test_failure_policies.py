@@ -100,3 +100,13 @@ def test_transient_classification_follows_causes_and_the_catalog() -> None:
 def test_an_unknown_transient_exception_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="nowhere:Thing"):
         transient_types(ErrorHandling(transient_exceptions=["nowhere:Thing"]))
+
+
+def test_schema_and_server_errors_are_systemic_not_poison() -> None:
+    """A missing column fails every event alike: behind the breaker, never a DLQ flood."""
+    types = transient_types(ErrorHandling())
+    assert is_transient(psycopg.errors.UndefinedColumn("column x does not exist"), types)
+    assert is_transient(psycopg.errors.InsufficientPrivilege("denied"), types)
+    assert is_transient(psycopg.errors.InternalError_("oops"), types)
+    assert not is_transient(psycopg.errors.InvalidTextRepresentation("bad input"), types)
+    assert not is_transient(psycopg.errors.CheckViolation("check"), types)

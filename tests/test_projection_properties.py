@@ -147,3 +147,20 @@ def test_a_projection_sees_only_its_source_events(app: AuraApp, topics: list[str
         ).fetchall()
     assert seen == expected and seen
     assert r.position == app.head_position()
+
+
+def test_a_read_model_from_before_positions_were_kept_is_upgraded_in_place(
+    app: AuraApp,
+) -> None:
+    run_scenarios(app, scenarios(3, 10_000), 30)
+    spec = CATALOG.get("AgentPerformanceProjection")
+    with connect(app.database_url) as conn:
+        first = runner(conn, spec, "old")
+        first.run_until_caught_up()
+        table = first.projection.storage
+        conn.execute(f'ALTER TABLE "{table}" DROP COLUMN first_proposal_at__pos,'
+                     " DROP COLUMN last_decision_at__pos")
+        run_scenarios(app, scenarios(4, 10_000), 30)
+        again = runner(conn, spec, "old")
+        again.run_until_caught_up()
+        assert folds.stored_agent_performance(conn, table) == folds.agent_performance(conn)

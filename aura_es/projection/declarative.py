@@ -37,8 +37,10 @@ _MERGE = {
     "sum": "{t}.{c} + EXCLUDED.{c}",
     "min": "LEAST({t}.{c}, EXCLUDED.{c})",
     "max": "GREATEST({t}.{c}, EXCLUDED.{c})",
-    "first": "CASE WHEN EXCLUDED.{p} < coalesce({t}.{p}, 9223372036854775807)"
-             " THEN EXCLUDED.{c} ELSE {t}.{c} END, {p} = LEAST({t}.{p}, EXCLUDED.{p})",
+    # A stored value without a position (a table from before positions were kept) stays.
+    "first": "CASE WHEN {t}.{c} IS NULL OR EXCLUDED.{p} < {t}.{p}"
+             " THEN EXCLUDED.{c} ELSE {t}.{c} END, {p} = CASE WHEN {t}.{c} IS NULL"
+             " OR EXCLUDED.{p} < {t}.{p} THEN EXCLUDED.{p} ELSE {t}.{p} END",
     "last": "CASE WHEN EXCLUDED.{p} > coalesce({t}.{p}, -1)"
             " THEN EXCLUDED.{c} ELSE {t}.{c} END, {p} = GREATEST({t}.{p}, EXCLUDED.{p})",
 }
@@ -100,6 +102,13 @@ class DeclarativeProjection(Projection):
                 "CREATE TABLE IF NOT EXISTS {t} ({k} text NOT NULL,"
                 " window_start timestamptz NOT NULL, {cols}, PRIMARY KEY ({k}, window_start))"
             ).format(t=self.windows_table, k=key, cols=sql.SQL(", ").join(columns + derived)))
+        # Read models made before first/last kept positions gain the column in place.
+        for table in (self.table, self.windows_table) if self.window_seconds else (self.table,):
+            for name, f in fields.items():
+                if f.op in _ORDERED:
+                    tx.execute(sql.SQL(
+                        "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} bigint"
+                    ).format(t=table, c=sql.Identifier(name + POSITION_SUFFIX)))
 
     def sliding_query(self) -> sql.Composed:
         """Rows over the last window, computed at read time from the stored buckets."""

@@ -37,10 +37,20 @@ def transient_types(policy: ErrorHandling) -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+# SQLSTATE classes that fail every event alike: a missing table or column, a permission,
+# resources, an administrator, the server itself. Dead-lettering events one by one for
+# them would flood the DLQ, so they count as systemic: retried behind the breaker.
+SYSTEMIC_SQLSTATE_CLASSES = frozenset({"42", "53", "57", "58", "XX"})
+
+
 def is_transient(error: BaseException, types: tuple[type[BaseException], ...]) -> bool:
+    """Transient or systemic (retry behind the breaker), as opposed to a poison event."""
     seen: BaseException | None = error
     while seen is not None:  # a handler may wrap the database error in its own
         if isinstance(seen, types):
+            return True
+        sqlstate = getattr(seen, "sqlstate", None) if isinstance(seen, psycopg.Error) else None
+        if sqlstate and sqlstate[:2] in SYSTEMIC_SQLSTATE_CLASSES:
             return True
         seen = seen.__cause__
     return False
