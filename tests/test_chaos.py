@@ -21,6 +21,7 @@ import yaml
 
 from aura_es import embedded
 from aura_es.app import AuraApp
+from aura_es.application import connect
 from aura_es.dsn import parse_database_url
 from tests.support import folds
 from tests.support.proxy import ChaosProxy
@@ -36,7 +37,6 @@ from tests.support.workers import (
     start_supervisor,
     wait_for,
 )
-from tests.test_workers import connect
 
 pytestmark = pytest.mark.slow
 

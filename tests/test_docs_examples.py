@@ -10,8 +10,8 @@ import types
 from pathlib import Path
 
 from aura_es import AuraApp
+from aura_es.application import connect
 from tests.support.workers import env_for, wait_for
-from tests.test_workers import connect
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -20,12 +20,12 @@ import nats
 import pytest
 
 from aura_es import AuraApp, embedded
+from aura_es.application import connect
 from aura_es.mirror.cloudevents import CONTENT_TYPE, aggregate_and_event, to_message
 from aura_es.projection.envelope import EventEnvelope
 from tests.support.workers import ROOT, env_for, wait_for
 from tests.test_chaos import stored_count, writer
 from tests.test_cli import assert_one_line_error, aura
-from tests.test_workers import connect
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 
-import psycopg
 import pytest
 
-from aura_es.dsn import parse_database_url
+from aura_es.application import connect
 from tests.support.workers import (
     ALL,
     ROOT,
@@ -29,9 +28,6 @@ from tests.support.workers import (
 
 pytestmark = pytest.mark.slow
 
-
-def connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(parse_database_url(url).conninfo(), autocommit=True)
 
 
 def test_sigkill_at_random_points_during_catch_up_applies_every_event_once(

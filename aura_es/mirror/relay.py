@@ -33,14 +33,8 @@ from aura_es.mirror.publish import (
 )
 from aura_es.mirror.stream import StreamSettings, ensure_stream, tail
 from aura_es.projection.envelope import EventEnvelope
+from aura_es.projection.reader import READ_ALL
 from aura_es.store.recorder import EVENTS_TABLE
-
-_READ = sql.SQL(
-    "WITH head AS (SELECT coalesce(max(notification_id), 0) AS head FROM {e})"
-    " SELECT notification_id, originator_id, originator_version, topic, state FROM {e}"
-    " WHERE notification_id > %s AND notification_id <= (SELECT head FROM head)"
-    " ORDER BY notification_id LIMIT %s"
-).format(e=sql.Identifier(EVENTS_TABLE))
 
 
 def supports_atomic(version: str) -> bool:
@@ -193,7 +187,7 @@ class Relay:
                 recorded_at = time.monotonic()
 
     async def _read(self, conn: psycopg.AsyncConnection[Any], after: int) -> list[Message]:
-        cur = await conn.execute(_READ, (after, self.batch_size))
+        cur = await conn.execute(READ_ALL, (after, self.batch_size))
         return [
             to_message(EventEnvelope.from_row(row), self.settings.subject_prefix)
             for row in await cur.fetchall()

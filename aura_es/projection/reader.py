@@ -31,6 +31,15 @@ _READ = sql.SQL(
 ).format(events=sql.Identifier(EVENTS_TABLE))
 
 
+# The same gap-safe read over every topic, for the mirror's relay.
+READ_ALL = sql.SQL(
+    "WITH head AS (SELECT coalesce(max(notification_id), 0) AS head FROM {e})"
+    " SELECT notification_id, originator_id, originator_version, topic, state FROM {e}"
+    " WHERE notification_id > %s AND notification_id <= (SELECT head FROM head)"
+    " ORDER BY notification_id LIMIT %s"
+).format(e=sql.Identifier(EVENTS_TABLE))
+
+
 @dataclass(frozen=True)
 class Batch:
     events: Sequence[EventEnvelope]
