@@ -4,7 +4,8 @@ The public surface is what this module exports; everything else is internal.
 """
 
 import aura_es.mirror.progress
-import aura_es.projection  # noqa: F401  (registers the workers' tables with `db init`)
+import aura_es.projection
+import aura_es.replay  # noqa: F401  (registers the replay tables with `db init`)
 from aura_es.aggregate import AuraAggregate
 from aura_es.app import AuraApp
 from aura_es.application import CommandResult, Create, EventSourcedApp, Update

@@ -33,6 +33,8 @@ from aura_es.errors import (
 )
 from aura_es.events import CommandContext, command_context
 from aura_es.mapper import JsonMapper
+from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED
+from aura_es.observability.tracing import span
 from aura_es.settings import Settings
 from aura_es.store import idempotency, schema
 from aura_es.store.factory import AuraFactory
@@ -193,6 +195,10 @@ class EventSourcedApp(Application[UUID]):
 
     def execute(self, command: Command) -> CommandResult:
         """Runs ``command`` once; a retry with the same key returns the original result."""
+        with span("aura.append", command=command.type):
+            return self._execute(command)
+
+    def _execute(self, command: Command) -> CommandResult:
         prepared = self._prepare(command)
         found = self._lookup([prepared.key_hash])
         if prepared.key_hash in found:
@@ -209,6 +215,7 @@ class EventSourcedApp(Application[UUID]):
                 raise
             try:
                 recordings = self.save(aggregate, idempotency=[prepared.record])
+                _count_appended(recordings)
             except IntegrityError:
                 found = self._lookup([prepared.key_hash])
                 if prepared.key_hash in found:
@@ -238,6 +245,10 @@ class EventSourcedApp(Application[UUID]):
         meets a conflict (a concurrent duplicate or a version race), every command is
         run again on its own, which sorts out which were duplicates.
         """
+        with span("aura.append", commands=len(commands)):
+            return self._execute_many(commands)
+
+    def _execute_many(self, commands: Sequence[Command]) -> list[CommandResult]:
         prepared = [self._prepare(c) for c in commands]
         found = self._lookup([p.key_hash for p in prepared])
         fresh: list[_Prepared] = []
@@ -273,6 +284,7 @@ class EventSourcedApp(Application[UUID]):
         recordings = self.save(
             *aggregates.values(), idempotency=[p.record for p in fresh if p.record]
         )
+        _count_appended(recordings)
         positions = {
             (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
             for r in recordings
@@ -384,6 +396,7 @@ class EventSourcedApp(Application[UUID]):
     def _as_duplicate(self, p: _Prepared, row: dict[str, Any]) -> CommandResult:
         if row["request_hash"] != p.request_hash:
             raise IdempotencyKeyConflict(p.command.type, p.command.idempotency_key)
+        DUPLICATES_ABSORBED.inc()
         return CommandResult(
             aggregate_id=row["aggregate_id"],
             from_version=row["from_version"],
@@ -422,3 +435,8 @@ def connect(database_url: str, *, autocommit: bool = True) -> psycopg.Connection
         raise ServiceUnavailable(
             f"cannot connect to PostgreSQL at {redact(database_url)}: {reason}"
         ) from None
+
+
+def _count_appended(recordings: Sequence[Any]) -> None:
+    for recording in recordings:
+        EVENTS_APPENDED.labels(recording.notification.topic).inc()

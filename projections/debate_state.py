@@ -58,6 +58,10 @@ class DebateStateProjection(Projection):
             " updated_at timestamptz NOT NULL)"
         ).format(t=self.table))
 
+    def forget(self, tx: Tx, aggregate_ids: Sequence[UUID]) -> None:
+        tx.execute(sql.SQL("DELETE FROM {t} WHERE debate_id = ANY(%s)").format(t=self.table),
+                   [list(aggregate_ids)])
+
     def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
         changes: dict[UUID, _Change] = {}
         for event in batch:

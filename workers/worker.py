@@ -5,7 +5,9 @@ top to bottom: wait while the circuit breaker is open; connect and stand by for 
 lock; then advance batch by batch, where poison events are isolated and dead-lettered
 (``ResilientRunner``) and transient failures are retried and counted by the breaker.
 Exit status: 0 after a graceful stop, 3 when another worker took the projection over
-(the supervisor restarts it at once, as a standby), 1 on a configuration error.
+(the supervisor restarts it at once, as a standby), 4 when a replay switched the read
+model to a definition this process does not have (restarted at once, to load it),
+1 on a configuration error.
 """
 
 from __future__ import annotations
@@ -26,22 +28,24 @@ from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError, ServiceUnavailable
 from aura_es.log import get_logger
+from aura_es.observability import metrics
 from aura_es.projection.failures import (
     CircuitBreaker,
     is_transient,
     retry_delay,
     transient_types,
 )
-from aura_es.projection.loading import build, fingerprint
+from aura_es.projection.loading import fingerprint, projection_class
 from aura_es.projection.resilience import Paused, ResilientRunner
-from aura_es.projection.runner import BatchRunner, LostOwnership, Step
+from aura_es.projection.runner import BatchRunner, GenerationChanged, LostOwnership, Step
 from aura_es.projection.tables import WORKERS
+from aura_es.replay import generations
 from aura_es.settings import Settings
 from aura_es.store.recorder import EVENTS_TABLE
 from workers.shutdown import Shutdown
 from workers.standby import wait_for_lock
 
-EXIT_OK, EXIT_FAILED, EXIT_TAKEN_OVER = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_TAKEN_OVER, EXIT_RELOAD = 0, 1, 3, 4
 HEARTBEAT_SECONDS = 1.0
 
 
@@ -54,7 +58,7 @@ class Worker:
         self.spec = spec
         self.shutdown = shutdown
         self.poll_seconds = poll_seconds
-        self.projection = build(spec)
+        projection_class(spec)  # a handler that does not import fails before connecting
         self.fingerprint = fingerprint(spec)
         self.transient = (*transient_types(spec.error_handling), ServiceUnavailable)
         breaker = spec.error_handling.circuit_breaker
@@ -68,6 +72,7 @@ class Worker:
         self._error: str | None = None
         self._woken = threading.Event()
         self._logged_transitions = 0
+        self.metrics = metrics.worker_metrics_enabled()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -92,11 +97,11 @@ class Worker:
         self.log.info("standing by for the projection lock")
         if not wait_for_lock(conn, self.spec.name, self.shutdown, while_waiting=self._beat):
             return self._leave()
-        runner = BatchRunner(conn, self.spec, self.projection, fingerprint=self.fingerprint)
-        resilient = ResilientRunner(runner, self.spec, self.log)
+        runner = self._attach(conn)
+        resilient = self._resilient(runner)
         self._role = "active"
         self._beat(force=True)
-        self.log.info("active", position=runner.position)
+        self.log.info("active", position=runner.position, generation=runner.generation)
         # A NOTIFY that arrives while a batch runs is delivered to this handler during
         # that batch's queries; the flag keeps it from being lost before the next wait.
         conn.add_notify_handler(lambda _: self._woken.set())
@@ -107,6 +112,18 @@ class Worker:
             self._woken.clear()
             try:
                 progress = resilient.advance()
+            except GenerationChanged as e:
+                current = self._live(conn)
+                if current.fingerprint != self.fingerprint:
+                    self.log.info("read model replaced by another definition; reloading",
+                                  reason=str(e), generation=current.generation)
+                    self._leave()
+                    return EXIT_RELOAD
+                runner = self._attach(conn)
+                resilient = self._resilient(runner)
+                self.log.info("switched to the rebuilt read model", position=runner.position,
+                              generation=runner.generation, storage=runner.projection.storage)
+                continue
             except LostOwnership as e:
                 self.log.warning("taken over", reason=str(e))
                 return EXIT_TAKEN_OVER
@@ -119,12 +136,39 @@ class Worker:
                 self._transient_failure(e)
                 continue
             self._after(progress.step)
+            if progress.dead_lettered_type and self.metrics:
+                metrics.EVENTS_PROCESSED.labels(
+                    self.spec.name, progress.dead_lettered_type, metrics.DEAD_LETTERED).inc()
             if progress.wait:
                 self.shutdown.wait(progress.wait)
             elif progress.step is not None and progress.step.caught_up:
                 self._wait_for_events()
         self.log.info("stopped", position=runner.position, signal=self.shutdown.signal_name)
         return self._leave()
+
+    def _resilient(self, runner: BatchRunner) -> ResilientRunner:
+        resilient = ResilientRunner(runner, self.spec, self.log)
+        if self.metrics:
+            resilient.on_error = self._count_error
+        return resilient
+
+    def _count_error(self, kind: str) -> None:
+        metrics.PROJECTION_ERRORS.labels(self.spec.name, kind).inc()
+
+    def _live(self, conn: psycopg.Connection[tuple[object, ...]]) -> generations.Live:
+        with conn.cursor() as cur:
+            return generations.live(cur, self.spec)
+
+    def _attach(self, conn: psycopg.Connection[tuple[object, ...]]) -> BatchRunner:
+        runner = generations.attach(conn, self.spec, fingerprint=self.fingerprint)
+        built_by = self._live(conn).fingerprint
+        if built_by is not None and built_by != self.fingerprint:
+            self.log.warning(
+                "drift: the read model was built by another definition; rebuild it with"
+                " `aura-es replay` or run workers with --rebuild-on-drift",
+                built_by=built_by, definition=self.fingerprint,
+            )
+        return runner
 
     # -- failures ---------------------------------------------------------------------------
 
@@ -138,6 +182,8 @@ class Worker:
 
     def _transient_failure(self, error: BaseException) -> None:
         self.breaker.failure()
+        if self.metrics:
+            self._count_error(type(error).__name__)
         first_line = (str(error).strip().splitlines() or [""])[0]
         self._error = f"{type(error).__name__}: {first_line}"
         wait = retry_delay(self.spec.error_handling, self.breaker.failures)
@@ -165,6 +211,9 @@ class Worker:
     def _after(self, step: Step | None) -> None:
         if step is None:
             return
+        if self.metrics:
+            metrics.record_batch(self.spec.name, step.by_type, step.seconds)
+            metrics.record_batch(self.spec.name, step.parked_by_type, 0.0, metrics.PARKED)
         self.breaker.success()
         self._log_transitions()
         if self._role == "paused":

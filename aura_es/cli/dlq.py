@@ -13,8 +13,9 @@ from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
 from aura_es.projection import dlq
-from aura_es.projection.loading import build, select
+from aura_es.projection.loading import select
 from aura_es.projection.runner import BatchRunner
+from aura_es.replay import generations
 from aura_es.store import schema
 
 dlq_cli = typer.Typer(help="The dead-letter queue.", no_args_is_help=True)
@@ -100,12 +101,17 @@ def retry(
         runners: dict[str, BatchRunner] = {}
         for letter in letters:
             name = letter["projection"]
+            if "@g" in name and name not in {p.name for p in loaded.projections}:
+                # A rebuild's own dead letter: it moves to the projection at the switch.
+                outcomes.append({"id": letter["id"], "projection": name, "applied": False,
+                                 "skipped": "rebuild in progress"})
+                continue
             if name not in runners:
                 (spec,) = select(loaded, [name])
-                runners[name] = BatchRunner(conn, spec, build(spec))
+                runners[name] = generations.attach(conn, spec)
             applied = runners[name].retry_dead_letter(letter["id"])
             outcomes.append({"id": letter["id"], "projection": name, "applied": applied})
-    failed = [o for o in outcomes if not o["applied"]]
+    failed = [o for o in outcomes if not o["applied"] and "skipped" not in o]
     if json:
         emit_json({"retried": len(outcomes), "failed": len(failed), "results": outcomes})
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from aura_es.cli import load, services, status
+from aura_es.cli import load, replay, services, status
 from aura_es.cli.catalog import catalog_cli
 from aura_es.cli.dlq import dlq_cli
 from aura_es.cli.mirror import mirror_cli
@@ -30,6 +30,7 @@ app.add_typer(dlq_cli, name="dlq")
 app.add_typer(mirror_cli, name="mirror")
 app.command("status")(status.status)
 app.command("query")(status.query)
+app.command("replay")(replay.replay)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ _COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": 
 def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="aura-es projections")
     for title in ("projection", "state", "checkpoint/head", "lag", "lag s", "ev/s", "worker",
-                  "breaker", "DLQ", "drift", "last error"):
+                  "breaker", "DLQ", "gen", "drift", "last error"):
         table.add_column(title, overflow="fold")
     for row in rows:
         worker = f"{row['pid']}@{row['host']}" if row["pid"] else ""
@@ -36,10 +36,18 @@ def _table(rows: list[dict[str, Any]]) -> Table:
             row["projection"], f"[{_COLOUR[row['state']]}]{row['state']}[/]",
             f"{row['checkpoint']}/{row['head']}", str(row["lag_events"]),
             f"{row['lag_seconds']:g}", f"{row['events_per_second']:g}", worker,
-            _breaker(row["breaker"]), _dead_letters(row),
+            _breaker(row["breaker"]), _dead_letters(row), _generation(row),
             "[red]yes[/]" if row["drift"] else "no", row["last_error"] or "",
         )
     return table
+
+
+def _generation(row: dict[str, Any]) -> str:
+    rebuild = row["rebuild"]
+    if rebuild is None:
+        return str(row["generation"])
+    return (f"{row['generation']} [cyan]→ {rebuild['generation']}[/]"
+            f" ({rebuild['position']}/{row['head']})")
 
 
 def _breaker(state: str | None) -> str:

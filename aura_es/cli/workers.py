@@ -11,7 +11,9 @@ from aura_es.application import connect
 from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, console, handle_errors, settings
+from aura_es.observability.health import DEFAULT_MAX_LAG_SECONDS
 from aura_es.projection.loading import build, select, topic_warnings
+from aura_es.projection.status import projection_status
 from aura_es.store import schema
 from workers.shutdown import Shutdown
 from workers.supervisor import Supervisor
@@ -30,6 +32,24 @@ def run(
     poll_seconds: Annotated[
         float, typer.Option("--poll-seconds", help="Poll interval when no NOTIFY arrives.")
     ] = 1.0,
+    rebuild_on_drift: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild-on-drift",
+            help="Rebuild (blue/green) every read model built by another definition.",
+        ),
+    ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=0, max=65535,
+                     help="Serve /metrics (all workers) and /health on this port."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address for --metrics-port (0.0.0.0: all).")
+    ] = "127.0.0.1",
+    health_max_lag: Annotated[
+        float, typer.Option("--health-max-lag", help="/health is unready past this lag (s).")
+    ] = DEFAULT_MAX_LAG_SECONDS,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Run one worker process per projection until SIGTERM or Ctrl-C."""
@@ -41,10 +61,19 @@ def run(
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with connect(url) as conn:
         schema.require_tables(conn)
+        drifted = [p["projection"] for p in projection_status(conn, specs) if p["drift"]]
+    for name in drifted:
+        action = "rebuilding it beside the live one" if rebuild_on_drift else (
+            f"rebuild it with `aura-es replay {name}` or --rebuild-on-drift")
+        console.print(f"[yellow]drift:[/] {name}'s read model was built by another"
+                      f" definition; {action}", highlight=False)
     shutdown = Shutdown().install()
     supervisor = Supervisor(
         [s.name for s in specs], catalog=Path(catalog).resolve(), database_url=url,
         shutdown=shutdown, poll_seconds=poll_seconds,
+        rebuild=drifted if rebuild_on_drift else (),
+        metrics_port=metrics_port, metrics_host=metrics_host, specs=specs,
+        max_lag_seconds=health_max_lag,
     )
     raise typer.Exit(supervisor.run())
 

@@ -32,6 +32,7 @@ from aura_es.mirror.publish import (
     Publisher,
 )
 from aura_es.mirror.stream import StreamSettings, ensure_stream, tail
+from aura_es.observability.tracing import span
 from aura_es.projection.envelope import EventEnvelope
 from aura_es.projection.reader import READ_ALL
 from aura_es.store.recorder import EVENTS_TABLE
@@ -167,7 +168,9 @@ class Relay:
             # parallel. It is used only if this batch is confirmed.
             prefetched = asyncio.ensure_future(self._read(conn, messages[-1].position))
             try:
-                last_seq = await publisher.publish(messages, last_seq)
+                with span("aura.mirror.publish", stream=self.settings.name,
+                          messages=len(messages), first_position=messages[0].position):
+                    last_seq = await publisher.publish(messages, last_seq)
                 position = messages[-1].position
                 self.published += len(messages)
                 failures = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -94,6 +95,27 @@ class Projection:
     def create(self, tx: Tx) -> None:
         """Creates the read-model tables if they do not exist."""
         raise NotImplementedError
+
+    def forget(self, tx: Tx, aggregate_ids: Sequence[UUID]) -> None:
+        """Deletes the rows these aggregates' events made, so a partial replay can fold
+        them again. Only projections whose rows are each made by one aggregate
+        (``update_strategy: event_sourced``) can do this; override to enable it."""
+        raise NotImplementedError
+
+    def partial_replay_refusal(self) -> str | None:
+        """Why a partial replay cannot rebuild this projection's rows, or None."""
+        if self.spec.update_strategy != "event_sourced":
+            return (
+                f"projection {self.spec.name!r} has update_strategy"
+                f" {self.spec.update_strategy}: its rows combine events of many aggregates,"
+                f" so only a full `aura-es replay {self.spec.name}` can rebuild them"
+            )
+        if type(self).forget is Projection.forget:
+            return (
+                f"projection {self.spec.name!r}: its handler does not implement forget(),"
+                " so its rows cannot be rebuilt one aggregate at a time"
+            )
+        return None
 
     def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
         for event in batch:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -142,6 +143,21 @@ class DeclarativeProjection(Projection):
         )
 
     # -- events ---------------------------------------------------------------------------
+
+    def forget(self, tx: Tx, aggregate_ids: Sequence[UUID]) -> None:
+        keys = [str(a) for a in aggregate_ids]
+        for table in (self.table, self.windows_table) if self.window_seconds else (self.table,):
+            tx.execute(sql.SQL("DELETE FROM {t} WHERE {k} = ANY(%s)").format(
+                t=table, k=sql.Identifier(self.key_column)), [keys])
+
+    def partial_replay_refusal(self) -> str | None:
+        if self.declarative.key != "aggregate_id":
+            return (
+                f"projection {self.spec.name!r} is keyed by {self.declarative.key}, not"
+                " aggregate_id: a row combines events of many aggregates, so only a full"
+                f" `aura-es replay {self.spec.name}` can rebuild it"
+            )
+        return super().partial_replay_refusal()
 
     def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
         rows: dict[str, dict[str, Any]] = {}

@@ -211,3 +211,40 @@ def record_retry_failure(
         ).format(t=_DL),
         (failure.error_type, failure.message, failure.traceback, dead_letter_id),
     )
+
+
+SUPERSEDED = "superseded"
+
+
+def hand_over(cur: psycopg.Cursor[Any], projection: str, old_name: str, new_name: str) -> int:
+    """At a replay's switch: the replaced read model's dead letters move to ``old_name``
+    (open ones closed as superseded, their parked events dropped: the model they were
+    kept out of is gone), and the new model's move from ``new_name`` to ``projection``.
+    Returns how many open dead letters the new read model brings."""
+    cur.execute(sql.SQL("DELETE FROM {p} WHERE projection = %s").format(p=_PARKED), (projection,))
+    cur.execute(
+        sql.SQL(
+            "UPDATE {t} SET projection = %s, status = CASE WHEN status = %s THEN %s"
+            " ELSE status END, closed_at = coalesce(closed_at, now()) WHERE projection = %s"
+        ).format(t=_DL),
+        (old_name, PARKED_STATUS, SUPERSEDED, projection),
+    )
+    cur.execute(
+        sql.SQL("UPDATE {t} SET projection = %s WHERE projection = %s").format(t=_PARKED),
+        (projection, new_name),
+    )
+    cur.execute(
+        sql.SQL("UPDATE {t} SET projection = %s WHERE projection = %s").format(t=_DL),
+        (projection, new_name),
+    )
+    row = cur.execute(
+        sql.SQL("SELECT count(*) FROM {t} WHERE projection = %s AND status = %s").format(t=_DL),
+        (projection, PARKED_STATUS),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def forget(cur: psycopg.Cursor[Any], projection: str) -> None:
+    """Deletes every dead letter of ``projection`` (an abandoned rebuild's)."""
+    cur.execute(sql.SQL("DELETE FROM {p} WHERE projection = %s").format(p=_PARKED), (projection,))
+    cur.execute(sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=_DL), (projection,))

@@ -7,12 +7,14 @@ breaker and retry policy deal with them, so a sick database never fills the DLQ.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError
+from aura_es.projection.envelope import EventEnvelope
 from aura_es.projection.failures import is_transient, retry_delay, transient_types
 from aura_es.projection.runner import BatchRunner, LostOwnership, Step
 
@@ -36,6 +38,7 @@ class Progress:
     wait: float = 0.0
     split_to: int | None = None
     dead_lettered: int | None = None
+    dead_lettered_type: str | None = None
 
 
 class ResilientRunner:
@@ -48,6 +51,8 @@ class ResilientRunner:
         self.limit = spec.batch_size
         self.attempts = 0
         self.first_failed_at: datetime | None = None
+        #: Called with the error's kind on every poison failure (metrics).
+        self.on_error: Callable[[str], None] | None = None
 
     def advance(self) -> Progress:
         try:
@@ -64,6 +69,8 @@ class ResilientRunner:
         return Progress(step=step)
 
     def _poison(self, error: BaseException) -> Progress:
+        if self.on_error is not None:
+            self.on_error(_kind(error))
         if self.limit > 1:
             self.limit = max(1, self.limit // 2)
             self._log("warning", "batch failed; splitting it to isolate the event",
@@ -79,15 +86,31 @@ class ResilientRunner:
             return Progress(wait=wait)
         if not self.policy.dead_letter_queue:
             raise Paused(self.runner.position + 1, error)
+        event = self.runner.peek()
         position = self.runner.dead_letter_next(error, self.attempts, self.first_failed_at)
         self._log("error", "event dead-lettered; later events of its aggregate are parked",
-                  error=_describe(error), event_position=position, attempts=self.attempts)
+                  error=_describe(error), attempts=self.attempts, event=event)
         self.attempts, self.first_failed_at = 0, None
-        return Progress(dead_lettered=position)
+        return Progress(dead_lettered=position,
+                        dead_lettered_type=event.topic if event else None)
 
-    def _log(self, level: str, message: str, **fields: Any) -> None:
-        if self.log is not None:
-            getattr(self.log, level)(message, position=self.runner.position, **fields)
+    def _log(
+        self, level: str, message: str, event: EventEnvelope | None = None, **fields: Any
+    ) -> None:
+        if self.log is None:
+            return
+        if self.limit == 1 and event is None:
+            # The failing event is isolated: say which one, so its lines can be found.
+            event = self.runner.peek()
+        if event is not None:
+            fields.update(event_position=event.position, event_id=event.event_id,
+                          correlation_id=event.correlation_id, event_type=event.topic,
+                          aggregate_id=str(event.aggregate_id))
+        getattr(self.log, level)(message, position=self.runner.position, **fields)
+
+
+def _kind(error: BaseException) -> str:
+    return type(error).__name__
 
 
 def _describe(error: BaseException) -> str:

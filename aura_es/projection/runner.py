@@ -9,7 +9,9 @@ lock, a takeover), the step aborts before writing anything (G4).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,8 +20,10 @@ from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError
+from aura_es.observability.tracing import span
 from aura_es.projection import dlq
 from aura_es.projection.api import Projection, Tx
+from aura_es.projection.envelope import EventEnvelope
 from aura_es.projection.reader import read_batch
 from aura_es.projection.tables import CHECKPOINTS
 
@@ -30,6 +34,10 @@ class LostOwnership(AuraError):
     """Another worker advanced this projection's checkpoint: stop and stand by."""
 
 
+class GenerationChanged(LostOwnership):
+    """A replay switched the read model to a new generation: reload before writing."""
+
+
 @dataclass(frozen=True)
 class Step:
     applied: int
@@ -37,6 +45,9 @@ class Step:
     head: int
     seconds: float
     parked: int = 0
+    #: Events applied, and parked, per topic (for metrics).
+    by_type: Mapping[str, int] = field(default_factory=dict)
+    parked_by_type: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def caught_up(self) -> bool:
@@ -53,6 +64,7 @@ class BatchRunner:
         checkpoint_name: str | None = None,
         fingerprint: str | None = None,
         replaying: bool = False,
+        generation: int = 1,
     ) -> None:
         self.conn = conn
         self.spec = spec
@@ -60,6 +72,7 @@ class BatchRunner:
         self.checkpoint_name = checkpoint_name or spec.name
         self.fingerprint = fingerprint
         self.replaying = replaying
+        self.generation = generation
         self.topics = list(spec.source_events)
         # Scan ahead in position windows, so a projection of rare topics still moves its
         # checkpoint (and its lag reads true) without scanning the whole log per batch.
@@ -74,17 +87,28 @@ class BatchRunner:
             # a later worker with another definition is drift, shown by `status`.
             cur.execute(
                 sql.SQL(
-                    "INSERT INTO {t} (projection, fingerprint) VALUES (%s, %s)"
-                    " ON CONFLICT (projection) DO NOTHING"
+                    "INSERT INTO {t} (projection, fingerprint, generation, storage)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (projection) DO NOTHING"
                 ).format(t=_CHECKPOINT),
-                (self.checkpoint_name, self.fingerprint),
+                (self.checkpoint_name, self.fingerprint, self.generation,
+                 self.projection.storage),
             )
             row = cur.execute(
-                sql.SQL("SELECT position FROM {t} WHERE projection = %s").format(t=_CHECKPOINT),
+                sql.SQL("SELECT position, generation FROM {t} WHERE projection = %s").format(
+                    t=_CHECKPOINT
+                ),
                 (self.checkpoint_name,),
             ).fetchone()
         assert row is not None
+        self._check_generation(int(row[1]))
         return int(row[0])
+
+    def _check_generation(self, stored: int) -> None:
+        if stored != self.generation:
+            raise GenerationChanged(
+                f"projection {self.checkpoint_name!r}: the read model is now generation"
+                f" {stored}, this runner writes generation {self.generation}"
+            )
 
     def step(self, limit: int | None = None) -> Step:
         """One batch: at most ``limit`` (default ``batch_size``) events, one transaction.
@@ -94,7 +118,9 @@ class BatchRunner:
         """
         started = time.perf_counter()
         tx: Tx | None = None
-        with self.conn.transaction(), self.conn.cursor() as cur:
+        held: list[EventEnvelope] = []
+        with span("aura.projection.batch", projection=self.checkpoint_name,
+                  after=self.position), self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
             batch = read_batch(
                 cur, self.position, self.topics, limit or self.spec.batch_size, self.window
@@ -118,7 +144,15 @@ class BatchRunner:
         return Step(
             applied=len(events), position=batch.scanned_to, head=batch.head,
             seconds=time.perf_counter() - started, parked=parked,
+            by_type=Counter(e.topic for e in events),
+            parked_by_type=Counter(e.topic for e in held),
         )
+
+    def peek(self) -> EventEnvelope | None:
+        """The next event this runner would apply (for logging a failure)."""
+        with self.conn.cursor() as cur:
+            batch = read_batch(cur, self.position, self.topics, 1, self.window)
+        return batch.events[0] if batch.events else None
 
     def dead_letter_next(
         self, error: BaseException, attempts: int, first_failed_at: datetime
@@ -143,12 +177,14 @@ class BatchRunner:
         A failure keeps the events parked, with one more attempt recorded.
         """
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("SELECT 1 FROM {t} WHERE projection = %s FOR UPDATE").format(
+            row = cur.execute(
+                sql.SQL("SELECT generation FROM {t} WHERE projection = %s FOR UPDATE").format(
                     t=_CHECKPOINT
                 ),
                 (self.checkpoint_name,),
-            )
+            ).fetchone()
+            if row is not None:
+                self._check_generation(int(row[0]))
             letter = dlq.get(cur, dead_letter_id, lock=True)
             if letter is None or letter["status"] != dlq.PARKED_STATUS:
                 raise LookupError(f"dead letter {dead_letter_id} is not open")
@@ -179,11 +215,13 @@ class BatchRunner:
         # events are applied again. Consistency (G4) holds; only the fsync wait goes.
         cur.execute("SET LOCAL synchronous_commit = off")
         row = cur.execute(
-            sql.SQL("SELECT position FROM {t} WHERE projection = %s FOR UPDATE").format(
-                t=_CHECKPOINT
-            ),
+            sql.SQL(
+                "SELECT position, generation FROM {t} WHERE projection = %s FOR UPDATE"
+            ).format(t=_CHECKPOINT),
             (self.checkpoint_name,),
         ).fetchone()
+        if row is not None:
+            self._check_generation(int(row[1]))
         stored = int(row[0]) if row else -1
         if stored != self.position:
             raise LostOwnership(

@@ -14,6 +14,7 @@ from aura_es.mirror.progress import PROGRESS
 from aura_es.projection import dlq
 from aura_es.projection.loading import fingerprint
 from aura_es.projection.tables import CHECKPOINTS, WORKERS
+from aura_es.replay.generations import BUILDING, REBUILDS
 from aura_es.store.recorder import EVENTS_TABLE
 
 #: A worker whose heartbeat is older than this is taken for dead.
@@ -42,8 +43,17 @@ def projection_status(
     checkpoints = {
         row[0]: row[1:]
         for row in conn.execute(sql.SQL(
-            "SELECT projection, position, events_applied, fingerprint, updated_at FROM {}"
+            "SELECT projection, position, events_applied, fingerprint, updated_at, generation"
+            " FROM {}"
         ).format(sql.Identifier(CHECKPOINTS)))
+    }
+    rebuilds = {
+        row[0]: {"generation": row[1], "position": row[2], "events_applied": row[3]}
+        for row in conn.execute(sql.SQL(
+            "SELECT r.projection, r.generation, coalesce(c.position, 0),"
+            " coalesce(c.events_applied, 0) FROM {r} r LEFT JOIN {c} c"
+            " ON c.projection = r.projection || '@g' || r.generation WHERE r.status = %s"
+        ).format(r=sql.Identifier(REBUILDS), c=sql.Identifier(CHECKPOINTS)), (BUILDING,))
     }
     workers: dict[str, list[tuple[Any, ...]]] = {}
     for row in conn.execute(sql.SQL(
@@ -56,7 +66,7 @@ def projection_status(
         dead = dlq.depth(cur)
     return [
         _one(conn, spec, head, now, checkpoints.get(spec.name), workers.get(spec.name, []),
-             dead.get(spec.name))
+             dead.get(spec.name)) | {"rebuild": rebuilds.get(spec.name)}
         for spec in specs
     ]
 
@@ -66,7 +76,7 @@ def _one(
     checkpoint: tuple[Any, ...] | None, workers: list[tuple[Any, ...]],
     dead: tuple[int, int, datetime | None] | None,
 ) -> dict[str, Any]:
-    position, applied, built_by, updated_at = checkpoint or (0, 0, None, None)
+    position, applied, built_by, updated_at, generation = checkpoint or (0, 0, None, None, 1)
     lag_row = conn.execute(
         _LAG, {"cp": position, "topics": list(spec.source_events), "cap": _LAG_CAP}
     ).fetchone()
@@ -85,6 +95,7 @@ def _one(
     return {
         "projection": spec.name,
         "storage": spec.storage,
+        "generation": generation,
         "state": state,
         "checkpoint": position,
         "head": head,

@@ -37,6 +37,14 @@ def ddl() -> list[sql.Composed | sql.SQL]:
         sql.SQL(
             "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS breaker text NOT NULL DEFAULT 'closed'"
         ).format(t=sql.Identifier(WORKERS)),
+        # Which generation of the read model the checkpoint belongs to, and the tables it
+        # writes (NULL: the catalog's ``storage`` itself, as before the first replay).
+        sql.SQL(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS generation integer NOT NULL DEFAULT 1"
+        ).format(t=sql.Identifier(CHECKPOINTS)),
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS storage text").format(
+            t=sql.Identifier(CHECKPOINTS)
+        ),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (projection)").format(
             i=sql.Identifier(f"{WORKERS}_projection_idx"), t=sql.Identifier(WORKERS)
         ),

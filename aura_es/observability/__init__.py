@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, the /metrics and /health endpoint, tracing spans."""

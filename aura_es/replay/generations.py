@@ -1,0 +1,157 @@
+"""Generations of a read model: which tables serve a projection, and its rebuild history.
+
+Generation 1 writes the catalog's ``storage`` tables themselves. A replay builds
+generation N into ``<storage>__g<N>`` tables and, at the switch, turns every stable
+name into a view of its generation-N table, in the same transaction that hands the
+checkpoint over. Readers keep one name; writers always use the physical tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from aura_es.catalog.model import ProjectionSpec
+from aura_es.projection.loading import build
+from aura_es.projection.runner import BatchRunner, GenerationChanged
+from aura_es.projection.tables import CHECKPOINTS
+from aura_es.store import schema
+
+REBUILDS = "aura_projection_rebuilds"
+BUILDING, SWITCHED, ABANDONED = "building", "switched", "abandoned"
+
+
+def ddl() -> list[sql.Composed | sql.SQL]:
+    return [
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {t} ("
+            " projection text NOT NULL,"
+            " generation integer NOT NULL,"
+            " storage text NOT NULL,"
+            " fingerprint text NOT NULL,"
+            " status text NOT NULL DEFAULT 'building',"
+            " started_at timestamptz NOT NULL DEFAULT now(),"
+            " finished_at timestamptz,"
+            " events bigint NOT NULL DEFAULT 0,"
+            " seconds double precision NOT NULL DEFAULT 0,"
+            " switched_at_position bigint,"
+            " PRIMARY KEY (projection, generation))"
+        ).format(t=sql.Identifier(REBUILDS)),
+        sql.SQL(
+            "CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (projection) WHERE status = 'building'"
+        ).format(i=sql.Identifier(f"{REBUILDS}_one_building"), t=sql.Identifier(REBUILDS)),
+    ]
+
+
+schema.register(ddl, [REBUILDS])
+
+
+@dataclass(frozen=True)
+class Live:
+    """The generation that serves a projection now, and its checkpoint."""
+
+    generation: int
+    storage: str
+    position: int
+    events_applied: int
+    fingerprint: str | None
+    exists: bool
+
+
+def live(cur: psycopg.Cursor[Any], spec: ProjectionSpec, *, lock: bool = False) -> Live:
+    row = cur.execute(
+        sql.SQL(
+            "SELECT generation, storage, position, events_applied, fingerprint FROM {t}"
+            " WHERE projection = %s" + (" FOR UPDATE" if lock else "")
+        ).format(t=sql.Identifier(CHECKPOINTS)),
+        (spec.name,),
+    ).fetchone()
+    if row is None:
+        return Live(1, spec.storage, 0, 0, None, exists=False)
+    return Live(int(row[0]), row[1] or spec.storage, int(row[2]), int(row[3]), row[4], True)
+
+
+def physical_storage(spec: ProjectionSpec, generation: int) -> str:
+    return spec.storage if generation == 1 else f"{spec.storage}__g{generation}"
+
+
+def shadow_checkpoint(spec: ProjectionSpec, generation: int) -> str:
+    return f"{spec.name}@g{generation}"
+
+
+def next_generation(cur: psycopg.Cursor[Any], spec: ProjectionSpec) -> int:
+    row = cur.execute(
+        sql.SQL("SELECT coalesce(max(generation), 1) FROM {t} WHERE projection = %s").format(
+            t=sql.Identifier(REBUILDS)
+        ),
+        (spec.name,),
+    ).fetchone()
+    assert row is not None
+    return max(int(row[0]), live(cur, spec).generation) + 1
+
+
+def building(cur: psycopg.Cursor[Any], spec: ProjectionSpec) -> tuple[int, str, str] | None:
+    """The unfinished rebuild of ``spec``: generation, storage and fingerprint."""
+    row = cur.execute(
+        sql.SQL(
+            "SELECT generation, storage, fingerprint FROM {t}"
+            " WHERE projection = %s AND status = %s"
+        ).format(t=sql.Identifier(REBUILDS)),
+        (spec.name, BUILDING),
+    ).fetchone()
+    return (int(row[0]), row[1], row[2]) if row else None
+
+
+def last_rate(cur: psycopg.Cursor[Any], spec: ProjectionSpec) -> float | None:
+    """Events per second of the projection's last finished rebuild, if any."""
+    row = cur.execute(
+        sql.SQL(
+            "SELECT events / nullif(seconds, 0) FROM {t} WHERE projection = %s"
+            " AND status = %s AND events > 1000 ORDER BY finished_at DESC LIMIT 1"
+        ).format(t=sql.Identifier(REBUILDS)),
+        (spec.name, SWITCHED),
+    ).fetchone()
+    return float(row[0]) if row and row[0] else None
+
+
+def tables_with_prefix(cur: psycopg.Cursor[Any], storage: str) -> list[str]:
+    """``storage`` and its auxiliary tables (``<storage>__<suffix>``) that exist."""
+    return [
+        row[0]
+        for row in cur.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            " AND (tablename = %s OR left(tablename, length(%s) + 2) = %s || '__')"
+            " ORDER BY tablename",
+            (storage, storage, storage),
+        )
+    ]
+
+
+def relation_kind(cur: psycopg.Cursor[Any], name: str) -> str | None:
+    """'table', 'view' or None for a name in the current schema."""
+    row = cur.execute(
+        "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass(quote_ident(%s))", (name,)
+    ).fetchone()
+    if row is None:
+        return None
+    return {"r": "table", "v": "view"}.get(row[0], str(row[0]))
+
+
+def attach(
+    conn: psycopg.Connection[Any], spec: ProjectionSpec, *, fingerprint: str | None = None
+) -> BatchRunner:
+    """A runner that writes the generation serving ``spec`` now (the live read model)."""
+    for _ in range(3):
+        with conn.cursor() as cur:
+            current = live(cur, spec)
+        try:
+            return BatchRunner(
+                conn, spec, build(spec, current.storage), fingerprint=fingerprint,
+                generation=current.generation,
+            )
+        except GenerationChanged:
+            continue  # a replay switched between the read and the runner's setup
+    raise GenerationChanged(f"projection {spec.name!r}: generation keeps changing")

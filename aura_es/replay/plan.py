@@ -1,0 +1,105 @@
+"""``aura-es replay --dry-run``: what a rebuild would do and how long it would take.
+
+The estimate comes from the projection's last rebuild when there is one, otherwise
+from a trial: the first events are folded into scratch tables inside a transaction
+that is rolled back, so nothing changes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+
+from aura_es.catalog.model import ProjectionSpec
+from aura_es.projection.loading import build, fingerprint
+from aura_es.projection.runner import BatchRunner
+from aura_es.replay import generations
+from aura_es.replay.counting import head, pending_events
+from aura_es.replay.rebuild import MIN_REBUILD_BATCH, old_generation_tables
+
+TRIAL_EVENTS = 5000
+
+
+@dataclass(frozen=True)
+class Plan:
+    projection: str
+    live_generation: int
+    generation: int
+    resume_from: int | None
+    abandons_generation: int | None
+    events: int
+    create: list[str]
+    views: list[str]
+    drop: list[str]
+    keep: list[str]
+    events_per_second: float | None
+    estimate_basis: str
+
+    @property
+    def estimated_seconds(self) -> float | None:
+        if not self.events_per_second:
+            return None
+        return self.events / self.events_per_second
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        seconds = self.estimated_seconds
+        data["estimated_seconds"] = None if seconds is None else round(seconds, 1)
+        return data
+
+
+def plan_rebuild(
+    conn: psycopg.Connection[Any], spec: ProjectionSpec, *, keep_old: bool = False
+) -> Plan:
+    current = fingerprint(spec)
+    with conn.cursor() as cur:
+        live = generations.live(cur, spec)
+        unfinished = generations.building(cur, spec)
+        resume = unfinished if unfinished and unfinished[2] == current else None
+        generation = resume[0] if resume else generations.next_generation(cur, spec)
+        storage = resume[1] if resume else generations.physical_storage(spec, generation)
+        resume_from = _shadow_position(cur, spec, generation) if resume else None
+        old_tables = old_generation_tables(cur, spec.storage, live)
+        rate = generations.last_rate(cur, spec)
+    upto = head(conn)
+    events = pending_events(conn, spec.source_events, resume_from or 0, upto)
+    basis = "the last rebuild of this projection"
+    if rate is None:
+        rate = _trial_rate(conn, spec, storage)
+        basis = f"a trial of the first {TRIAL_EVENTS:,} events, rolled back"
+    kept = old_tables if keep_old else []
+    if keep_old and live.generation == 1:
+        kept = [f"{spec.storage}__g1{t[len(spec.storage):]}" for t in old_tables]
+    return Plan(
+        projection=spec.name, live_generation=live.generation, generation=generation,
+        resume_from=resume_from,
+        abandons_generation=unfinished[0] if unfinished and not resume else None,
+        events=events, create=build(spec, storage).tables(), views=build(spec).tables(),
+        drop=[] if keep_old else old_tables, keep=kept,
+        events_per_second=rate, estimate_basis=basis,
+    )
+
+
+def _shadow_position(cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation: int) -> int:
+    row = cur.execute(
+        "SELECT position FROM aura_projection_checkpoints WHERE projection = %s",
+        (generations.shadow_checkpoint(spec, generation),),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _trial_rate(conn: psycopg.Connection[Any], spec: ProjectionSpec, storage: str) -> float | None:
+    scratch = f"{storage}__trial"[:63]
+    trial_spec = spec.model_copy(update={"batch_size": max(spec.batch_size, MIN_REBUILD_BATCH)})
+    with conn.transaction(force_rollback=True):
+        runner = BatchRunner(conn, trial_spec, build(spec, scratch),
+                             checkpoint_name=f"{spec.name}@trial", replaying=True)
+        started = time.perf_counter()
+        step = runner.step(limit=TRIAL_EVENTS)
+        seconds = time.perf_counter() - started
+    if step.applied < 100:
+        return None
+    return step.applied / seconds

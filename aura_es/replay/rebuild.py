@@ -1,0 +1,350 @@
+"""A blue/green rebuild: the next generation of a read model is built beside the live one,
+then takes over in one transaction (G7).
+
+1. Claim the projection's replay lock; resume this definition's unfinished rebuild or
+   start generation N into ``<storage>__g<N>`` with its own checkpoint (``name@gN``).
+2. Catch up from position 0 with the same poison handling as a worker (its own DLQ
+   entries), while the live worker keeps serving and updating generation N-1.
+3. Switch: lock the live checkpoint row (the live worker waits), apply the last few
+   events, hand the checkpoint and dead letters over, point every stable name at the
+   new tables, drop (or keep) the old ones, commit. The live worker sees the new
+   generation at its next batch and carries on from the handed-over checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from aura_es.catalog.model import ProjectionSpec
+from aura_es.projection import dlq
+from aura_es.projection.failures import is_transient, retry_delay, transient_types
+from aura_es.projection.loading import build, fingerprint
+from aura_es.projection.resilience import ResilientRunner
+from aura_es.projection.runner import BatchRunner, LostOwnership, Step
+from aura_es.projection.tables import CHECKPOINTS
+from aura_es.replay import claim, generations
+from aura_es.replay.counting import head, pending_events
+from aura_es.store.recorder import EVENTS_TABLE
+
+#: Rebuild batches are larger than live ones: throughput matters, latency does not.
+MIN_REBUILD_BATCH = 5000
+#: The switch waits until the shadow is this close to the head, so the live worker is
+#: held for one short batch at most.
+SWITCH_WITHIN_EVENTS = 2000
+_CHECKPOINT = sql.Identifier(CHECKPOINTS)
+
+
+@dataclass(frozen=True)
+class RebuildProgress:
+    done: int
+    total: int
+    position: int
+    head: int
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    projection: str
+    generation: int
+    resumed_from: int
+    events: int
+    seconds: float
+    switched_at_position: int
+    open_dead_letters: int
+    views: list[str]
+    dropped: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "projection": self.projection, "generation": self.generation,
+            "resumed_from": self.resumed_from, "events": self.events,
+            "seconds": round(self.seconds, 3),
+            "events_per_second": round(self.events_per_second, 1),
+            "switched_at_position": self.switched_at_position,
+            "open_dead_letters": self.open_dead_letters,
+            "views": self.views, "dropped": self.dropped, "kept": self.kept,
+        }
+
+
+class Rebuild:
+    """One rebuild of one projection on one connection (which holds the replay claim)."""
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], spec: ProjectionSpec, *,
+        keep_old: bool = False, batch_size: int | None = None, log: Any = None,
+    ) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.keep_old = keep_old
+        self.log = log
+        self.fingerprint = fingerprint(spec)
+        claim.claim(conn, spec.name, "rebuild")
+        with conn.transaction(), conn.cursor() as cur:
+            unfinished = generations.building(cur, spec)
+            if unfinished and unfinished[2] != self.fingerprint:
+                self._abandon(cur, unfinished[0], unfinished[1])
+                unfinished = None
+            if unfinished:
+                self.generation, storage = unfinished[0], unfinished[1]
+            else:
+                self.generation = generations.next_generation(cur, spec)
+                storage = generations.physical_storage(spec, self.generation)
+                cur.execute(
+                    sql.SQL(
+                        "INSERT INTO {t} (projection, generation, storage, fingerprint)"
+                        " VALUES (%s, %s, %s, %s)"
+                    ).format(t=sql.Identifier(generations.REBUILDS)),
+                    (spec.name, self.generation, storage, self.fingerprint),
+                )
+        self.shadow = generations.shadow_checkpoint(spec, self.generation)
+        size = batch_size or max(spec.batch_size, MIN_REBUILD_BATCH)
+        self.rebuild_spec = spec.model_copy(update={"batch_size": size})
+        self.runner = BatchRunner(
+            conn, self.rebuild_spec, build(spec, storage), checkpoint_name=self.shadow,
+            fingerprint=self.fingerprint, replaying=True, generation=self.generation,
+        )
+        self.resumed_from = self.runner.position
+        self.resilient = ResilientRunner(self.runner, self.rebuild_spec, log)
+        self.transient = transient_types(spec.error_handling)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, on_progress: Callable[[RebuildProgress], None] | None = None) -> RebuildResult:
+        """Catches up, then switches; returns what was done. Raises on a handler failure
+        the DLQ cannot take (``dead_letter_queue: false``) or a lost connection: running
+        again resumes from the rebuild's checkpoint."""
+        started = time.perf_counter()
+        done = self._applied()
+        counted_to, total = self._count(self.runner.position, done)
+        failures = 0
+        snapshots_cleared = False
+        while True:
+            try:
+                progress = self.resilient.advance()
+            except LostOwnership:
+                raise
+            except Exception as e:
+                failures += 1
+                if (not is_transient(e, self.transient) or self.conn.broken
+                        or failures > self.spec.error_handling.max_retries):
+                    raise
+                time.sleep(retry_delay(self.spec.error_handling, failures))
+                continue
+            failures = 0
+            if progress.wait:
+                time.sleep(progress.wait)
+            step = progress.step
+            if step is None:
+                continue
+            done += step.applied
+            if step.head > counted_to:
+                more = pending_events(self.conn, self.spec.source_events, counted_to, step.head)
+                counted_to, total = step.head, total + more
+            if on_progress is not None:
+                on_progress(RebuildProgress(done, max(total, done), step.position, step.head))
+            if step.head - step.position <= SWITCH_WITHIN_EVENTS:
+                if not snapshots_cleared:
+                    # Wait out older snapshots first, then catch up again (see below).
+                    self._wait_for_older_snapshots()
+                    snapshots_cleared = True
+                    continue
+                result = self._try_switch(started)
+                if result is not None:
+                    if on_progress is not None:
+                        final = result.switched_at_position
+                        on_progress(RebuildProgress(result.events, result.events, final, final))
+                    return result
+
+    # -- the switch -------------------------------------------------------------------------
+
+    def _wait_for_older_snapshots(self) -> None:
+        """Waits until no transaction of this database holds a snapshot older than now.
+
+        PostgreSQL resolves names with the latest catalog, but reads rows with the
+        transaction's snapshot. A REPEATABLE READ transaction that began while the new
+        tables were half built, and first reads the stable name after the switch, would
+        read them as they were then. Like CREATE INDEX CONCURRENTLY, wait those out: any
+        later snapshot sees the new generation complete up to (at least) this point.
+        """
+        row = self.conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::xid").fetchone()
+        assert row is not None
+        horizon = row[0]
+        announced = time.monotonic()
+        while True:
+            blocking = self.conn.execute(
+                "SELECT pid, xact_start FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL"
+                " AND age(backend_xmin) > age(%s::xid) ORDER BY xact_start LIMIT 1",
+                (horizon,),
+            ).fetchone()
+            if blocking is None:
+                return
+            if time.monotonic() - announced > 10:
+                announced = time.monotonic()
+                self._log("warning", "switch waits for an older transaction to end",
+                          pid=blocking[0], transaction_started=str(blocking[1]))
+            time.sleep(0.05)
+
+    def _try_switch(self, started: float) -> RebuildResult | None:
+        before = self.runner.position
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                live = generations.live(cur, self.spec, lock=True)
+                step: Step = self.runner.step()
+                while not step.caught_up:
+                    step = self.runner.step()
+                return self._switch(cur, live, started)
+        except LostOwnership:
+            raise
+        except Exception as e:
+            # The tail failed inside the switch: everything rolled back. Go back to the
+            # catch-up loop, whose poison handling deals with the event.
+            self.runner.position = before
+            if is_transient(e, self.transient) or self.conn.broken:
+                raise
+            self._log("warning", "switch postponed: the last events failed",
+                      error=f"{type(e).__name__}: {e}")
+            return None
+
+    def _switch(
+        self, cur: psycopg.Cursor[Any], live: generations.Live, started: float
+    ) -> RebuildResult:
+        row = cur.execute(
+            sql.SQL("SELECT position, events_applied FROM {t} WHERE projection = %s")
+            .format(t=_CHECKPOINT), (self.shadow,),
+        ).fetchone()
+        assert row is not None
+        position, applied = int(row[0]), int(row[1])
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO {t} (projection, position, events_applied, fingerprint,"
+                " generation, storage) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (projection) DO UPDATE SET position = EXCLUDED.position,"
+                " events_applied = EXCLUDED.events_applied,"
+                " fingerprint = EXCLUDED.fingerprint, generation = EXCLUDED.generation,"
+                " storage = EXCLUDED.storage, updated_at = now()"
+            ).format(t=_CHECKPOINT),
+            (self.spec.name, position, applied, self.fingerprint, self.generation,
+             self.runner.projection.storage),
+        )
+        cur.execute(sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=_CHECKPOINT),
+                    (self.shadow,))
+        open_letters = dlq.hand_over(
+            cur, self.spec.name, generations.shadow_checkpoint(self.spec, live.generation),
+            self.shadow,
+        )
+        views, dropped, kept = self._move_names(cur, live)
+        seconds = time.perf_counter() - started
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} SET status = %s, finished_at = now(), events = %s,"
+                " seconds = seconds + %s, switched_at_position = %s"
+                " WHERE projection = %s AND generation = %s"
+            ).format(t=sql.Identifier(generations.REBUILDS)),
+            (generations.SWITCHED, applied, seconds, position, self.spec.name, self.generation),
+        )
+        # Wakes the live worker now rather than at its next poll.
+        cur.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(EVENTS_TABLE)))
+        self._log("info", "switched", generation=self.generation, position=position,
+                  views=views, dropped=dropped, kept=kept)
+        return RebuildResult(
+            projection=self.spec.name, generation=self.generation,
+            resumed_from=self.resumed_from, events=applied, seconds=seconds,
+            switched_at_position=position, open_dead_letters=open_letters,
+            views=views, dropped=dropped, kept=kept,
+        )
+
+    def _move_names(
+        self, cur: psycopg.Cursor[Any], live: generations.Live
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Every stable name becomes a view of the new generation's table."""
+        base = self.spec.storage
+        stable_names = build(self.spec).tables()
+        new_tables = self.runner.projection.tables()
+        old_tables = old_generation_tables(cur, base, live)
+        old_stable = [base + t[len(live.storage):] for t in old_tables]
+        for name in dict.fromkeys([*old_stable, *stable_names]):
+            if generations.relation_kind(cur, name) == "view":
+                cur.execute(sql.SQL("DROP VIEW {}").format(sql.Identifier(name)))
+        dropped, kept = [], []
+        for table in old_tables:
+            if not self.keep_old:
+                cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+                dropped.append(table)
+            elif live.generation == 1:
+                # Generation 1 lives under the stable names themselves: move it aside.
+                aside = f"{base}__g1{table[len(base):]}"
+                cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                    sql.Identifier(table), sql.Identifier(aside)))
+                kept.append(aside)
+            else:
+                kept.append(table)
+        for name, table in zip(stable_names, new_tables, strict=True):
+            cur.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
+                sql.Identifier(name), sql.Identifier(table)))
+        return stable_names, dropped, kept
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _abandon(self, cur: psycopg.Cursor[Any], generation: int, storage: str) -> None:
+        """An unfinished rebuild of another definition: its tables are of no use."""
+        for table in generations.tables_with_prefix(cur, storage):
+            cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+        shadow = generations.shadow_checkpoint(self.spec, generation)
+        cur.execute(sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=_CHECKPOINT),
+                    (shadow,))
+        dlq.forget(cur, shadow)
+        cur.execute(
+            sql.SQL("UPDATE {t} SET status = %s, finished_at = now()"
+                    " WHERE projection = %s AND generation = %s")
+            .format(t=sql.Identifier(generations.REBUILDS)),
+            (generations.ABANDONED, self.spec.name, generation),
+        )
+        self._log("warning", "abandoned an unfinished rebuild of another definition",
+                  generation=generation)
+
+    def _applied(self) -> int:
+        row = self.conn.execute(
+            sql.SQL("SELECT events_applied FROM {t} WHERE projection = %s").format(
+                t=_CHECKPOINT), (self.shadow,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _count(self, position: int, done: int) -> tuple[int, int]:
+        upto = head(self.conn)
+        return upto, done + pending_events(self.conn, self.spec.source_events, position, upto)
+
+    def close(self) -> None:
+        claim.release(self.conn, self.spec.name)
+
+    def _log(self, level: str, message: str, **fields: Any) -> None:
+        if self.log is not None:
+            getattr(self.log, level)(message, projection=self.spec.name, **fields)
+
+
+_GENERATION_TABLE = re.compile(r"__g\d+(__|$)")
+
+
+def old_generation_tables(
+    cur: psycopg.Cursor[Any], base: str, live: generations.Live
+) -> list[str]:
+    """The tables of the generation serving now. Generation 1's are the stable names
+    (and their auxiliaries), not any ``__g<N>`` table another generation left."""
+    if live.generation > 1:
+        return generations.tables_with_prefix(cur, live.storage)
+    return [
+        t for t in generations.tables_with_prefix(cur, base)
+        if not _GENERATION_TABLE.match(t[len(base):])
+    ]
