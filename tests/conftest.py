@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from aura_es import embedded
 from aura_es.app import AuraApp
 from tests.support.services import PostgresServer, nats_server, postgres_server
 
@@ -100,3 +101,28 @@ def big_log_url(pg_server: PostgresServer, big_log_template: str) -> Iterator[st
     name = pg_server.create_database(template=big_log_template)
     yield pg_server.url_for(name)
     pg_server.drop_database(name)
+
+
+# -- a private PostgreSQL for chaos: tests that stop or restart it never touch the shared one
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[tuple[PostgresServer, Path]]:
+    workdir = Path(tempfile.mkdtemp(prefix="aura-c-", dir="/tmp"))
+    uri = embedded.start_postgres(workdir / "pg")
+    try:
+        yield PostgresServer(uri), workdir / "pg"
+    finally:
+        embedded.stop_postgres(workdir / "pg")
+
+
+@pytest.fixture
+def chaos_db(private_pg: tuple[PostgresServer, Path]) -> Iterator[str]:
+    server, _ = private_pg
+    name = server.create_database()
+    url = server.url_for(name)
+    app = AuraApp(url, check_schema=False, pool_size=1)
+    app.init_schema()
+    app.close()
+    yield url
+    server.drop_database(name)

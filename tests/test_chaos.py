@@ -11,24 +11,19 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from aura_es import embedded
-from aura_es.app import AuraApp
 from aura_es.application import connect
 from aura_es.dsn import parse_database_url
 from tests.support import folds
+from tests.support.chaos import quick_catalog, stop, stored_count, writer
 from tests.support.proxy import ChaosProxy
 from tests.support.services import PostgresServer
 from tests.support.workers import (
     ALL,
-    CATALOG,
     ROOT,
     assert_read_models_equal_fold,
     caught_up,
@@ -39,62 +34,6 @@ from tests.support.workers import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[tuple[PostgresServer, Path]]:
-    workdir = Path(tempfile.mkdtemp(prefix="aura-c-", dir="/tmp"))
-    uri = embedded.start_postgres(workdir / "pg")
-    try:
-        yield PostgresServer(uri), workdir / "pg"
-    finally:
-        embedded.stop_postgres(workdir / "pg")
-
-
-@pytest.fixture
-def chaos_db(private_pg: tuple[PostgresServer, Path]) -> Iterator[str]:
-    server, _ = private_pg
-    name = server.create_database()
-    url = server.url_for(name)
-    app = AuraApp(url, check_schema=False, pool_size=1)
-    app.init_schema()
-    app.close()
-    yield url
-    server.drop_database(name)
-
-
-def quick_catalog(tmp_path: Path, **debate_overrides: object) -> Path:
-    """The shipped catalog with a fast breaker (chaos must recover within the test)."""
-    data = yaml.safe_load(CATALOG.read_text())
-    for projection in data["projections"]:
-        handling = projection.setdefault("error_handling", {})
-        handling["circuit_breaker"] = {"failure_threshold": 3, "recovery_timeout": 1}
-        handling["retry_policy"] = "fixed"
-        if projection["name"] == "DebateStateProjection":
-            projection.update(debate_overrides)
-    path = tmp_path / "catalog.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def writer(url: str, seed: int, debates: int, poison_rate: float = 0.0) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.chaos_writer", url, str(seed), str(debates),
-         str(poison_rate)],
-        env=env_for(url), cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )
-
-
-def stored_count(url: str) -> int:
-    with connect(url) as conn:
-        row = conn.execute("SELECT count(*) FROM aura_events").fetchone()
-        assert row is not None
-        return int(row[0])
-
-
-def stop(supervisor: subprocess.Popen[str]) -> None:
-    supervisor.send_signal(signal.SIGTERM)
-    assert supervisor.wait(timeout=40) == 0
 
 
 def test_postgres_restart_under_writers_and_workers(

@@ -20,7 +20,8 @@ from aura_es.projection.status import mirror_status, projection_status
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 CONSENSUS_WINDOWS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days"}
-DEBATE_STATE_HANDLER = "projections.debate_state:DebateStateProjection"
+#: The AURA gauges read the projection whose rows are DebateState (by its catalog entry).
+DEBATE_STATE_MODEL = "DebateState"
 
 
 class DatabaseCollector(Collector):
@@ -100,7 +101,7 @@ class DatabaseCollector(Collector):
                      ["stream"], [([m["stream"]], m["lag_seconds"]) for m in mirrors])
 
     def _domain(self, conn: psycopg.Connection[Any]) -> Iterator[GaugeMetricFamily]:
-        spec = next((s for s in self.specs if s.handler == DEBATE_STATE_HANDLER), None)
+        spec = next((s for s in self.specs if s.output_model == DEBATE_STATE_MODEL), None)
         if spec is None or conn.execute("SELECT to_regclass(%s)", (spec.storage,)).fetchone() \
                 == (None,):
             return

@@ -4,8 +4,10 @@ the `eventsourcing` library's ProjectionRunner on the same events, in the same r
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,18 +55,19 @@ def checkpoint(conn: psycopg.Connection[Any], name: str = "DebateStateProjection
     return int(row[0]) if row else -1
 
 
-def start_worker(url: str) -> subprocess.Popen[bytes]:
+def start_worker(url: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "workers.worker", "--projection", "DebateStateProjection",
          "--catalog", str(ROOT / "catalog/projection-catalog.yaml"), "--poll-seconds", "1"],
-        env=dict(os.environ, AURA_ES_DATABASE_URL=url, PYTHONPATH=str(ROOT)),
+        env={**os.environ, "AURA_ES_DATABASE_URL": url, "PYTHONPATH": str(ROOT), **(env or {})},
         stderr=subprocess.DEVNULL,
     )
 
 
-def catch_up(url: str, conn: psycopg.Connection[Any], head: int, debate_events: int) -> dict:
+def catch_up(url: str, conn: psycopg.Connection[Any], head: int, debate_events: int,
+             env: dict[str, str] | None = None) -> dict:
     started = time.perf_counter()
-    worker = start_worker(url)
+    worker = start_worker(url, env)
     memory: list[float] = []
     first = started
     while (position := checkpoint(conn)) < head:
@@ -180,7 +183,56 @@ def live_latency(url: str, conn: psycopg.Connection[Any], rate: int, seconds: fl
             "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95)}
 
 
+def reset(conn: psycopg.Connection[Any]) -> None:
+    """Back to an empty read model, so the next catch-up starts from position 0."""
+    conn.execute("DROP TABLE IF EXISTS debate_state")
+    conn.execute("DELETE FROM aura_projection_checkpoints")
+    conn.execute("DELETE FROM aura_projection_workers")
+
+
+def compare_observability(*, quick: bool, as_json: bool) -> None:
+    """Catch-up with metrics recorded and INFO logs, next to the same catch-up with
+    neither, alternating on one log so drift in the machine hits both alike."""
+    events = 20_000 if quick else 200_000
+    rounds = 2 if quick else 3
+    with postgres() as admin, fresh_database(admin) as url:
+        app = AuraApp(url, pool_size=4)
+        with console.status(f"writing {events:,} events…"):
+            run_load(app, seed=7, commands=events, concurrency=2, batch_size=250)
+        app.close()
+        rates: dict[str, list[float]] = {"on": [], "off": []}
+        with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn, \
+                tempfile.TemporaryDirectory(prefix="aura-metrics-") as metrics_dir:
+            head = int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0])
+            debate_events = int(conn.execute(
+                "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)", (list(DEBATE_TOPICS),)
+            ).fetchone()[0])
+            modes = {
+                "on": {"PROMETHEUS_MULTIPROC_DIR": metrics_dir, "AURA_ES_LOG_LEVEL": "INFO"},
+                "off": {"PROMETHEUS_MULTIPROC_DIR": "", "AURA_ES_LOG_LEVEL": "WARNING"},
+            }
+            for round_ in range(rounds):
+                for mode in (("on", "off") if round_ % 2 == 0 else ("off", "on")):
+                    reset(conn)
+                    with console.status(f"catch-up {round_ + 1}/{rounds}, observability {mode}…"):
+                        result = catch_up(url, conn, head, debate_events, modes[mode])
+                    rates[mode].append(result["events_per_second_after_start"])
+            if not list(Path(metrics_dir).glob("*.db")):
+                raise SystemExit("the 'on' runs recorded no metrics: the comparison is void")
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    report("projections: catch-up with metrics and INFO logs on, next to off (same run)", [
+        {"measure": f"catch-up, DebateStateProjection ({debate_events:,} events), median of"
+                    f" {rounds}",
+         "off (no metrics, WARNING logs)": f"{off:,.0f} events/s",
+         "on (metrics + INFO logs)": f"{on:,.0f} events/s",
+         "on / off": round(on / off, 3)},
+    ], as_json=as_json)
+
+
 def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
+    if "--compare-observability" in argv:
+        compare_observability(quick=quick, as_json=as_json)
+        return
     events = 20_000 if quick else 200_000
     baseline_events = 2_000 if quick else 10_000
     with postgres() as admin, fresh_database(admin) as url:

@@ -35,3 +35,10 @@ class PoisonedDebates(DebateStateProjection):
                     and event.position > self.fixed_up_to and not fixed):
                 raise PoisonError(f"cannot project argument at position {event.position}")
         super().handle(batch, tx)
+
+
+class CannotStart(DebateStateProjection):
+    """A projection whose worker dies while setting up, every time."""
+
+    def create(self, tx: Tx) -> None:
+        raise RuntimeError("this read model cannot be created")

@@ -1,0 +1,270 @@
+"""Observability: the supervisor's /metrics agree with what the workers really did and
+with the DLQ rows; /health follows the database; logs never show a password; spans
+wrap appends and batches when OpenTelemetry is there and cost nothing when not."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from aura_es import embedded
+from aura_es.app import AuraApp
+from aura_es.application import connect
+from aura_es.observability import tracing
+from aura_es.projection.loading import build
+from aura_es.projection.runner import BatchRunner
+from tests.support.chaos import quick_catalog, start_again, stop, writer
+from tests.support.services import PostgresServer
+from tests.support.workers import ALL, CATALOG, ROOT, caught_up, env_for, wait_for
+
+DEBATES = "DebateStateProjection"
+
+
+def start_with_metrics(
+    db_url: str, catalog: Path, log: Path, *extra: str
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aura_es.cli", "workers", "run", "--catalog", str(catalog),
+         "--poll-seconds", "0.5", "--metrics-port", "0", *extra],
+        env=env_for(db_url), cwd=ROOT, text=True, stderr=log.open("w"),
+        start_new_session=True,
+    )
+
+
+def metrics_port(log: Path) -> int:
+    def port() -> int | None:
+        for line in log.read_text().splitlines():
+            if '"serving /metrics and /health"' in line:
+                return int(json.loads(line)["port"])
+        return None
+
+    found: int = wait_for("the metrics endpoint", port, timeout=30)
+    return found
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=15) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+          **labels: str) -> float:
+    return sum(v for (n, ls), v in found.items()
+               if n == name and all((k, val) in ls for k, val in labels.items()))
+
+
+@pytest.mark.slow
+def test_metrics_agree_with_the_events_processed_and_the_dlq_rows(
+    chaos_db: str, tmp_path: Path
+) -> None:
+    catalog = quick_catalog(
+        tmp_path, handler="tests.support.poison:PoisonedDebates",
+        error_handling={"retry_policy": "none", "max_retries": 1, "dead_letter_queue": True},
+    )
+    log = tmp_path / "workers.log"
+    supervisor = start_with_metrics(chaos_db, catalog, log)
+    try:
+        port = metrics_port(log)
+        load = writer(chaos_db, 5, 150, poison_rate=0.05)
+        assert load.wait(timeout=120) == 0
+        with connect(chaos_db) as conn:
+            wait_for("catch-up", lambda: caught_up(conn), timeout=90)
+            letters = conn.execute(
+                "SELECT count(*) FROM aura_dead_letters WHERE projection = %s AND status ="
+                " 'parked'", (DEBATES,)).fetchone()
+            parked = conn.execute("SELECT count(*) FROM aura_dead_letter_parked"
+                                  " WHERE projection = %s", (DEBATES,)).fetchone()
+            applied = dict(conn.execute(
+                "SELECT projection, events_applied FROM aura_projection_checkpoints"))
+            per_topic = dict(conn.execute(
+                "SELECT topic, count(*) FROM aura_events GROUP BY topic"))
+        assert letters and letters[0] > 0, "the load was meant to poison some debates"
+        found = samples(get(port, "/metrics")[1])
+    finally:
+        stop(supervisor)
+    spec_topics = {s.name: s.source_events for s in build_specs(catalog)}
+    for name in ALL:
+        processed = total(found, "aura_events_processed_total", projection_name=name,
+                          status="processed")
+        assert processed == applied[name], name
+        timed = total(found, "aura_event_processing_duration_seconds_count",
+                      projection_name=name)
+        assert timed == processed, name
+        every = total(found, "aura_events_processed_total", projection_name=name)
+        assert every == sum(per_topic.get(t, 0) for t in spec_topics[name]), name
+        assert found[("aura_projection_lag_events", (("projection_name", name),))] == 0
+        assert found[("aura_projection_up", (("projection_name", name),))] == 1
+    assert total(found, "aura_events_processed_total", projection_name=DEBATES,
+                 status="dead_lettered") == letters[0]
+    assert parked is not None and total(
+        found, "aura_events_processed_total", projection_name=DEBATES, status="parked"
+    ) == parked[0] == found[("aura_dlq_parked_events", (("projection_name", DEBATES),))]
+    assert found[("aura_dlq_depth", (("projection_name", DEBATES),))] == letters[0]
+    assert total(found, "aura_projection_errors_total", projection_name=DEBATES,
+                 error_type="PoisonError") >= letters[0]
+    assert found[("aura_database_up", ())] == 1
+    assert 0 < found[("aura_system_health_score", ())] < 100  # open dead letters cost points
+    assert found[("aura_active_debates", ())] >= 0
+
+
+def build_specs(catalog: Path) -> list[Any]:
+    from aura_es.catalog import load_catalog
+
+    return list(load_catalog(catalog).projections)
+
+
+@pytest.mark.slow
+def test_health_is_unready_while_the_database_is_stopped_and_ready_when_it_is_back(
+    private_pg: tuple[PostgresServer, Path], chaos_db: str, tmp_path: Path
+) -> None:
+    app = AuraApp(chaos_db, pool_size=1)
+    app.start_debate("health", ["a", "b"], idempotency_key="health-1")
+    app.close()
+    log = tmp_path / "workers.log"
+    supervisor = start_with_metrics(chaos_db, quick_catalog(tmp_path), log)
+    try:
+        port = metrics_port(log)
+        wait_for("ready", lambda: get(port, "/health")[0] == 200, timeout=60)
+        assert json.loads(get(port, "/health")[1]) == {"ready": True, "score": 100.0,
+                                                       "reasons": []}
+        embedded.stop_postgres(private_pg[1])
+        try:
+            status, body = get(port, "/health")
+            assert status == 503
+            health = json.loads(body)
+            assert health["ready"] is False and health["score"] == 0
+            assert health["reasons"][0].startswith("database does not answer")
+            down = samples(get(port, "/metrics")[1])
+            assert down[("aura_database_up", ())] == 0
+            assert down[("aura_system_health_score", ())] == 0
+        finally:
+            start_again(private_pg[1])
+        wait_for("ready again", lambda: get(port, "/health")[0] == 200, timeout=60)
+    finally:
+        stop(supervisor)
+
+
+def test_health_names_a_projection_without_a_live_worker(db_url: str, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    document = yaml.safe_load(CATALOG.read_text())
+    document["projections"][2]["handler"] = "tests.support.poison:CannotStart"
+    catalog.write_text(yaml.safe_dump(document))
+    log = tmp_path / "workers.log"
+    supervisor = start_with_metrics(db_url, catalog, log)
+    try:
+        port = metrics_port(log)
+        wait_for("the healthy workers", lambda: len(
+            json.loads(get(port, "/health")[1])["reasons"]) == 1, timeout=30)
+        status, body = get(port, "/health")
+        assert status == 503
+        (reason,) = json.loads(body)["reasons"]
+        assert reason.startswith("LLMSpendProjection: no live active worker")
+        assert get(port, "/nowhere")[0] == 404
+    finally:
+        stop(supervisor)
+
+
+def test_a_metrics_port_in_use_is_exit_2(db_url: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "aura_es.cli", "workers", "run", "--metrics-port",
+             str(port)], env=env_for(db_url), cwd=ROOT, capture_output=True, text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"--metrics-port {port}: cannot listen" in done.stderr
+
+
+# -- logs ---------------------------------------------------------------------------------------
+
+
+def test_no_password_reaches_output_or_logs(pg_server: PostgresServer, db_url: str) -> None:
+    secret = "s3cr3t-Pa55"
+    with_password = db_url.replace("postgres@", f"postgres:{secret}@", 1)
+    assert secret in with_password
+    wrong_db = re.sub(r"/aura_test_[^?]+", "/no_such_db", with_password)
+    outputs = []
+    for args, url in ((["db", "init"], with_password), (["status"], wrong_db)):
+        done = subprocess.run([sys.executable, "-m", "aura_es.cli", *args],
+                              env=env_for(url), cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+        outputs.append(done.stdout + done.stderr)
+    assert "no_such_db" in outputs[1]  # the error does name the database it tried
+    logged = subprocess.run(
+        [sys.executable, "-c",
+         "from aura_es.log import get_logger; import sys;"
+         "get_logger(projection='p').error('cannot run', error=sys.argv[1],"
+         " dsn=sys.argv[2])", f"cannot connect to {with_password}",
+         f"host=/tmp password={secret} dbname=x"],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+    outputs.append(logged.stderr)
+    assert '"projection": "p"' in logged.stderr
+    for output in outputs:
+        assert secret not in output, output
+
+
+# -- tracing ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    yield exporter
+    exporter.clear()
+
+
+def test_spans_wrap_appends_and_projection_batches(app: AuraApp, spans: Any) -> None:
+    assert tracing.enabled()
+    app.start_debate("traced", ["a", "b"], idempotency_key="traced-1")
+    spec = build_specs(CATALOG)[0]
+    with connect(app.database_url) as conn:
+        BatchRunner(conn, spec, build(spec)).run_until_caught_up()
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    assert finished["aura.append"].attributes["command"] == "start_debate"
+    assert finished["aura.projection.batch"].attributes["projection"] == DEBATES
+
+
+def test_without_opentelemetry_a_span_is_one_shared_null_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tracing, "_start_span", None)
+    first, second = tracing.span("a", x=1), tracing.span("b")
+    assert first is second and not tracing.enabled()
+    with first as value:
+        assert value is None
