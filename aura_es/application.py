@@ -200,9 +200,15 @@ class EventSourcedApp(Application[UUID]):
 
     def _execute(self, command: Command) -> CommandResult:
         prepared = self._prepare(command)
-        found = self._lookup([prepared.key_hash])
-        if prepared.key_hash in found:
-            return self._as_duplicate(prepared, found[prepared.key_hash])
+        # A creating command's aggregate id comes from its key, so a duplicate cannot
+        # be stored twice: its key row and its first event both collide. It goes
+        # straight to the save, and a collision is answered from the key row. That
+        # saves fresh creates a round trip. An update is looked up first, so a retried
+        # update never takes the table lock.
+        if not isinstance(command, Create):
+            found = self._lookup([prepared.key_hash])
+            if prepared.key_hash in found:
+                return self._as_duplicate(prepared, found[prepared.key_hash])
         for attempt in range(self.max_attempts):
             try:
                 aggregate = self._decide(prepared)

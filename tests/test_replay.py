@@ -479,3 +479,33 @@ def test_the_switch_waits_for_transactions_with_older_snapshots(app: AuraApp) ->
         rebuilding.close()
         assert results and results[0].generation == 2
         assert _rows(conn, spec.storage) == expected
+
+
+@pytest.mark.slow
+def test_a_worker_with_another_definition_reloads_after_the_switch(
+    app: AuraApp, db_url: str, tmp_path: Path,
+) -> None:
+    run_scenarios(app, scenarios(14, 100_000), 100)
+    log = tmp_path / "workers.log"
+    supervisor = start_supervisor(db_url, "DebateStateProjection", log=log)
+    document = yaml.safe_load(CATALOG.read_text())
+    document["projections"][0]["output_model"] = "DebateStateV2"
+    changed = tmp_path / "catalog.yaml"
+    changed.write_text(yaml.safe_dump(document))
+    try:
+        with connect(db_url) as conn:
+            wait_for("catch-up", lambda: caught_up(conn, ["DebateStateProjection"]))
+        done = aura(db_url, "replay", "DebateStateProjection", "--catalog", str(changed))
+        assert done.returncode == 0, done.stderr
+        wait_for("the worker to reload", lambda: "reloading" in log.read_text(), timeout=30)
+        run_scenarios(app, scenarios(15, 100_000), 30)
+        with connect(db_url) as conn:
+            wait_for("catch-up after the reload",
+                     lambda: caught_up(conn, ["DebateStateProjection"]), timeout=60)
+            assert_read_models_equal_fold(conn, ["DebateStateProjection"])
+    finally:
+        stop(supervisor)
+    text = log.read_text()
+    assert '"exit_code": 4' in text and "restart_in_seconds\": 0.0" in text
+    status = json.loads(aura(db_url, "status", "--json").stdout)["projections"][0]
+    assert status["generation"] == 2 and status["drift"] is True

@@ -16,6 +16,7 @@ import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
+from aura_es import AuraAggregate, AuraCreated, AuraEvent, Create
 from aura_es.app import AuraApp
 from aura_es.dsn import parse_database_url
 from scripts.benchmarks._common import fresh_database, percentile, postgres, report
@@ -26,6 +27,40 @@ class PlainDebate(Aggregate):
     def __init__(self, topic: str, participants: list[str]) -> None:
         self.topic = topic
         self.participants = participants
+
+
+class UsageImported(AuraCreated):
+    """A batch of LLM usage records imported under one idempotency key (the bulk case)."""
+
+    TOPIC = "bench.usage.imported.v1"
+    source: str
+
+    def apply(self, batch: Any) -> None:
+        batch.source = self.source
+
+
+class UsageRecorded(AuraEvent):
+    TOPIC = "bench.usage.recorded.v1"
+    model: str
+    tokens: int
+
+    def apply(self, batch: Any) -> None:
+        batch.tokens += self.tokens
+
+
+class UsageBatch(AuraAggregate):
+    TYPE = "bench.usage_batch"
+
+    def __init__(self) -> None:
+        self.source = ""
+        self.tokens = 0
+
+    @classmethod
+    def imported(cls, batch_id: Any, source: str, records: int) -> UsageBatch:
+        batch = cls._create(UsageImported, id=batch_id, source=source)
+        for i in range(records - 1):
+            batch.trigger_event(UsageRecorded, model="gpt-x", tokens=100 + i)
+        return batch
 
 
 def plain_app(url: str, pool_size: int) -> Application[Any]:
@@ -70,7 +105,7 @@ def single_and_concurrent(admin: str, n: int, threads: int) -> dict[str, Any]:
     }
 
 
-def batches(admin: str, n: int, size: int) -> dict[str, Any]:
+def batches(admin: str, n: int, size: int, *, one_command: bool = False) -> dict[str, Any]:
     with fresh_database(admin) as url:
         ours = AuraApp(url, pool_size=2)
         with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn:
@@ -95,10 +130,16 @@ def batches(admin: str, n: int, size: int) -> dict[str, Any]:
                 for i in range(size)
             ])
 
-        keyed = timed(n // size, 1, our_batch) * size
+        def our_bulk_command(b: int) -> None:
+            ours.execute(Create("import_usage", f"{run}:{b}", {"source": f"s{b}"},
+                                lambda batch_id: UsageBatch.imported(batch_id, f"s{b}", size)))
+
+
+        keyed = timed(n // size, 1, our_bulk_command if one_command else our_batch) * size
         ours.close()
     return {
-        "case": f"{size} events per transaction, 1 writer",
+        "case": f"{size} events per transaction, 1 writer: " + (
+            "one command (one key)" if one_command else f"{size} commands ({size} keys)"),
         "baseline": "raw psycopg executemany, no keys",
         "baseline events/s": round(base),
         "aura-es events/s": round(keyed),
@@ -136,6 +177,7 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
         rows = [
             single_and_concurrent(admin, n, 1),
             single_and_concurrent(admin, n, 8),
+            batches(admin, n * 10, 100, one_command=True),
             batches(admin, n * 10, 100),
             duplicates(admin, n // 3),
         ]

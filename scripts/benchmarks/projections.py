@@ -55,17 +55,18 @@ def checkpoint(conn: psycopg.Connection[Any], name: str = "DebateStateProjection
     return int(row[0]) if row else -1
 
 
-def start_worker(url: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_worker(url: str, env: dict[str, str | None] | None = None) -> subprocess.Popen[bytes]:
+    """A worker process; ``env`` values of None remove the variable."""
+    merged = {**os.environ, "AURA_ES_DATABASE_URL": url, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "workers.worker", "--projection", "DebateStateProjection",
          "--catalog", str(ROOT / "catalog/projection-catalog.yaml"), "--poll-seconds", "1"],
-        env={**os.environ, "AURA_ES_DATABASE_URL": url, "PYTHONPATH": str(ROOT), **(env or {})},
-        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in merged.items() if v is not None}, stderr=subprocess.DEVNULL,
     )
 
 
 def catch_up(url: str, conn: psycopg.Connection[Any], head: int, debate_events: int,
-             env: dict[str, str] | None = None) -> dict:
+             env: dict[str, str | None] | None = None) -> dict:
     started = time.perf_counter()
     worker = start_worker(url, env)
     memory: list[float] = []
@@ -207,9 +208,9 @@ def compare_observability(*, quick: bool, as_json: bool) -> None:
             debate_events = int(conn.execute(
                 "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)", (list(DEBATE_TOPICS),)
             ).fetchone()[0])
-            modes = {
+            modes: dict[str, dict[str, str | None]] = {
                 "on": {"PROMETHEUS_MULTIPROC_DIR": metrics_dir, "AURA_ES_LOG_LEVEL": "INFO"},
-                "off": {"PROMETHEUS_MULTIPROC_DIR": "", "AURA_ES_LOG_LEVEL": "WARNING"},
+                "off": {"PROMETHEUS_MULTIPROC_DIR": None, "AURA_ES_LOG_LEVEL": "WARNING"},
             }
             for round_ in range(rounds):
                 for mode in (("on", "off") if round_ % 2 == 0 else ("off", "on")):
