@@ -48,6 +48,37 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def write_log(url: str, events: int) -> None:
+    app = AuraApp(url, pool_size=4)
+    with console.status(f"writing {events:,} events…"):
+        run_load(app, seed=7, commands=events, concurrency=2, batch_size=250)
+    app.close()
+
+
+def log_size(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    """The head position and how many of the events are debate events."""
+    head = int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0])
+    debate_events = int(conn.execute(
+        "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)", (list(DEBATE_TOPICS),)
+    ).fetchone()[0])
+    return head, debate_events
+
+
+def watch_checkpoint(url: str, committed: dict[int, float], visible: dict[int, float],
+                     stop: threading.Event) -> None:
+    """Records when the live checkpoint first covers each committed position."""
+    with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as watcher:
+        while not stop.is_set():
+            now_at = checkpoint(watcher)
+            stamp = time.perf_counter()
+            # Positions are registered after their commit returns, so a position may
+            # be covered before it is known here: check every unseen one each poll.
+            for position in [p for p in list(committed) if p not in visible]:
+                if position <= now_at:
+                    visible[position] = stamp
+            time.sleep(0.0005)
+
+
 def checkpoint(conn: psycopg.Connection[Any], name: str = "DebateStateProjection") -> int:
     row = conn.execute(
         "SELECT position FROM aura_projection_checkpoints WHERE projection = %s", (name,)
@@ -157,20 +188,7 @@ def live_latency(url: str, conn: psycopg.Connection[Any], rate: int, seconds: fl
     committed: dict[int, float] = {}
     visible: dict[int, float] = {}
     stop = threading.Event()
-
-    def watch() -> None:
-        with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as watcher:
-            while not stop.is_set():
-                now_at = checkpoint(watcher)
-                stamp = time.perf_counter()
-                # Positions are registered after their commit returns, so a position may
-                # be covered before it is known here: check every unseen one each poll.
-                for position in [p for p in list(committed) if p not in visible]:
-                    if position <= now_at:
-                        visible[position] = stamp
-                time.sleep(0.0005)
-
-    watcher = threading.Thread(target=watch)
+    watcher = threading.Thread(target=watch_checkpoint, args=(url, committed, visible, stop))
     watcher.start()
     paced_appends(app, rate, seconds, "live", committed)
     time.sleep(1.0)
@@ -197,17 +215,11 @@ def compare_observability(*, quick: bool, as_json: bool) -> None:
     events = 20_000 if quick else 200_000
     rounds = 2 if quick else 3
     with postgres() as admin, fresh_database(admin) as url:
-        app = AuraApp(url, pool_size=4)
-        with console.status(f"writing {events:,} events…"):
-            run_load(app, seed=7, commands=events, concurrency=2, batch_size=250)
-        app.close()
+        write_log(url, events)
         rates: dict[str, list[float]] = {"on": [], "off": []}
         with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn, \
                 tempfile.TemporaryDirectory(prefix="aura-metrics-") as metrics_dir:
-            head = int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0])
-            debate_events = int(conn.execute(
-                "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)", (list(DEBATE_TOPICS),)
-            ).fetchone()[0])
+            head, debate_events = log_size(conn)
             modes: dict[str, dict[str, str | None]] = {
                 "on": {"PROMETHEUS_MULTIPROC_DIR": metrics_dir, "AURA_ES_LOG_LEVEL": "INFO"},
                 "off": {"PROMETHEUS_MULTIPROC_DIR": None, "AURA_ES_LOG_LEVEL": "WARNING"},
@@ -237,15 +249,9 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
     events = 20_000 if quick else 200_000
     baseline_events = 2_000 if quick else 10_000
     with postgres() as admin, fresh_database(admin) as url:
-        app = AuraApp(url, pool_size=4)
-        with console.status(f"writing {events:,} events…"):
-            run_load(app, seed=7, commands=events, concurrency=2, batch_size=250)
-        app.close()
+        write_log(url, events)
         with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn:
-            head = int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0])
-            debate_events = int(conn.execute(
-                "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)", (list(DEBATE_TOPICS),)
-            ).fetchone()[0])
+            head, debate_events = log_size(conn)
             with console.status("aura-es worker catching up…"):
                 ours = catch_up(url, conn, head, debate_events)
             with console.status("eventsourcing ProjectionRunner catching up…"):

@@ -20,7 +20,6 @@ import psycopg
 
 from aura_es.app import AuraApp
 from aura_es.dsn import parse_database_url
-from aura_es.load import run_load
 from scripts.benchmarks._common import (
     console,
     fresh_database,
@@ -29,7 +28,14 @@ from scripts.benchmarks._common import (
     postgres,
     report,
 )
-from scripts.benchmarks.projections import DEBATE_TOPICS, ROOT, checkpoint, start_worker
+from scripts.benchmarks.projections import (
+    ROOT,
+    checkpoint,
+    log_size,
+    start_worker,
+    watch_checkpoint,
+    write_log,
+)
 
 
 def multiply_log(conn: psycopg.Connection[Any], target: int) -> None:
@@ -49,18 +55,6 @@ def multiply_log(conn: psycopg.Connection[Any], target: int) -> None:
     conn.execute("VACUUM ANALYZE aura_events")
 
 
-def watch_latency(url: str, committed: dict[int, float], stop: threading.Event,
-                  visible: dict[int, float]) -> None:
-    with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as watcher:
-        while not stop.is_set():
-            now_at = checkpoint(watcher)
-            stamp = time.perf_counter()
-            for position in [p for p in list(committed) if p not in visible]:
-                if position <= now_at:
-                    visible[position] = stamp
-            time.sleep(0.0005)
-
-
 def live_phase(url: str, app: AuraApp, seconds: float, label: str,
                during: Any = None) -> tuple[dict[str, float], Any]:
     """Appends 50 debates/s while ``during`` runs (or for ``seconds``); the latency from
@@ -68,7 +62,7 @@ def live_phase(url: str, app: AuraApp, seconds: float, label: str,
     committed: dict[int, float] = {}
     visible: dict[int, float] = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=watch_latency, args=(url, committed, stop, visible))
+    watcher = threading.Thread(target=watch_checkpoint, args=(url, committed, visible, stop))
     watcher.start()
     outcome: list[Any] = []
 
@@ -112,16 +106,12 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
     written = 20_000 if quick else 200_000
     target = 100_000 if quick else 1_000_000
     with postgres() as admin, fresh_database(admin) as url:
+        write_log(url, written)
         app = AuraApp(url, pool_size=4)
-        with console.status(f"writing {written:,} events, then copying up to {target:,}…"):
-            run_load(app, seed=7, commands=written, concurrency=2, batch_size=250)
-            with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn:
-                multiply_log(conn, target)
         with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn:
-            debate_events = int(conn.execute(
-                "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)", (list(DEBATE_TOPICS),)
-            ).fetchone()[0])
-            head = int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0])
+            with console.status(f"copying the log up to {target:,} events…"):
+                multiply_log(conn, target)
+            head, debate_events = log_size(conn)
             worker = start_worker(url)
             try:
                 with console.status("downtime way: a worker builds the table from position 0…"):
