@@ -178,9 +178,17 @@ class Rebuild:
         read them as they were then. Like CREATE INDEX CONCURRENTLY, wait those out: any
         later snapshot sees the new generation complete up to (at least) this point.
         """
-        row = self.conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::xid").fetchone()
+        row = self.conn.execute(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::xid,"
+            " current_setting('is_superuser') = 'on'"
+            " OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')"
+        ).fetchone()
         assert row is not None
-        horizon = row[0]
+        horizon, sees_everyone = row
+        if not sees_everyone:
+            # Other roles' snapshots are hidden from us: only our own role's are waited for.
+            self._log("warning", "the switch can wait only for transactions of its own role;"
+                      " grant pg_read_all_stats to wait for every reader")
         announced = time.monotonic()
         while True:
             blocking = self.conn.execute(
