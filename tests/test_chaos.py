@@ -19,7 +19,7 @@ import pytest
 from aura_es.application import connect
 from aura_es.dsn import parse_database_url
 from tests.support import folds
-from tests.support.chaos import quick_catalog, stop, stored_count, writer
+from tests.support.chaos import poisoned_catalog, quick_catalog, stop, stored_count, writer
 from tests.support.proxy import ChaosProxy
 from tests.support.services import PostgresServer
 from tests.support.workers import (
@@ -100,10 +100,7 @@ def test_slow_then_cut_connections_open_the_breaker_and_recover(
 def test_poison_events_and_killed_workers_then_fix_and_retry(
     chaos_db: str, tmp_path: Path
 ) -> None:
-    catalog = quick_catalog(
-        tmp_path, handler="tests.support.poison:PoisonedDebates",
-        error_handling={"retry_policy": "none", "max_retries": 1, "dead_letter_queue": True},
-    )
+    catalog = poisoned_catalog(tmp_path)
     marker = tmp_path / "fixed"
     env = {"AURA_TEST_POISON_FIXED": str(marker)}
     load = writer(chaos_db, 4, 200, poison_rate=0.05)

@@ -10,11 +10,10 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -95,21 +94,15 @@ def exposed_names(db_url: str) -> set[str]:
         generations.attach(conn, spec)  # creates debate_state, so the AURA gauges appear
     collector = DatabaseCollector(lambda: connect(db_url), load_catalog(CATALOG).projections,
                                   300)
-    text = "".join(generate_latest(r).decode() for r in (REGISTRY,)) + _render(collector)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(REGISTRY).decode() + generate_latest(registry).decode()
     names = set()
     for family in text_string_to_metric_families(text):
         names.add(family.name)
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
         names.update(family.name + s for s in suffixes.get(family.type, []))
     return names
-
-
-def _render(collector: Any) -> str:
-    from prometheus_client import CollectorRegistry
-
-    registry = CollectorRegistry()
-    registry.register(collector)
-    return generate_latest(registry).decode()
 
 
 def test_every_dashboard_and_alert_query_names_a_metric_that_exists(db_url: str) -> None:

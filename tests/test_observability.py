@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from aura_es import embedded
 from aura_es.app import AuraApp
 from aura_es.application import connect
+from aura_es.catalog import load_catalog
 from aura_es.observability import tracing
 from aura_es.projection.loading import build
 from aura_es.projection.runner import BatchRunner
-from tests.support.chaos import quick_catalog, start_again, stop, writer
+from tests.support.chaos import poisoned_catalog, quick_catalog, start_again, stop, writer
 from tests.support.services import PostgresServer
 from tests.support.workers import ALL, CATALOG, ROOT, caught_up, env_for, wait_for
 
@@ -79,10 +80,7 @@ def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
 def test_metrics_agree_with_the_events_processed_and_the_dlq_rows(
     chaos_db: str, tmp_path: Path
 ) -> None:
-    catalog = quick_catalog(
-        tmp_path, handler="tests.support.poison:PoisonedDebates",
-        error_handling={"retry_policy": "none", "max_retries": 1, "dead_letter_queue": True},
-    )
+    catalog = poisoned_catalog(tmp_path)
     log = tmp_path / "workers.log"
     supervisor = start_with_metrics(chaos_db, catalog, log)
     try:
@@ -104,7 +102,7 @@ def test_metrics_agree_with_the_events_processed_and_the_dlq_rows(
         found = samples(get(port, "/metrics")[1])
     finally:
         stop(supervisor)
-    spec_topics = {s.name: s.source_events for s in build_specs(catalog)}
+    spec_topics = {s.name: s.source_events for s in load_catalog(catalog).projections}
     for name in ALL:
         processed = total(found, "aura_events_processed_total", projection_name=name,
                           status="processed")
@@ -127,12 +125,6 @@ def test_metrics_agree_with_the_events_processed_and_the_dlq_rows(
     assert found[("aura_database_up", ())] == 1
     assert 0 < found[("aura_system_health_score", ())] < 100  # open dead letters cost points
     assert found[("aura_active_debates", ())] >= 0
-
-
-def build_specs(catalog: Path) -> list[Any]:
-    from aura_es.catalog import load_catalog
-
-    return list(load_catalog(catalog).projections)
 
 
 @pytest.mark.slow
@@ -252,7 +244,7 @@ def spans() -> Iterator[Any]:
 def test_spans_wrap_appends_and_projection_batches(app: AuraApp, spans: Any) -> None:
     assert tracing.enabled()
     app.start_debate("traced", ["a", "b"], idempotency_key="traced-1")
-    spec = build_specs(CATALOG)[0]
+    spec = load_catalog(CATALOG).get(DEBATES)
     with connect(app.database_url) as conn:
         BatchRunner(conn, spec, build(spec)).run_until_caught_up()
     finished = {s.name: s for s in spans.get_finished_spans()}

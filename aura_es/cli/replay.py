@@ -158,16 +158,16 @@ def _rebuild(conn: psycopg.Connection[Any], spec: ProjectionSpec, *, keep_old: b
 
 def _partial(conn: psycopg.Connection[Any], spec: ProjectionSpec, ids: list[UUID], *,
              dry_run: bool, json: bool, explicit: bool) -> None:
-    if explicit:
+    if explicit or dry_run:
         with conn.cursor() as cur:
-            known = {e.aggregate_id for e in events_of(cur, spec, ids, 2**62)}
+            events = events_of(cur, spec, ids, 2**62)
+    if explicit:
+        known = {e.aggregate_id for e in events}
         missing = [str(i) for i in ids if i not in known]
         if missing:
             raise fail(f"aggregate {missing[0]} has no events that {spec.name!r} reads")
     if dry_run:
-        with conn.cursor() as cur:
-            events = len(events_of(cur, spec, ids, 2**62))
-        plan = {"projection": spec.name, "aggregates": len(ids), "events": events,
+        plan = {"projection": spec.name, "aggregates": len(ids), "events": len(events),
                 "tables": build(spec).tables()}
         if json:
             emit_json(plan)

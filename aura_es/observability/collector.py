@@ -13,12 +13,13 @@ from typing import Any
 import psycopg
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.observability.health import Health, assess, database_down
 from aura_es.projection.status import mirror_status, projection_status
 
-BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 CONSENSUS_WINDOWS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days"}
 #: The AURA gauges read the projection whose rows are DebateState (by its catalog entry).
 DEBATE_STATE_MODEL = "DebateState"
@@ -32,9 +33,14 @@ class DatabaseCollector(Collector):
         self.connect = connect
         self.specs = list(specs)
         self.max_lag_seconds = max_lag_seconds
-        self.last_health: Health | None = None
 
-    def health(self) -> tuple[Health, list[dict[str, Any]], list[dict[str, Any]], Any]:
+    def health(self) -> Health:
+        health, _, _, conn = self._observe()
+        if conn is not None:
+            conn.close()
+        return health
+
+    def _observe(self) -> tuple[Health, list[dict[str, Any]], list[dict[str, Any]], Any]:
         """Health, projection rows, mirror rows and the open connection (or None)."""
         try:
             conn = self.connect()
@@ -49,8 +55,7 @@ class DatabaseCollector(Collector):
         return assess(rows, self.max_lag_seconds), rows, mirrors, conn
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        health, rows, mirrors, conn = self.health()
-        self.last_health = health
+        health, rows, mirrors, conn = self._observe()
         yield _gauge("aura_database_up", "1 when PostgreSQL answers.", [], [([], conn is not None)])
         yield _gauge("aura_system_health_score", "Overall health, 0 to 100.", [],
                      [([], health.score)])
@@ -105,17 +110,17 @@ class DatabaseCollector(Collector):
         if spec is None or conn.execute("SELECT to_regclass(%s)", (spec.storage,)).fetchone() \
                 == (None,):
             return
-        table = spec.storage
+        table = sql.Identifier(spec.storage)
         open_row = conn.execute(
-            f"SELECT count(*) FROM \"{table}\" WHERE status = 'open'").fetchone()
+            sql.SQL("SELECT count(*) FROM {} WHERE status = 'open'").format(table)).fetchone()
         yield _gauge("aura_active_debates", "Debates started and not yet concluded.", [],
                      [([], open_row[0] if open_row else 0)])
         samples = []
         for label, interval in CONSENSUS_WINDOWS.items():
-            row = conn.execute(
-                f"SELECT count(*) FILTER (WHERE status = 'consensus'),"
-                f" count(*) FILTER (WHERE status IN ('consensus', 'failed'))"
-                f" FROM \"{table}\" WHERE updated_at > now() - %s::interval", (interval,),
+            row = conn.execute(sql.SQL(
+                "SELECT count(*) FILTER (WHERE status = 'consensus'),"
+                " count(*) FILTER (WHERE status IN ('consensus', 'failed'))"
+                " FROM {} WHERE updated_at > now() - %s::interval").format(table), (interval,),
             ).fetchone()
             if row and row[1]:
                 samples.append(([label], row[0] / row[1]))

@@ -58,9 +58,7 @@ class MetricsServer:
                 if path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
                 elif path == "/health":
-                    health, _, _, conn = server.database.health()
-                    if conn is not None:
-                        conn.close()
+                    health = server.database.health()
                     self._send(200 if health.ready else 503, "application/json",
                                orjson.dumps(health.as_dict()))
                 else:

@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.projection.loading import build, fingerprint
 from aura_es.projection.runner import BatchRunner
+from aura_es.projection.tables import CHECKPOINTS
 from aura_es.replay import generations
 from aura_es.replay.counting import head, pending_events
 from aura_es.replay.rebuild import MIN_REBUILD_BATCH, old_generation_tables
@@ -85,7 +87,8 @@ def plan_rebuild(
 
 def _shadow_position(cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation: int) -> int:
     row = cur.execute(
-        "SELECT position FROM aura_projection_checkpoints WHERE projection = %s",
+        sql.SQL("SELECT position FROM {} WHERE projection = %s").format(
+            sql.Identifier(CHECKPOINTS)),
         (generations.shadow_checkpoint(spec, generation),),
     ).fetchone()
     return int(row[0]) if row else 0

@@ -27,6 +27,14 @@ def quick_catalog(tmp_path: Path, **debate_overrides: object) -> Path:
     return path
 
 
+def poisoned_catalog(tmp_path: Path) -> Path:
+    """The quick catalog with the poison-raising debate handler, one retry, then the DLQ."""
+    return quick_catalog(
+        tmp_path, handler="tests.support.poison:PoisonedDebates",
+        error_handling={"retry_policy": "none", "max_retries": 1, "dead_letter_queue": True},
+    )
+
+
 def writer(url: str, seed: int, debates: int, poison_rate: float = 0.0) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.support.chaos_writer", url, str(seed), str(debates),
