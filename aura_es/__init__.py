@@ -5,7 +5,8 @@ The public surface is what this module exports; everything else is internal.
 
 import aura_es.mirror.progress
 import aura_es.projection
-import aura_es.replay  # noqa: F401  (registers the replay tables with `db init`)
+import aura_es.replay
+import aura_es.store.identity  # noqa: F401  (registers their tables with `db init`)
 from aura_es.aggregate import AuraAggregate
 from aura_es.app import AuraApp
 from aura_es.application import CommandResult, Create, EventSourcedApp, Update
@@ -15,8 +16,10 @@ from aura_es.errors import (
     ConcurrencyConflict,
     ConfigurationError,
     DomainError,
+    EventUndecodable,
     IdempotencyKeyConflict,
     InvalidIdempotencyKey,
+    InvalidPayload,
     SchemaMissing,
     ServiceUnavailable,
 )
@@ -37,8 +40,10 @@ __all__ = [
     "Create",
     "DomainError",
     "EventSourcedApp",
+    "EventUndecodable",
     "IdempotencyKeyConflict",
     "InvalidIdempotencyKey",
+    "InvalidPayload",
     "SchemaMissing",
     "ServiceUnavailable",
     "Settings",

@@ -19,15 +19,24 @@ from uuid import UUID, uuid4
 
 import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
-from eventsourcing.persistence import IntegrityError, Mapper, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    Mapper,
+    MapperDeserialisationError,
+    StoredEvent,
+)
+from eventsourcing.persistence import InterfaceError as PersistenceInterfaceError
+from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 from eventsourcing.utils import Environment
 
+from aura_es import payload
 from aura_es.aggregate import AuraAggregate
 from aura_es.dsn import parse_database_url, redact
 from aura_es.errors import (
     AggregateNotFound,
     ConcurrencyConflict,
     DomainError,
+    EventUndecodable,
     IdempotencyKeyConflict,
     ServiceUnavailable,
 )
@@ -108,6 +117,11 @@ _LOOKUP = (
     f" FROM {idempotency.TABLE} i WHERE i.key_hash = ANY(%s)"
 )
 
+_POSITIONS = (
+    f"SELECT notification_id FROM {EVENTS_TABLE} WHERE originator_id = %s"
+    " AND originator_version <= %s ORDER BY originator_version"
+)
+
 _LOAD_MANY = (
     "SELECT originator_id, originator_version, topic, state"
     f" FROM {EVENTS_TABLE} WHERE originator_id = ANY(%s)"
@@ -123,6 +137,8 @@ class EventSourcedApp(Application[UUID]):
 
     name = "aura"
     max_attempts = 5
+    #: The largest event this application stores (bytes of JSON); see ``aura_es.payload``.
+    max_event_bytes = payload.MAX_EVENT_BYTES
 
     def __init__(
         self,
@@ -169,10 +185,16 @@ class EventSourcedApp(Application[UUID]):
         return Environment(name, values)
 
     def construct_factory(self, env: Environment) -> AuraFactory:  # type: ignore[override]
-        return AuraFactory(env)
+        factory = AuraFactory(env)
+        # The library's pool knows five parameters; every other one the URL gives
+        # (sslmode, sslrootcert, options, …) must reach its connections too.
+        pool_kwargs = factory.datastore.pool.kwargs
+        assert isinstance(pool_kwargs, dict)
+        pool_kwargs.update(self._pg.connect_kwargs())
+        return factory
 
     def construct_mapper(self) -> Mapper[UUID]:
-        return JsonMapper()
+        return JsonMapper(self.max_event_bytes)
 
     # -- connections --------------------------------------------------------------------
 
@@ -220,17 +242,15 @@ class EventSourcedApp(Application[UUID]):
                     return self._as_duplicate(prepared, found[prepared.key_hash])
                 raise
             try:
-                recordings = self.save(aggregate, idempotency=[prepared.record])
-                _count_appended(recordings)
+                recordings = self._save(aggregate, records=[prepared.record])
             except IntegrityError:
                 found = self._lookup([prepared.key_hash])
                 if prepared.key_hash in found:
                     return self._as_duplicate(prepared, found[prepared.key_hash])
                 if isinstance(command, Create):
-                    raise DomainError(
-                        f"aggregate {prepared.aggregate_id} already exists "
-                        f"(its idempotency key {command.idempotency_key!r} was pruned)"
-                    ) from None
+                    # Its id comes from its key, so the aggregate was made by this very
+                    # command, whose key has been pruned since: answer with it.
+                    return self._created_earlier(prepared)
                 # Lost a version race with another command: back off a little, with
                 # jitter so the racers spread out, then decide again on the new state.
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
@@ -287,10 +307,7 @@ class EventSourcedApp(Application[UUID]):
         )
         for p in fresh:
             aggregates[p.aggregate_id] = self._decide(p, aggregates.get(p.aggregate_id))
-        recordings = self.save(
-            *aggregates.values(), idempotency=[p.record for p in fresh if p.record]
-        )
-        _count_appended(recordings)
+        recordings = self._save(*aggregates.values(), records=[p.record for p in fresh])
         positions = {
             (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
             for r in recordings
@@ -307,8 +324,34 @@ class EventSourcedApp(Application[UUID]):
                 ),
             )
 
+    def _save(
+        self, *aggregates: AuraAggregate, records: Sequence[IdempotencyRecord | None]
+    ) -> list[Any]:
+        try:
+            recordings = self.save(*aggregates, idempotency=[r for r in records if r])
+        except (PersistenceOperationalError, PersistenceInterfaceError) as e:
+            raise ServiceUnavailable(
+                f"the event store did not take the append: {redact(_first_line(e))}"
+            ) from None
+        _count_appended(recordings)
+        return recordings
+
+    def _created_earlier(self, p: _Prepared) -> CommandResult:
+        """The result of a create whose aggregate exists but whose key was pruned."""
+        assert p.record is not None
+        to_version = p.record.to_version
+        with self._cursor() as cur:
+            cur.execute(_POSITIONS, (p.aggregate_id, to_version))
+            positions = tuple(row["notification_id"] for row in cur.fetchall())
+        if not positions:
+            raise ConcurrencyConflict(p.aggregate_id, self.max_attempts)
+        DUPLICATES_ABSORBED.inc()
+        return CommandResult(p.aggregate_id, 1, len(positions), positions, duplicate=True)
+
     def _prepare(self, command: Command) -> _Prepared:
         key = idempotency.check_key(command.idempotency_key)
+        for name in ("type", "tenant_id", "correlation_id", "causation_id"):
+            payload.check_text(name, getattr(command, name))
         if isinstance(command, Create):
             aggregate_id = idempotency.derived_aggregate_id(command.type, command.tenant_id, key)
         else:
@@ -363,6 +406,8 @@ class EventSourcedApp(Application[UUID]):
             aggregate: object = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             raise AggregateNotFound(aggregate_id) from None
+        except MapperDeserialisationError as e:
+            raise EventUndecodable(f"aggregate {aggregate_id}: {e}") from None
         assert isinstance(aggregate, AuraAggregate)
         return aggregate
 
@@ -378,9 +423,11 @@ class EventSourcedApp(Application[UUID]):
                     row["originator_id"], row["originator_version"], row["topic"],
                     bytes(row["state"]),
                 )
-                history.setdefault(row["originator_id"], []).append(
-                    self.mapper.to_domain_event(stored)
-                )
+                try:
+                    event = self.mapper.to_domain_event(stored)
+                except MapperDeserialisationError as e:
+                    raise EventUndecodable(f"aggregate {row['originator_id']}: {e}") from None
+                history.setdefault(row["originator_id"], []).append(event)
         loaded: dict[UUID, AuraAggregate] = {}
         for aggregate_id, domain_events in history.items():
             aggregate = project_aggregate(None, domain_events)
@@ -435,12 +482,18 @@ def connect(database_url: str, *, autocommit: bool = True) -> psycopg.Connection
     """A connection with a clear error when the server does not answer."""
     params = parse_database_url(database_url)
     try:
-        return psycopg.connect(params.conninfo(), autocommit=autocommit, connect_timeout=5)
+        timeout = params.params.get("connect_timeout") or "5"
+        return psycopg.connect(params.conninfo(), autocommit=autocommit,
+                               connect_timeout=int(timeout))
     except psycopg.OperationalError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ServiceUnavailable(
-            f"cannot connect to PostgreSQL at {redact(database_url)}: {reason}"
+            f"cannot connect to PostgreSQL at {redact(database_url)}: {redact(reason)}"
         ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _count_appended(recordings: Sequence[Any]) -> None:

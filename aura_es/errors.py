@@ -31,6 +31,15 @@ class DomainError(AuraError):
     """A command is not valid for the aggregate's current state; nothing was stored."""
 
 
+class InvalidPayload(DomainError):
+    """An event or command argument holds a value that cannot be stored exactly (a NUL,
+    a lone surrogate, NaN or infinity, an integer beyond 64 bits, an oversized event)."""
+
+
+class EventUndecodable(AuraError):
+    """A stored event cannot be decoded (its bytes are not an event of its topic)."""
+
+
 class InvalidIdempotencyKey(DomainError):
     """The idempotency key is empty or longer than 255 characters."""
 

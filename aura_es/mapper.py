@@ -24,17 +24,13 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, MapperDeserialisationError, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic, resolve_topic
 
+from aura_es import payload
+from aura_es.payload import json_default
+
+__all__ = ["JsonMapper", "dumps", "json_default"]
+
 Convert = Callable[[Any], Any]
 _BASE_FIELDS = frozenset({"originator_id", "originator_version"})
-
-
-def json_default(obj: Any) -> Any:
-    """orjson's fallback: Decimals as exact strings, sets and tuples as lists."""
-    if isinstance(obj, Decimal):
-        return str(obj)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise TypeError(f"cannot store a value of type {type(obj).__name__} in an event")
 
 
 def dumps(obj: Any) -> bytes:
@@ -106,8 +102,9 @@ class _NoTranscoder(Transcoder):
 class JsonMapper(Mapper[UUID]):
     """Mapper whose stored state is plain JSON; typed by event annotations on the way out."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
         super().__init__(transcoder=_NoTranscoder())
+        self.max_event_bytes = max_event_bytes
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         event_state = dict(vars(domain_event))
@@ -116,11 +113,17 @@ class JsonMapper(Mapper[UUID]):
         class_version = getattr(type(domain_event), "class_version", 1)
         if class_version > 1:
             event_state["class_version"] = class_version
+        topic = get_topic(type(domain_event))
+        # Refused here, before anything is written: a value JSON or PostgreSQL would
+        # change (NaN to null) or refuse (NUL) and an event too large to mirror.
+        what = f"event {topic} v{originator_version}"
+        state = payload.encode(event_state, what)
+        payload.check_size(state, what, self.max_event_bytes or payload.MAX_EVENT_BYTES)
         return StoredEvent(
             originator_id=originator_id,
             originator_version=originator_version,
-            topic=get_topic(type(domain_event)),
-            state=dumps(event_state),
+            topic=topic,
+            state=state,
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:

@@ -49,7 +49,7 @@ class LLMSpendProjection(Projection):
         return self.aux_table("calls")
 
     def tables(self) -> list[str]:
-        return [self.storage, f"{self.storage}__calls"]
+        return [self.storage, self.aux_name("calls")]
 
     def create(self, tx: Tx) -> None:
         tx.execute(sql.SQL(

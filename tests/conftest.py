@@ -69,6 +69,16 @@ def nats_url(workdir: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def private_nats() -> Iterator[tuple[str, Path]]:
+    """A nats-server of this test's own (with its generated credentials): URL and dir."""
+    workdir = Path(tempfile.mkdtemp(prefix="aura-n-", dir="/tmp"))
+    url = embedded.start_nats(workdir / "nats")
+    yield url, workdir / "nats"
+    embedded.stop_nats(workdir / "nats")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
 def cli_env(db_url: str) -> dict[str, str]:
     """Environment for running `aura-es` in a subprocess against the test database."""
     env = dict(os.environ)

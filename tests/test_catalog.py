@@ -11,8 +11,8 @@ import yaml
 from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import schema_json
 from aura_es.errors import ConfigurationError
+from tests.support.cli import assert_one_line_error, aura
 from tests.support.workers import CATALOG, ROOT
-from tests.test_cli import assert_one_line_error, aura
 
 
 def edited(tmp_path: Path, change: str, old: str, new: str) -> Path:

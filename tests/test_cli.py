@@ -5,26 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def aura(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aura_es.cli", *args],
-        capture_output=True, text=True, env=env or dict(os.environ), timeout=120,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
-    for needle in needles:
-        assert needle in lines[0]
+from tests.support.cli import assert_one_line_error, aura
 
 
 def test_load_twice_with_one_seed_stores_once(cli_env: dict[str, str]) -> None:
@@ -99,7 +84,12 @@ def test_up_reuses_running_services_and_down_stops_them(tmp_path: Path) -> None:
         urls = json.loads(first.stdout)
         again = json.loads(aura("up", "--data-dir", str(data_dir), "--json", env=env).stdout)
         assert again == urls
-        assert urls["nats_url"].startswith("nats://127.0.0.1:")
+        # The generated NATS credentials stay in the state file, readable by its owner only.
+        assert urls["nats_url"].startswith("nats://aura:***@127.0.0.1:")
+        state = Path(urls["state_file"])
+        assert state.stat().st_mode & 0o077 == 0
+        secret = json.loads(state.read_text())["nats_url"].split(":")[2].split("@")[0]
+        assert len(secret) >= 32 and secret not in first.stdout + first.stderr
         env["AURA_ES_DATA_DIR"] = str(data_dir)
         assert aura("db", "init", env=env).returncode == 0
         loaded = aura("load", "--commands", "20", "--json", env=env)

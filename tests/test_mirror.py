@@ -10,9 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -23,17 +21,9 @@ from aura_es import AuraApp, embedded
 from aura_es.application import connect
 from aura_es.mirror.cloudevents import CONTENT_TYPE, aggregate_and_event, to_message
 from aura_es.projection.envelope import EventEnvelope
+from tests.support.chaos import stored_count, writer
+from tests.support.cli import assert_one_line_error, aura
 from tests.support.workers import ROOT, env_for, wait_for
-from tests.test_chaos import stored_count, writer
-from tests.test_cli import assert_one_line_error, aura
-
-
-@pytest.fixture
-def private_nats() -> Iterator[tuple[str, Path]]:
-    workdir = Path(tempfile.mkdtemp(prefix="aura-n-", dir="/tmp"))
-    url = embedded.start_nats(workdir / "nats")
-    yield url, workdir / "nats"
-    embedded.stop_nats(workdir / "nats")
 
 
 def start_relay(db_url: str, nats_url: str, stream: str, *extra: str) -> subprocess.Popen[str]:

@@ -9,6 +9,8 @@ Exit status: 0 once switched, 5 when another replay of the projection is running
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 
@@ -19,6 +21,7 @@ from aura_es.log import get_logger
 from aura_es.replay import Rebuild, ReplayRunning
 from aura_es.replay.rebuild import RebuildProgress
 from aura_es.settings import Settings
+from workers.shutdown import follow_supervisor
 
 EXIT_SWITCHED, EXIT_FAILED, EXIT_REFUSED = 0, 1, 5
 LOG_EVERY_SECONDS = 5.0
@@ -30,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", default="catalog/projection-catalog.yaml")
     args = parser.parse_args(argv)
     log = get_logger(component="rebuild", projection=args.projection)
+    # Orphaned: stop as SIGTERM would (the rebuild resumes from its checkpoint later).
+    follow_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM))
     try:
         spec = load_catalog(args.catalog).get(args.projection)
         with connect(Settings().resolved_database_url()) as conn:

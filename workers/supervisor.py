@@ -26,8 +26,8 @@ from aura_es.log import get_logger
 from aura_es.observability.health import DEFAULT_MAX_LAG_SECONDS
 from aura_es.observability.server import MetricsServer
 from workers.rebuild import EXIT_REFUSED, EXIT_SWITCHED
-from workers.shutdown import Shutdown
-from workers.worker import EXIT_OK, EXIT_RELOAD, EXIT_TAKEN_OVER
+from workers.shutdown import SUPERVISOR_PID_ENV, Shutdown
+from workers.worker import EXIT_CONFIG, EXIT_OK, EXIT_RELOAD, EXIT_TAKEN_OVER
 
 MAX_BACKOFF_SECONDS = 30.0
 # A worker that ran this long before dying starts its backoff from the beginning.
@@ -103,6 +103,10 @@ class Supervisor:
             now = time.monotonic()
             for child in list(self.children):
                 self._tend(child, now)
+            if not any(c.kind == "worker" for c in self.children):
+                self.log.error("no worker left to run")
+                self._stop_all()
+                return EXIT_CONFIG
             self.shutdown.wait(0.2)
         self._stop_all()
         return 0
@@ -121,6 +125,12 @@ class Supervisor:
                 self.log.info("rebuild ended", projection=child.projection, exit_code=code)
                 self.children.remove(child)
                 return
+            if child.kind == "worker" and code == EXIT_CONFIG:
+                # Its catalog entry cannot run; restarting would only repeat the error.
+                self.log.error("worker exited on a configuration error; not restarted",
+                               projection=child.projection, exit_code=code)
+                self.children.remove(child)
+                return
             if code in (EXIT_TAKEN_OVER, EXIT_RELOAD):
                 delay = 0.0
             else:
@@ -137,6 +147,7 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> subprocess.Popen[bytes]:
         env = dict(os.environ, AURA_ES_DATABASE_URL=self.database_url)
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())
         if self.metrics_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         command = [sys.executable, "-m", f"workers.{child.kind}", "--projection",

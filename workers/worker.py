@@ -7,7 +7,8 @@ lock; then advance batch by batch, where poison events are isolated and dead-let
 Exit status: 0 after a graceful stop, 3 when another worker took the projection over
 (the supervisor restarts it at once, as a standby), 4 when a replay switched the read
 model to a definition this process does not have (restarted at once, to load it),
-1 on a configuration error.
+2 on a configuration error (not restarted: a restart cannot fix it), 1 on any other
+failure (restarted with backoff). A worker stops by itself when its supervisor dies.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import collections
 import os
 import socket
 import sys
-import threading
 import time
 
 import psycopg
@@ -26,7 +26,7 @@ from psycopg import sql
 from aura_es.application import connect
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.errors import AuraError, ServiceUnavailable
+from aura_es.errors import AuraError, ConfigurationError, ServiceUnavailable
 from aura_es.log import get_logger
 from aura_es.observability import metrics
 from aura_es.projection.failures import (
@@ -38,15 +38,14 @@ from aura_es.projection.failures import (
 from aura_es.projection.loading import fingerprint, projection_class
 from aura_es.projection.resilience import Paused, ResilientRunner
 from aura_es.projection.runner import BatchRunner, GenerationChanged, LostOwnership, Step
-from aura_es.projection.tables import WORKERS
 from aura_es.replay import generations
 from aura_es.settings import Settings
 from aura_es.store.recorder import EVENTS_TABLE
-from workers.shutdown import Shutdown
+from workers.heartbeat import Beat, Heartbeat
+from workers.shutdown import Shutdown, follow_supervisor
 from workers.standby import wait_for_lock
 
-EXIT_OK, EXIT_FAILED, EXIT_TAKEN_OVER, EXIT_RELOAD = 0, 1, 3, 4
-HEARTBEAT_SECONDS = 1.0
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_TAKEN_OVER, EXIT_RELOAD = 0, 1, 2, 3, 4
 
 
 class Worker:
@@ -67,10 +66,9 @@ class Worker:
         self.log = get_logger(projection=spec.name, worker_id=self.worker_id)
         self.conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
-        self._last_beat = 0.0
+        self.heartbeat = Heartbeat(database_url, self.worker_id, spec.name)
         self._role = "standby"
         self._error: str | None = None
-        self._woken = threading.Event()
         self._logged_transitions = 0
         self.metrics = metrics.worker_metrics_enabled()
 
@@ -88,6 +86,7 @@ class Worker:
                 self._transient_failure(e)
             finally:
                 self._disconnect()
+        self.heartbeat.leave(None)
         return EXIT_OK
 
     def _run_connected(self) -> int:
@@ -102,14 +101,11 @@ class Worker:
         self._role = "active"
         self._beat(force=True)
         self.log.info("active", position=runner.position, generation=runner.generation)
-        # A NOTIFY that arrives while a batch runs is delivered to this handler during
-        # that batch's queries; the flag keeps it from being lost before the next wait.
-        conn.add_notify_handler(lambda _: self._woken.set())
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
         while not self.shutdown.requested:
             if not self._breaker_allows():
                 continue
-            self._woken.clear()
+            self._forget_wakeups()
             try:
                 progress = resilient.advance()
             except GenerationChanged as e:
@@ -226,11 +222,23 @@ class Worker:
 
     # -- waiting and reporting --------------------------------------------------------------
 
+    def _forget_wakeups(self) -> None:
+        """Drops NOTIFYs received so far: the batch about to be read sees their events.
+
+        psycopg keeps NOTIFYs that arrive during other queries (a batch's) and hands
+        them to the next ``notifies()``: so one that arrives while a batch runs wakes
+        the wait after it, and none is lost. (No notify handler: psycopg warns that the
+        two together are unreliable, and its plain-text warning broke the JSON log.)
+        """
+        assert self.conn is not None
+        for _ in self.conn.notifies(timeout=0):
+            pass
+
     def _wait_for_events(self) -> None:
         """Until a NOTIFY, a poll interval or shutdown; a lost NOTIFY costs one interval."""
         assert self.conn is not None
         deadline = time.monotonic() + self.poll_seconds
-        while not self.shutdown.requested and not self._woken.is_set():
+        while not self.shutdown.requested:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -245,33 +253,20 @@ class Worker:
         return sum(n for _, n in self._recent) / span
 
     def _beat(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        conn = self.conn
-        if conn is None or conn.broken or (not force and now - self._last_beat < HEARTBEAT_SECONDS):
+        if not self.heartbeat.due(force):
             return
-        self._last_beat = now
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {t} (worker_id, projection, host, pid, role, breaker,"
-                " events_per_second, last_error, last_error_at) VALUES (%s, %s, %s, %s, %s, %s,"
-                " %s, %s, CASE WHEN %s::text IS NULL THEN NULL ELSE now() END)"
-                " ON CONFLICT (worker_id) DO UPDATE SET role = EXCLUDED.role,"
-                " breaker = EXCLUDED.breaker, heartbeat_at = now(),"
-                " events_per_second = EXCLUDED.events_per_second,"
-                " last_error = coalesce(EXCLUDED.last_error, {t}.last_error),"
-                " last_error_at = coalesce(EXCLUDED.last_error_at, {t}.last_error_at)"
-            ).format(t=sql.Identifier(WORKERS)),
-            (self.worker_id, self.spec.name, socket.gethostname(), os.getpid(), self._role,
-             str(self.breaker.state), self._rate(), self._error, self._error),
-        )
-        self._error = None
+        open_for = self.breaker.seconds_until_probe() if self.breaker.state == "open" else None
+        # Without its connection the worker holds no lock: it is waiting, not active.
+        role = self._role if self.conn is not None and not self.conn.broken else "waiting"
+        written = self.heartbeat.beat(self.conn, Beat(
+            role=role, breaker=str(self.breaker.state), next_probe_seconds=open_for,
+            events_per_second=self._rate(), error=self._error,
+        ))
+        if written:
+            self._error = None
 
     def _leave(self) -> int:
-        if self.conn is not None and not self.conn.broken:
-            self.conn.execute(
-                sql.SQL("DELETE FROM {t} WHERE worker_id = %s").format(t=sql.Identifier(WORKERS)),
-                (self.worker_id,),
-            )
+        self.heartbeat.leave(self.conn)
         return EXIT_OK
 
     def _disconnect(self) -> None:
@@ -288,12 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
     shutdown = Shutdown().install()
+    follow_supervisor(shutdown.request)
+    log = get_logger(projection=args.projection)
     try:
         url = args.database_url or Settings().resolved_database_url()
         spec = load_catalog(args.catalog).get(args.projection)
         return Worker(url, spec, shutdown, poll_seconds=args.poll_seconds).run()
-    except (AuraError, KeyError) as e:
-        get_logger(projection=args.projection).error("cannot run", error=str(e))
+    except (ConfigurationError, KeyError) as e:
+        # Restarting cannot fix a configuration: the supervisor does not restart it.
+        log.error("cannot run: configuration error", error=str(e.args[0] if e.args else e))
+        return EXIT_CONFIG
+    except AuraError as e:
+        log.error("cannot run", error=str(e))
         return EXIT_FAILED
 
 

@@ -12,25 +12,35 @@ from aura_es.catalog.model import Catalog
 from aura_es.errors import ConfigurationError
 
 DEFAULT_CATALOG = Path("catalog/projection-catalog.yaml")
+MAX_CATALOG_BYTES = 10_000_000
+MAX_CATALOG_NODES = 100_000
 
 
 def load_catalog(path: Path | str = DEFAULT_CATALOG) -> Catalog:
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_CATALOG_BYTES:
+            raise ConfigurationError(
+                f"catalog {path}: larger than {MAX_CATALOG_BYTES:,} bytes; is it a catalog?"
+            )
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigurationError(f"catalog {path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"catalog {path}: not UTF-8 text") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is None:
+            raise ConfigurationError(f"catalog {path}: the file is empty")
+        _reject_duplicate_keys(path, root, [0])
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigurationError(f"catalog {path}{where}: not valid YAML: {problem}") from None
-    if root is None:
-        raise ConfigurationError(f"catalog {path}: the file is empty")
-    _reject_duplicate_keys(path, root)
-    data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigurationError(f"catalog {path}: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigurationError(f"catalog {path}:1: expected a mapping with 'projections'")
     try:
@@ -39,19 +49,28 @@ def load_catalog(path: Path | str = DEFAULT_CATALOG) -> Catalog:
         raise ConfigurationError(_describe(path, root, data, e)) from None
 
 
-def _reject_duplicate_keys(path: Path, node: yaml.Node) -> None:
+def _reject_duplicate_keys(path: Path, node: yaml.Node, visited: list[int]) -> None:
+    """Refuses a key given twice, and a document that aliases expand beyond
+    ``MAX_CATALOG_NODES`` values (a few anchors can otherwise stand for billions)."""
+    visited[0] += 1
+    if visited[0] > MAX_CATALOG_NODES:
+        raise ConfigurationError(
+            f"catalog {path}: more than {MAX_CATALOG_NODES:,} values once its aliases"
+            " are expanded"
+        )
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key, value in node.value:
-            if key.value in seen:
+            if isinstance(key.value, str) and key.value in seen:
                 raise ConfigurationError(
                     f"catalog {path}:{key.start_mark.line + 1}: key {key.value!r} appears twice"
                 )
-            seen.add(key.value)
-            _reject_duplicate_keys(path, value)
+            if isinstance(key.value, str):
+                seen.add(key.value)
+            _reject_duplicate_keys(path, value, visited)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _reject_duplicate_keys(path, item)
+            _reject_duplicate_keys(path, item, visited)
 
 
 def _describe(path: Path, root: yaml.Node, data: dict[str, Any], error: ValidationError) -> str:

@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from aura_es import durations, identifiers
+
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
-_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _PATH = re.compile(
     r"^(payload|meta)\.[A-Za-z_][A-Za-z0-9_]*$|^(aggregate_id|topic|position|occurred_at)$"
 )
@@ -34,22 +34,22 @@ def check_identifier(value: str, what: str) -> str:
 
 
 def parse_duration(value: str) -> timedelta:
-    match = _DURATION.match(value)
-    if not match:
-        raise ValueError(f"duration {value!r} must look like 90s, 15m, 1h or 7d")
-    seconds = int(match.group(1)) * _SECONDS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"duration {value!r} must be positive")
-    return timedelta(seconds=seconds)
+    return durations.parse_duration(value)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `batch_size: true` or `recovery_timeout: "60"` is an error, not 1 or 60.0;
+    # no NaN or infinity (`.inf` in YAML) for any number.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class CircuitBreaker(_Strict):
-    failure_threshold: int = Field(default=5, ge=1, description="Consecutive transient failures.")
-    recovery_timeout: float = Field(default=60.0, gt=0, description="Seconds open before a probe.")
+    failure_threshold: int = Field(
+        default=5, ge=1, le=1_000_000, description="Consecutive transient failures."
+    )
+    recovery_timeout: float = Field(
+        default=60.0, gt=0, le=86_400, description="Seconds open before a probe."
+    )
 
 
 class ErrorHandling(_Strict):
@@ -107,7 +107,8 @@ class DeclarativeField(_Strict):
 class Ratio(_Strict):
     """A column computed from two others: numerator / denominator (NULL when 0)."""
 
-    ratio: tuple[str, str]
+    # YAML has lists, not tuples: the one field that converts.
+    ratio: Annotated[tuple[str, str], Field(strict=False)]
 
 
 class DeclarativeSpec(_Strict):
@@ -151,7 +152,16 @@ class ProjectionSpec(_Strict):
     description: str = ""
     source_events: list[str] = Field(min_length=1, description="Event topics it reads.")
     output_model: str = Field(description="The name of the row type users read.")
-    storage: Identifier = Field(description="The read-model table (its stable name).")
+    storage: str = Field(
+        description=(
+            "The read-model table (its stable name): lower-case letters, digits and single"
+            " underscores, starting with a letter, at most 40 characters, not starting with"
+            " 'aura_'."
+        ),
+        # For editors reading the schema; the validator below gives the clearer message.
+        json_schema_extra={"pattern": identifiers.STORAGE_PATTERN,
+                           "maxLength": identifiers.MAX_STORAGE_LENGTH},
+    )
     update_strategy: Literal["event_sourced", "incremental"] = "event_sourced"
     error_handling: ErrorHandling = Field(default_factory=ErrorHandling)
     windowing: Windowing | None = None
@@ -169,7 +179,10 @@ class ProjectionSpec(_Strict):
     @field_validator("storage")
     @classmethod
     def _storage(cls, value: str) -> str:
-        return check_identifier(value, "storage")
+        problem = identifiers.storage_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("handler")
     @classmethod

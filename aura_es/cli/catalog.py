@@ -10,7 +10,7 @@ import typer
 
 from aura_es.catalog import Catalog, load_catalog
 from aura_es.cli.common import Json, console, emit_json, handle_errors
-from aura_es.projection.loading import fingerprint, topic_warnings
+from aura_es.projection.loading import check_imports, fingerprint, topic_warnings
 
 catalog_cli = typer.Typer(help="The projection catalog.", no_args_is_help=True)
 
@@ -35,6 +35,7 @@ def validate(
     """Check the catalog: its shape, every handler's import, and the event topics."""
     target = path or catalog
     loaded = load_catalog(target)
+    check_imports(loaded.projections)
     warnings = topic_warnings(loaded.projections)
     if json:
         emit_json({

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import re
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,7 +12,10 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from aura_es import durations
+from aura_es.dsn import redact
 from aura_es.errors import AuraError
 from aura_es.mapper import json_default
 from aura_es.settings import Settings
@@ -49,7 +51,8 @@ def settings(database_url: str | None = None, nats_url: str | None = None,
 
 def fail(message: str) -> typer.Exit:
     """Prints one line to stderr and returns the exit-2 exception to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    line = " ".join(redact(message).split())  # one line, whatever the message quoted
+    console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -71,12 +74,8 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(text + "\n")
 
 
-_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_duration(text: str, option: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise AuraError(f"{option} {text!r} is not a duration such as 90s, 15m, 12h, 30d or 2w")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        return durations.parse_duration(text)
+    except ValueError as e:
+        raise AuraError(f"{option}: {e}") from None

@@ -18,6 +18,7 @@ from aura_es.projection.runner import BatchRunner
 from aura_es.replay import generations
 from aura_es.store import schema
 
+RAW_SHOWN = 2000
 dlq_cli = typer.Typer(help="The dead-letter queue.", no_args_is_help=True)
 Projection = Annotated[str | None, typer.Option("--projection", help="Only this projection.")]
 
@@ -59,6 +60,13 @@ def show(
     with connect(settings(database_url).resolved_database_url()) as conn:
         schema.require_tables(conn)
         row = dlq.get(conn.cursor(), dead_letter_id)
+        if row is not None:
+            # The event's stored bytes, as they are: what to look at when it does not
+            # decode (shown escaped, at most RAW_SHOWN bytes).
+            events = dlq.events_of(conn.cursor(), {**row, "parked_positions": []})
+            raw = events[0].raw if events else b""
+            row["raw_state"] = repr(raw[:RAW_SHOWN])[2:-1] + (
+                f"… ({len(raw):,} bytes)" if len(raw) > RAW_SHOWN else "")
     if row is None:
         raise fail(f"no dead letter with id {dead_letter_id}")
     if json:

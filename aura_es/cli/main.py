@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from aura_es.cli import load, replay, services, status
@@ -9,6 +11,7 @@ from aura_es.cli.catalog import catalog_cli
 from aura_es.cli.dlq import dlq_cli
 from aura_es.cli.mirror import mirror_cli
 from aura_es.cli.workers import workers_cli
+from aura_es.dsn import redact
 
 app = typer.Typer(
     name="aura-es",
@@ -33,5 +36,26 @@ app.command("query")(status.query)
 app.command("replay")(replay.replay)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Runs the CLI. Usage errors (a bad option value, an unknown command) are one line
+    on stderr and exit status 2, like every other bad input; no box, no traceback."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="aura-es", standalone_mode=False)
+    except Exception as e:
+        # Click's exceptions (typer vendors its own copy in newer releases, so they are
+        # recognised by shape, not by class).
+        if type(e).__name__ == "Abort":
+            sys.stderr.write("aborted\n")
+            sys.exit(130)
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            sys.stdout.write(ctx.get_help() + "\n")
+            sys.exit(0)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(str(e.format_message()).split())
+        sys.stderr.write(redact(f"error: {message}{hint}") + "\n")
+        sys.exit(int(e.exit_code))
+    sys.exit(code if isinstance(code, int) else 0)

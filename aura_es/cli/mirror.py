@@ -15,12 +15,11 @@ from aura_es.cli.common import (
     NatsUrl,
     console,
     emit_json,
-    fail,
     handle_errors,
     parse_duration,
     settings,
 )
-from aura_es.errors import ServiceUnavailable
+from aura_es.errors import AuraError, ServiceUnavailable
 from aura_es.mirror.relay import Relay
 from aura_es.mirror.stream import StreamSettings
 from aura_es.mirror.verify import verify as verify_stream
@@ -83,12 +82,13 @@ def verify(
         with console.status("reading the stream and the store…"):
             report = verify_stream(resolved.resolved_database_url(),
                                    resolved.resolved_nats_url(), config)
-    except (OSError, TimeoutError) as e:
-        raise ServiceUnavailable(f"cannot read stream {stream!r}: {e}") from None
-    except Exception as e:
-        if type(e).__name__ in ("NoServersError", "NotFoundError"):
-            raise fail(f"cannot read stream {stream!r}: {type(e).__name__}") from None
+    except AuraError:
         raise
+    except Exception as e:  # the broker's errors (no servers, no stream, not authorised)
+        detail = str(e).strip() or "no detail"
+        raise ServiceUnavailable(
+            f"cannot read stream {stream!r}: {type(e).__name__}: {detail}"
+        ) from None
     data = report.as_dict()
     if json:
         emit_json(data)
@@ -104,5 +104,11 @@ def verify(
         for name in ("missing", "duplicated", "out_of_order", "different"):
             if data[name]:
                 typer.echo(f"  {name}: positions {data[name][:50]}")
+        if report.foreign_messages:
+            typer.echo(f"  warning: {report.foreign_messages} foreign messages on the stream"
+                       " (no Aura headers: not published by any store); not compared")
+        if report.other_store_messages:
+            typer.echo(f"  warning: {report.other_store_messages} messages of other stores"
+                       f" on the stream (this store is {report.store}); not compared")
     if not report.ok:
         raise typer.Exit(1)

@@ -36,6 +36,7 @@ from aura_es.cli.common import (
 )
 from aura_es.errors import AuraError
 from aura_es.log import get_logger
+from aura_es.positions import MAX_POSITION
 from aura_es.projection.loading import build, select
 from aura_es.replay import Rebuild, plan_rebuild, replay_aggregates
 from aura_es.replay.partial import aggregates_in_range, events_of, refusal
@@ -57,10 +58,12 @@ def replay(
         typer.Option("--aggregate", help="Rebuild only this aggregate's rows (repeatable)."),
     ] = None,
     from_position: Annotated[
-        int | None, typer.Option("--from-position", help="Aggregates with events from here.")
+        int | None, typer.Option("--from-position", min=0, max=MAX_POSITION,
+                                 help="Aggregates with events from here.")
     ] = None,
     to_position: Annotated[
-        int | None, typer.Option("--to-position", help="… up to here (inclusive).")
+        int | None, typer.Option("--to-position", min=0, max=MAX_POSITION,
+                                 help="… up to here (inclusive).")
     ] = None,
     since: Annotated[
         str | None,
@@ -160,7 +163,7 @@ def _partial(conn: psycopg.Connection[Any], spec: ProjectionSpec, ids: list[UUID
              dry_run: bool, json: bool, explicit: bool) -> None:
     if explicit or dry_run:
         with conn.cursor() as cur:
-            events = events_of(cur, spec, ids, 2**62)
+            events = events_of(cur, spec, ids, MAX_POSITION)
     if explicit:
         known = {e.aggregate_id for e in events}
         missing = [str(i) for i in ids if i not in known]
@@ -185,6 +188,10 @@ def _partial(conn: psycopg.Connection[Any], spec: ProjectionSpec, ids: list[UUID
         typer.echo(f"{spec.name}: rebuilt the rows of {result.aggregates} aggregates from"
                    f" {result.events} events (up to position {result.upto_position}),"
                    f" {result.dead_letters_resolved} dead letters resolved")
+        if result.skipped_undecodable:
+            console.print(f"[yellow]warning:[/] left {result.skipped_undecodable} aggregates"
+                          " as they were: one of their events cannot be decoded (see"
+                          " `aura-es dlq list`)", highlight=False)
 
 
 class _Rate(ProgressColumn):
@@ -220,8 +227,9 @@ def _time(text: str | None, option: str) -> datetime | None:
         return None
     try:
         return datetime.now(UTC) - parse_duration(text, option)
-    except AuraError:
-        pass
+    except AuraError as e:
+        if text.strip()[:1].isdigit() and text.strip()[-1:].isalpha():
+            raise fail(str(e)) from None  # shaped like a duration: say what is wrong with it
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

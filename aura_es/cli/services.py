@@ -19,6 +19,7 @@ from aura_es.cli.common import (
     settings,
 )
 from aura_es.dsn import redact
+from aura_es.settings import STATE_FILE
 
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 idempotency_cli = typer.Typer(help="Stored idempotency keys.", no_args_is_help=True)
@@ -29,11 +30,16 @@ def up(data_dir: DataDir = Path(".aura"), json: Json = False) -> None:
     """Start (or reuse) the embedded PostgreSQL and nats-server under DATA_DIR."""
     with console.status("starting embedded PostgreSQL and nats-server…"):
         urls = embedded.up(data_dir)
+    # The URLs carry the generated NATS credentials: they stay in the state file (readable
+    # by its owner only), which every command reads when no URL is set.
+    state = (data_dir / STATE_FILE).resolve()
     if json:
-        emit_json({"database_url": urls.database_url, "nats_url": urls.nats_url})
+        emit_json({"database_url": redact(urls.database_url), "nats_url": redact(urls.nats_url),
+                   "state_file": str(state)})
         return
-    typer.echo(f"AURA_ES_DATABASE_URL={urls.database_url}")
-    typer.echo(f"AURA_ES_NATS_URL={urls.nats_url}")
+    typer.echo(f"AURA_ES_DATABASE_URL={redact(urls.database_url)}")
+    typer.echo(f"AURA_ES_NATS_URL={redact(urls.nats_url)}")
+    typer.echo(f"# credentials: {state} (readable by you only); aura-es commands read it")
 
 
 @handle_errors

@@ -20,7 +20,8 @@ from aura_es.projection.loading import build, select
 from aura_es.projection.status import mirror_status, projection_status
 from aura_es.store import schema
 
-_COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": "red"}
+_COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": "red",
+           "breaker_open": "red"}
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
@@ -36,7 +37,8 @@ def _table(rows: list[dict[str, Any]]) -> Table:
             row["projection"], f"[{_COLOUR[row['state']]}]{row['state']}[/]",
             f"{row['checkpoint']}/{row['head']}", str(row["lag_events"]),
             f"{row['lag_seconds']:g}", f"{row['events_per_second']:g}", worker,
-            _breaker(row["breaker"]), _dead_letters(row), _generation(row),
+            _breaker(row["breaker"], row["next_probe_seconds"]), _dead_letters(row),
+            _generation(row),
             "[red]yes[/]" if row["drift"] else "no", row["last_error"] or "",
         )
     return table
@@ -50,9 +52,11 @@ def _generation(row: dict[str, Any]) -> str:
             f" ({rebuild['position']}/{row['head']})")
 
 
-def _breaker(state: str | None) -> str:
+def _breaker(state: str | None, next_probe: float | None = None) -> str:
     if state is None:
         return ""
+    if state == "open" and next_probe is not None:
+        return f"[red]open[/], next probe in {next_probe:.0f} s"
     return state if state == "closed" else f"[red]{state}[/]"
 
 
@@ -104,7 +108,9 @@ def status(
 def query(
     projection: Annotated[str, typer.Argument(help="The projection's name in the catalog.")],
     key: Annotated[str | None, typer.Option("--key", help="Only the row with this key.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, max=1_000_000, help="At most this many rows.")
+    ] = 20,
     window: Annotated[
         bool, typer.Option("--window", help="A sliding-window projection: the current window.")
     ] = False,

@@ -12,7 +12,7 @@ from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, console, handle_errors, settings
 from aura_es.observability.health import DEFAULT_MAX_LAG_SECONDS
-from aura_es.projection.loading import build, select, topic_warnings
+from aura_es.projection.loading import check_imports, select, topic_warnings
 from aura_es.projection.status import projection_status
 from aura_es.store import schema
 from workers.shutdown import Shutdown
@@ -30,7 +30,8 @@ def run(
     ] = None,
     catalog: CatalogPath = DEFAULT_PATH,
     poll_seconds: Annotated[
-        float, typer.Option("--poll-seconds", help="Poll interval when no NOTIFY arrives.")
+        float, typer.Option("--poll-seconds", min=0.05, max=3600,
+                            help="Poll interval when no NOTIFY arrives (0.05 to 3600 s).")
     ] = 1.0,
     rebuild_on_drift: Annotated[
         bool,
@@ -55,8 +56,7 @@ def run(
     """Run one worker process per projection until SIGTERM or Ctrl-C."""
     url = settings(database_url).resolved_database_url()
     specs = select(load_catalog(catalog), projection or [])
-    for spec in specs:
-        build(spec)  # a handler that does not import fails here, before any process starts
+    check_imports(specs)  # a handler or exception class that does not import fails here
     for warning in topic_warnings(specs):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with connect(url) as conn:

@@ -14,27 +14,30 @@ import asyncio
 import contextlib
 import time
 from typing import Any
+from uuid import UUID
 
 import nats
 import psycopg
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from psycopg import sql
 
-from aura_es.dsn import parse_database_url
+from aura_es.dsn import nats_servers, parse_database_url, redact
 from aura_es.errors import ConfigurationError
 from aura_es.log import get_logger
 from aura_es.mirror import progress
-from aura_es.mirror.cloudevents import Message, to_message
+from aura_es.mirror.cloudevents import Message, message_id, to_message
 from aura_es.mirror.publish import (
     MAX_ATOMIC_BATCH,
     AtomicBatchPublisher,
     PipelinedPublisher,
     Publisher,
 )
-from aura_es.mirror.stream import StreamSettings, ensure_stream, tail
+from aura_es.mirror.stream import StreamSettings, ensure_stream, resume_point
 from aura_es.observability.tracing import span
 from aura_es.projection.envelope import EventEnvelope
-from aura_es.projection.reader import READ_ALL
+from aura_es.projection.reader import READ_ALL, READ_ONE
+from aura_es.store import identity
 from aura_es.store.recorder import EVENTS_TABLE
 
 
@@ -62,7 +65,8 @@ class Relay:
         self.stop = asyncio.Event()
         self.log = get_logger(component="mirror", stream=settings.name)
         self.published = 0
-        self._woken = asyncio.Event()
+        self.store_id = UUID(int=0)
+        self.max_payload = 0
 
     async def run(self) -> None:
         attempt = 0
@@ -82,6 +86,7 @@ class Relay:
     async def _run_once(self) -> None:
         conninfo = parse_database_url(self.database_url).conninfo()
         async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            self.store_id = await identity.store_id_async(conn)
             nc = await self._connect_nats()
             if nc is None:
                 return
@@ -92,9 +97,6 @@ class Relay:
                 await self._wait_for_lock(conn)
                 if self.stop.is_set():
                     return
-                # A NOTIFY that arrives while a batch is read or published reaches this
-                # handler then; the flag keeps it from being lost before the next wait.
-                conn.add_notify_handler(lambda _: self._woken.set())
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
                 await self._relay(conn, nc, publisher)
             finally:
@@ -103,7 +105,7 @@ class Relay:
     async def _connect_nats(self) -> Client | None:
         """Connects (reconnecting for ever once connected), or None if stopped meanwhile."""
         connecting = asyncio.ensure_future(nats.connect(
-            self.nats_url, connect_timeout=5, max_reconnect_attempts=-1,
+            nats_servers(self.nats_url), connect_timeout=5, max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, error_cb=self._nats_error,
         ))
         stopping = asyncio.ensure_future(self.stop.wait())
@@ -115,7 +117,7 @@ class Relay:
             connecting.cancel()
             if self.stop.is_set():
                 return None
-            raise ConnectionError(f"no answer from NATS at {self.nats_url} within 15 s")
+            raise ConnectionError(f"no answer from NATS at {redact(self.nats_url)} within 15 s")
         return connecting.result()
 
     async def _publisher(self, nc: Client) -> Publisher:
@@ -150,14 +152,14 @@ class Relay:
         self, conn: psycopg.AsyncConnection[Any], nc: Client, publisher: Publisher
     ) -> None:
         js = nc.jetstream()
-        last_seq, position = await tail(js, self.settings.name)
+        self.max_payload = nc.max_payload
+        last_seq, position = await self._resume(js, conn)
         self.log.info("relaying", publisher=publisher.name, from_position=position,
-                      stream_seq=last_seq)
+                      stream_seq=last_seq, store=str(self.store_id))
         failures = 0
         recorded_at = 0.0
         prefetched: asyncio.Future[list[Message]] | None = None
         while not self.stop.is_set():
-            self._woken.clear()
             messages = await (prefetched or self._read(conn, position))
             prefetched = None
             if not messages:
@@ -182,23 +184,58 @@ class Relay:
                 self.log.warning("batch not confirmed; re-reading the stream's tail",
                                  error=f"{type(e).__name__}: {e}", retry_in_seconds=delay)
                 await self._sleep(delay)
-                last_seq, position = await tail(js, self.settings.name)
+                last_seq, position = await self._resume(js, conn)
                 continue
             # Progress is for `status` only (the stream is the truth): twice a second is enough.
             if time.monotonic() - recorded_at > 0.5:
                 await progress.record(conn, self.settings.name, position, last_seq)
                 recorded_at = time.monotonic()
 
+    async def _resume(
+        self, js: JetStreamContext, conn: psycopg.AsyncConnection[Any]
+    ) -> tuple[int, int]:
+        """The stream's last sequence and this store's last mirrored position."""
+
+        async def is_own_legacy(position: int, msg_id: str) -> bool:
+            cur = await conn.execute(READ_ONE, (position,))
+            row = await cur.fetchone()
+            return row is not None and message_id(EventEnvelope.from_row(row)) == msg_id
+
+        def still_reading(count: int) -> None:
+            self.log.warning("reading back past foreign messages", foreign=count)
+
+        resume = await resume_point(js, self.settings.name, self.store_id, is_own_legacy,
+                                    on_foreign=still_reading)
+        if resume.foreign:
+            # Loudly: someone else publishes on the events' subjects.
+            self.log.error(
+                "the stream holds messages this store did not publish; they are skipped."
+                " Restrict who may publish on the events' subjects",
+                foreign_messages=resume.foreign, example=resume.foreign_example,
+                subjects=f"{self.settings.subject_prefix}.>",
+            )
+        return resume.last_seq, resume.position
+
     async def _read(self, conn: psycopg.AsyncConnection[Any], after: int) -> list[Message]:
+        # NOTIFYs received so far are for events this read sees; psycopg keeps later ones
+        # (even those arriving during other queries) for the next wait, so none is lost.
+        async for _ in conn.notifies(timeout=0):
+            pass
         cur = await conn.execute(READ_ALL, (after, self.batch_size))
-        return [
-            to_message(EventEnvelope.from_row(row), self.settings.subject_prefix)
+        messages = [
+            to_message(EventEnvelope.from_row(row), self.settings.subject_prefix, self.store_id)
             for row in await cur.fetchall()
         ]
+        for message in messages:
+            if self.max_payload and message.size() > self.max_payload:
+                raise ConfigurationError(
+                    f"the event at position {message.position} is {message.size():,} bytes"
+                    f" as a CloudEvent; the NATS server takes at most {self.max_payload:,}"
+                    " (max_payload): raise the server's max_payload"
+                )
+        return messages
 
     async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if self._woken.is_set():
-            return
         async for _ in conn.notifies(timeout=self.poll_seconds, stop_after=1):
             break
 

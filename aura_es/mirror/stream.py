@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from aura_es.errors import ConfigurationError
-from aura_es.mirror.cloudevents import POSITION_HEADER
+from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER
 
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -74,12 +76,74 @@ async def ensure_stream(js: JetStreamContext, settings: StreamSettings, atomic: 
     return atomic and bool(info.config.allow_atomic)
 
 
-async def tail(js: JetStreamContext, name: str) -> tuple[int, int]:
-    """(last stream sequence, last mirrored global position); (0, 0) for an empty stream."""
+@dataclass(frozen=True)
+class Resume:
+    """Where the relay goes on: the stream's last sequence (anyone's message), and the
+    last global position of this store's own messages."""
+
+    last_seq: int
+    position: int
+    #: Messages after this store's last one that are not its own (skipped, reported).
+    foreign: int = 0
+    foreign_example: str | None = None
+
+
+#: Answers whether a message without a store id (published before stores had ids) is
+#: this store's: given its position and message id, does the store hold that event?
+IsOwnLegacy = Callable[[int, str], Awaitable[bool]]
+
+
+async def resume_point(
+    js: JetStreamContext, name: str, store_id: UUID, is_own_legacy: IsOwnLegacy,
+    *, on_foreign: Callable[[int], None] | None = None,
+) -> Resume:
+    """Reads the stream backwards from its tail to this store's last message.
+
+    Messages without the store's headers are foreign (anyone can publish on a subject
+    the stream takes): they are counted and skipped, never read as "position 0", which
+    would make the relay publish the whole store again. A message of another store is a
+    ``ConfigurationError``: two stores may not share a stream.
+    """
     info = await js.stream_info(name)
     last_seq = info.state.last_seq or 0
-    if not info.state.messages:
-        return last_seq, 0
-    message = await js.get_msg(name, last_seq)
-    headers = message.headers or {}
-    return last_seq, int(headers.get(POSITION_HEADER, 0))
+    first_seq = info.state.first_seq or 1
+    foreign, example = 0, None
+    seq = last_seq
+    while seq >= first_seq and info.state.messages:
+        try:
+            message = await js.get_msg(name, seq)
+        except NotFoundError:
+            seq -= 1  # deleted or expired: nothing to learn from it
+            continue
+        headers = message.headers or {}
+        position = _int(headers.get(POSITION_HEADER))
+        owner = headers.get(STORE_HEADER)
+        if owner is not None and position is not None:
+            if owner != str(store_id):
+                raise ConfigurationError(
+                    f"stream {name!r} holds events of another store ({owner}, at stream"
+                    f" sequence {seq}); this store is {store_id}: mirror it into its own"
+                    " stream (--stream)"
+                )
+            return Resume(last_seq, position, foreign, example)
+        if position is not None and await is_own_legacy(position, headers.get("Nats-Msg-Id", "")):
+            return Resume(last_seq, position, foreign, example)
+        if position is not None:
+            raise ConfigurationError(
+                f"stream {name!r} holds an event at stream sequence {seq} that this store"
+                f" ({store_id}) does not have: another store's events are on it; mirror"
+                " this store into its own stream (--stream)"
+            )
+        foreign += 1
+        example = example or f"sequence {seq} on {message.subject!r}"
+        if on_foreign is not None and foreign % 1000 == 0:
+            on_foreign(foreign)
+        seq -= 1
+    return Resume(last_seq, 0, foreign, example)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

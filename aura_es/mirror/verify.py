@@ -13,21 +13,24 @@ import itertools
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from uuid import UUID
 
 import nats
-import psycopg
 from psycopg import sql
 
-from aura_es.dsn import parse_database_url
-from aura_es.mirror.cloudevents import POSITION_HEADER, body_hash, to_message
+from aura_es.application import connect
+from aura_es.dsn import nats_servers
+from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER, body_hash, to_message
 from aura_es.mirror.stream import StreamSettings
 from aura_es.projection.envelope import EventEnvelope
+from aura_es.store import identity
 from aura_es.store.recorder import EVENTS_TABLE
 
 
 @dataclass
 class Report:
     stream: str
+    store: str = ""
     stored_events: int = 0
     stream_messages: int = 0
     mirrored_up_to: int = 0
@@ -36,6 +39,10 @@ class Report:
     duplicated: list[int] = field(default_factory=list)
     out_of_order: list[int] = field(default_factory=list)
     different: list[int] = field(default_factory=list)
+    #: Messages this store did not publish (no Aura headers): reported, not compared.
+    foreign_messages: int = 0
+    #: Messages another store published (another Aura-Store id).
+    other_store_messages: int = 0
 
     @property
     def ok(self) -> bool:
@@ -45,15 +52,25 @@ class Report:
         return {**asdict(self), "ok": self.ok}
 
 
-async def read_stream(nats_url: str, settings: StreamSettings) -> list[tuple[int, str, str]]:
-    """(position, message id, body hash) of every message, in stream order."""
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1,
-                            error_cb=_ignore)
+@dataclass(frozen=True)
+class Mirrored:
+    """One message of the stream, as far as verify cares."""
+
+    position: int | None
+    msg_id: str
+    digest: str
+    store: str | None
+
+
+async def read_stream(nats_url: str, settings: StreamSettings) -> list[Mirrored]:
+    """Every message, in stream order."""
+    nc = await nats.connect(nats_servers(nats_url), connect_timeout=5,
+                            max_reconnect_attempts=1, error_cb=_ignore)
     try:
         js = nc.jetstream()
         info = await js.stream_info(settings.name)
         total = info.state.messages
-        out: list[tuple[int, str, str]] = []
+        out: list[Mirrored] = []
         if not total:
             return out
         sub = await js.subscribe(f"{settings.subject_prefix}.>", stream=settings.name,
@@ -62,8 +79,9 @@ async def read_stream(nats_url: str, settings: StreamSettings) -> list[tuple[int
             while len(out) < total:
                 msg = await sub.next_msg(timeout=10)
                 headers = msg.headers or {}
-                out.append((int(headers.get(POSITION_HEADER, -1)),
-                            headers.get("Nats-Msg-Id", ""), body_hash(msg.data)))
+                out.append(Mirrored(_int(headers.get(POSITION_HEADER)),
+                                    headers.get("Nats-Msg-Id", ""), body_hash(msg.data),
+                                    headers.get(STORE_HEADER)))
         finally:
             await sub.unsubscribe()
         return out
@@ -71,46 +89,66 @@ async def read_stream(nats_url: str, settings: StreamSettings) -> list[tuple[int
         await nc.close()
 
 
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 async def _ignore(_: Exception) -> None:
     """nats-py prints a traceback for every connection error; the caller reports it."""
 
 
-def compare(settings: StreamSettings, database_url: str,
-            mirrored: list[tuple[int, str, str]]) -> Report:
-    report = Report(stream=settings.name, stream_messages=len(mirrored))
-    positions = [p for p, _, _ in mirrored]
-    counts = Counter(positions)
-    report.duplicated = sorted(p for p, n in counts.items() if n > 1)
-    report.out_of_order = [b for a, b in itertools.pairwise(positions) if b < a]
-    report.mirrored_up_to = max(positions, default=0)
-    first: dict[int, tuple[str, str]] = {}
-    for position, msg_id, digest in mirrored:
-        first.setdefault(position, (msg_id, digest))
-    query = sql.SQL(
-        "SELECT notification_id, originator_id, originator_version, topic, state FROM {}"
-        " ORDER BY notification_id"
-    ).format(sql.Identifier(EVENTS_TABLE))
-    with psycopg.connect(parse_database_url(database_url).conninfo()) as conn, \
-            conn.cursor(name="aura_verify") as cur:
-        cur.itersize = 5000
-        cur.execute(query)
-        for row in cur:
-            report.stored_events += 1
-            event = EventEnvelope.from_row(row)
-            if event.position > report.mirrored_up_to:
-                report.not_yet_mirrored += 1
-                continue
-            found = first.pop(event.position, None)
-            if found is None:
-                report.missing.append(event.position)
-                continue
-            expected = to_message(event, settings.subject_prefix)
-            if found != (expected.msg_id, body_hash(expected.body)):
-                report.different.append(event.position)
+def compare(settings: StreamSettings, database_url: str, messages: list[Mirrored]) -> Report:
+    with connect(database_url) as conn:
+        store = str(identity.store_id(conn))
+        report = Report(stream=settings.name, store=store, stream_messages=len(messages))
+        own: list[Mirrored] = []
+        for m in messages:
+            if m.position is None:
+                report.foreign_messages += 1
+            elif m.store is not None and m.store != store:
+                report.other_store_messages += 1
+            else:
+                own.append(m)
+        positions = [m.position for m in own if m.position is not None]
+        counts = Counter(positions)
+        report.duplicated = sorted(p for p, n in counts.items() if n > 1)
+        report.out_of_order = [b for a, b in itertools.pairwise(positions) if b < a]
+        report.mirrored_up_to = max(positions, default=0)
+        first: dict[int, Mirrored] = {}
+        for m in own:
+            assert m.position is not None
+            first.setdefault(m.position, m)
+        query = sql.SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {}"
+            " ORDER BY notification_id"
+        ).format(sql.Identifier(EVENTS_TABLE))
+        with conn.transaction(), conn.cursor(name="aura_verify") as cur:
+            cur.itersize = 5000
+            cur.execute(query)
+            for row in cur:
+                report.stored_events += 1
+                event = EventEnvelope.from_row(row)
+                if event.position > report.mirrored_up_to:
+                    report.not_yet_mirrored += 1
+                    continue
+                found = first.pop(event.position, None)
+                if found is None:
+                    report.missing.append(event.position)
+                    continue
+                # Messages from before stores had ids are compared in their own form.
+                expected = to_message(event, settings.subject_prefix,
+                                      UUID(store) if found.store else None)
+                if (found.msg_id, found.digest) != (expected.msg_id, body_hash(expected.body)):
+                    report.different.append(event.position)
     # Messages whose position no stored event has are differences too.
     report.different.extend(sorted(first))
     return report
 
 
 def verify(database_url: str, nats_url: str, settings: StreamSettings) -> Report:
+    with connect(database_url):
+        pass  # an unreachable database is one clear error before the stream is read
     return compare(settings, database_url, asyncio.run(read_stream(nats_url, settings)))

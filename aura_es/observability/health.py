@@ -39,7 +39,12 @@ def assess(
     share = 100.0 / max(1, len(projections))
     for p in projections:
         name = p["projection"]
-        if p["state"] not in ("running", "paused"):
+        if p["state"] == "breaker_open":
+            probe = p.get("next_probe_seconds")
+            when = f", next probe in {probe:.0f} s" if probe is not None else ""
+            reasons.append(f"{name}: circuit breaker open{when}")
+            lost += share * 0.5
+        elif p["state"] not in ("running", "paused"):
             reasons.append(f"{name}: no live active worker ({p['state']})")
             lost += share * 0.5
         if p["lag_seconds"] > max_lag_seconds:

@@ -16,6 +16,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
+from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.projection.envelope import EventEnvelope
 
@@ -86,11 +87,20 @@ class Projection:
         return sql.Identifier(self.storage)
 
     def aux_table(self, suffix: str) -> sql.Identifier:
-        return sql.Identifier(f"{self.storage}__{suffix}")
+        return sql.Identifier(self.aux_name(suffix))
+
+    def aux_name(self, suffix: str) -> str:
+        """The name of the auxiliary table ``suffix`` (``<storage>__<suffix>``)."""
+        return identifiers.aux_table(self.storage, suffix)
 
     def tables(self) -> list[str]:
         """Every table this projection writes (created by ``create``)."""
         return [self.storage]
+
+    def stable_tables(self) -> list[str]:
+        """The names readers use for ``tables()``, in the same order: the catalog's
+        ``storage`` and its auxiliaries, whichever generation this object writes."""
+        return type(self)(self.spec).tables()
 
     def create(self, tx: Tx) -> None:
         """Creates the read-model tables if they do not exist."""

@@ -69,7 +69,7 @@ class DeclarativeProjection(Projection):
     def tables(self) -> list[str]:
         names = [self.storage]
         if self.window_seconds:
-            names.append(f"{self.storage}__windows")
+            names.append(self.aux_name("windows"))
         return names
 
     # -- schema ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from aura_es.errors import EventUndecodable
 from aura_es.projection.envelope import EventEnvelope
 from aura_es.store import schema
 from aura_es.store.recorder import EVENTS_TABLE
@@ -76,6 +77,15 @@ class Failure:
     traceback: str
     attempts: int
     first_failed_at: datetime
+
+    @classmethod
+    def undecodable(cls, event: EventEnvelope) -> Failure:
+        """An event whose stored bytes do not decode: no handler ran, no retry will help."""
+        return cls(
+            error_type=f"{EventUndecodable.__module__}.{EventUndecodable.__qualname__}",
+            message=f"cannot decode the stored event: {event.undecodable}",
+            traceback="", attempts=0, first_failed_at=datetime.now(UTC),
+        )
 
     @classmethod
     def of(cls, error: BaseException, attempts: int, first_failed_at: datetime) -> Failure:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -13,6 +13,9 @@ from aura_es.mapper import JsonMapper
 
 _NOT_PAYLOAD = frozenset({"timestamp", "meta", "originator_topic", "class_version"})
 _mapper = JsonMapper()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -25,14 +28,36 @@ class EventEnvelope:
     meta: dict[str, Any]
     occurred_at: datetime
     _raw: bytes = field(repr=False, compare=False, default=b"")
+    #: Why the stored bytes are not an event (None for every event that decodes). Such
+    #: an event never reaches a handler: it is dead-lettered with its raw bytes.
+    undecodable: str | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> EventEnvelope:
-        """From ``(notification_id, originator_id, originator_version, topic, state)``."""
+        """From ``(notification_id, originator_id, originator_version, topic, state)``.
+
+        Never raises for a row of the events table: a row whose state does not decode
+        (written by another program, or damaged) comes back with ``undecodable`` set,
+        so one bad row is isolated instead of stopping every reader.
+        """
         position, aggregate_id, version, topic, state = row
         raw = bytes(state)
-        data: dict[str, Any] = orjson.loads(raw)
-        meta = data.get("meta") or {}
+        try:
+            data = orjson.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError(f"the state is a JSON {type(data).__name__}, not an object")
+            meta = data.get("meta") or {}
+            if not isinstance(meta, dict):
+                raise ValueError("its meta is not an object")
+            occurred_at = datetime.fromisoformat(data["timestamp"])
+            if occurred_at.tzinfo is None:
+                raise ValueError("its timestamp has no time zone")
+        except Exception as e:
+            return cls(
+                position=position, topic=topic, aggregate_id=aggregate_id, version=version,
+                payload={}, meta={}, occurred_at=_EPOCH, _raw=raw,
+                undecodable=f"{type(e).__name__}: {e}",
+            )
         payload = {k: v for k, v in data.items() if k not in _NOT_PAYLOAD}
         return cls(
             position=position,
@@ -41,9 +66,14 @@ class EventEnvelope:
             version=version,
             payload=payload,
             meta=meta,
-            occurred_at=datetime.fromisoformat(data["timestamp"]),
+            occurred_at=occurred_at,
             _raw=raw,
         )
+
+    @property
+    def raw(self) -> bytes:
+        """The stored bytes, as they are in the events table."""
+        return self._raw
 
     @property
     def event_id(self) -> str | None:

@@ -14,6 +14,7 @@ from aura_es.errors import ConfigurationError
 from aura_es.events import KNOWN_TOPICS
 from aura_es.projection.api import Projection
 from aura_es.projection.declarative import DeclarativeProjection
+from aura_es.projection.failures import transient_types
 
 
 def projection_class(spec: ProjectionSpec) -> type[Projection]:
@@ -58,6 +59,18 @@ def select(catalog: Catalog, names: Sequence[str] = ()) -> list[ProjectionSpec]:
         return [catalog.get(name) for name in names]
     except KeyError as e:
         raise ConfigurationError(str(e.args[0])) from None
+
+
+def check_imports(specs: Sequence[ProjectionSpec]) -> None:
+    """Every handler and every ``transient_exceptions`` class imports, or a
+    ConfigurationError names the first that does not: found before any worker starts,
+    not in a worker that would fail on it again at every restart."""
+    for spec in specs:
+        projection_class(spec)
+        try:
+            transient_types(spec.error_handling)
+        except ConfigurationError as e:
+            raise ConfigurationError(f"projection {spec.name!r}: {e}") from None
 
 
 def topic_warnings(specs: Sequence[ProjectionSpec]) -> list[str]:

@@ -61,3 +61,9 @@ def read_batch(
     else:
         scanned_to = max(after, min(after + window, head))
     return Batch(events=events, scanned_to=scanned_to, head=head)
+
+# One event by position (the relay checks whether an older message is the store's).
+READ_ONE = sql.SQL(
+    "SELECT notification_id, originator_id, originator_version, topic, state FROM {e}"
+    " WHERE notification_id = %s"
+).format(e=sql.Identifier(EVENTS_TABLE))

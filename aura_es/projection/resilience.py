@@ -66,7 +66,11 @@ class ResilientRunner:
         # Grow back after an isolation, so one poison event costs O(log n) small batches.
         self.limit = min(self.spec.batch_size, self.limit * 2)
         self.attempts, self.first_failed_at = 0, None
-        return Progress(step=step)
+        if step.dead_lettered_type is not None:
+            self._log("error", "undecodable event dead-lettered; later events of its"
+                      " aggregate are parked", event_position=step.position,
+                      event_type=step.dead_lettered_type)
+        return Progress(step=step, dead_lettered_type=step.dead_lettered_type)
 
     def _poison(self, error: BaseException) -> Progress:
         if self.on_error is not None:

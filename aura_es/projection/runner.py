@@ -19,12 +19,12 @@ import psycopg
 from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.errors import AuraError
+from aura_es.errors import AuraError, EventUndecodable
 from aura_es.observability.tracing import span
-from aura_es.projection import dlq
+from aura_es.projection import dlq, registry
 from aura_es.projection.api import Projection, Tx
 from aura_es.projection.envelope import EventEnvelope
-from aura_es.projection.reader import read_batch
+from aura_es.projection.reader import Batch, read_batch
 from aura_es.projection.tables import CHECKPOINTS
 
 _CHECKPOINT = sql.Identifier(CHECKPOINTS)
@@ -48,6 +48,8 @@ class Step:
     #: Events applied, and parked, per topic (for metrics).
     by_type: Mapping[str, int] = field(default_factory=dict)
     parked_by_type: Mapping[str, int] = field(default_factory=dict)
+    #: The topic of an undecodable event this step dead-lettered, if any.
+    dead_lettered_type: str | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -82,6 +84,17 @@ class BatchRunner:
     def setup(self) -> int:
         """Creates the read model's tables and the checkpoint row; returns the position."""
         with self.conn.transaction(), self.conn.cursor() as cur:
+            resuming = cur.execute(
+                sql.SQL("SELECT 1 FROM {t} WHERE projection = %s").format(t=_CHECKPOINT),
+                (self.checkpoint_name,),
+            ).fetchone() is not None
+            # Tables are registered to this read model before they are created, so a
+            # replay later drops exactly these, and no other projection's table (or a
+            # user's own) is ever adopted by a colliding name.
+            registry.claim(
+                cur, self.spec.name, self.generation, self.projection.tables(),
+                self.projection.stable_tables(), adopt_existing=resuming,
+            )
             self.projection.create(Tx(cur, replaying=self.replaying))
             # The fingerprint of the definition that starts a read model stays with it:
             # a later worker with another definition is drift, shown by `status`.
@@ -122,11 +135,17 @@ class BatchRunner:
         with span("aura.projection.batch", projection=self.checkpoint_name,
                   after=self.position), self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
-            batch = read_batch(
+            batch = _up_to_undecodable(read_batch(
                 cur, self.position, self.topics, limit or self.spec.batch_size, self.window
-            )
+            ))
             events = list(batch.events)
             parked = 0
+            dead_lettered = None
+            if len(events) == 1 and events[0].undecodable is not None:
+                # Its bytes are not an event: no retry can change that, and no handler
+                # may see it. It is poison at once (or parked behind its aggregate's).
+                dead_lettered = self._isolate_undecodable(cur, events[0])
+                events = []
             if events:
                 blocked = dlq.parked_aggregates(cur, self.checkpoint_name)
                 held = [e for e in events if e.aggregate_id in blocked]
@@ -146,7 +165,18 @@ class BatchRunner:
             seconds=time.perf_counter() - started, parked=parked,
             by_type=Counter(e.topic for e in events),
             parked_by_type=Counter(e.topic for e in held),
+            dead_lettered_type=dead_lettered,
         )
+
+    def _isolate_undecodable(self, cur: psycopg.Cursor[Any], event: EventEnvelope) -> str | None:
+        """Parks ``event`` behind its aggregate's open dead letter, or dead-letters it;
+        returns its topic when it was dead-lettered."""
+        blocked = dlq.parked_aggregates(cur, self.checkpoint_name)
+        if event.aggregate_id in blocked:
+            dlq.park(cur, self.checkpoint_name, [event], blocked)
+            return None
+        dlq.dead_letter(cur, self.checkpoint_name, event, dlq.Failure.undecodable(event))
+        return event.topic
 
     def peek(self) -> EventEnvelope | None:
         """The next event this runner would apply (for logging a failure)."""
@@ -190,6 +220,12 @@ class BatchRunner:
                 raise LookupError(f"dead letter {dead_letter_id} is not open")
             events = dlq.events_of(cur, letter)
             try:
+                broken = next((e for e in events if e.undecodable is not None), None)
+                if broken is not None:
+                    raise EventUndecodable(
+                        f"the event at position {broken.position} cannot be decoded"
+                        f" ({broken.undecodable}); discard it with `aura-es dlq discard`"
+                    )
                 with self.conn.transaction():
                     self.projection.handle(events, Tx(cur, replaying=self.replaying))
             except Exception as e:
@@ -248,3 +284,16 @@ class BatchRunner:
             applied += step.applied
             if step.caught_up:
                 return applied
+
+
+def _up_to_undecodable(batch: Batch) -> Batch:
+    """The batch cut before its first undecodable event, or that event alone when it
+    comes first: it is handled on its own, everything before it as usual."""
+    cut = next((i for i, e in enumerate(batch.events) if e.undecodable is not None), None)
+    if cut is None:
+        return batch
+    if cut == 0:
+        return Batch(events=batch.events[:1], scanned_to=batch.events[0].position,
+                     head=batch.head)
+    return Batch(events=batch.events[:cut], scanned_to=batch.events[cut].position - 1,
+                 head=batch.head)

@@ -16,6 +16,7 @@ from aura_es.projection.loading import fingerprint
 from aura_es.projection.tables import CHECKPOINTS, WORKERS
 from aura_es.replay.generations import BUILDING, REBUILDS
 from aura_es.store.recorder import EVENTS_TABLE
+from aura_es.store.schema import EVENT_TIME_FUNCTION
 
 #: A worker whose heartbeat is older than this is taken for dead.
 ALIVE_SECONDS = 5
@@ -24,10 +25,10 @@ _LAG_CAP = 1_000_000
 _LAG = sql.SQL(
     "SELECT (SELECT count(*) FROM (SELECT 1 FROM {e} WHERE notification_id > %(cp)s"
     "   AND topic = ANY(%(topics)s) LIMIT %(cap)s) AS pending),"
-    " (SELECT (convert_from(state, 'UTF8')::jsonb ->> 'timestamp')::timestamptz FROM {e}"
+    " (SELECT {time}(state) FROM {e}"
     "   WHERE notification_id > %(cp)s AND topic = ANY(%(topics)s)"
     "   ORDER BY notification_id LIMIT 1)"
-).format(e=sql.Identifier(EVENTS_TABLE))
+).format(e=sql.Identifier(EVENTS_TABLE), time=sql.Identifier(EVENT_TIME_FUNCTION))
 
 
 def projection_status(
@@ -58,7 +59,8 @@ def projection_status(
     workers: dict[str, list[tuple[Any, ...]]] = {}
     for row in conn.execute(sql.SQL(
         "SELECT projection, role, pid, host, events_per_second, last_error, last_error_at,"
-        " heartbeat_at > now() - make_interval(secs => %s), breaker FROM {}"
+        " heartbeat_at > now() - make_interval(secs => %s), breaker,"
+        " greatest(0, extract(epoch FROM next_probe_at - now()))::float FROM {}"
         " ORDER BY started_at"
     ).format(sql.Identifier(WORKERS)), (ALIVE_SECONDS,)):
         workers.setdefault(row[0], []).append(row[1:])
@@ -84,8 +86,14 @@ def _one(
     lag_events, oldest = int(lag_row[0]), lag_row[1]
     alive = [w for w in workers if w[6]]
     active = next((w for w in alive if w[0] in ("active", "paused")), None)
+    # A worker whose breaker is open and whose connection is gone is waiting for its
+    # probe: alive, and about to try again, not stopped.
+    waiting = next((w for w in alive if w[0] == "waiting"), None)
+    shown = active or waiting
     if active:
         state = "paused" if active[0] == "paused" else "running"
+    elif waiting:
+        state = "breaker_open"
     else:
         state = "standby" if alive else "stopped"
     letters, parked, oldest_failure = dead or (0, 0, None)
@@ -106,7 +114,11 @@ def _one(
         "pid": active[1] if active else None,
         "host": active[2] if active else None,
         "standbys": sum(1 for w in alive if w[0] == "standby"),
-        "breaker": active[7] if active else None,
+        "breaker": shown[7] if shown else None,
+        "next_probe_seconds": (
+            round(shown[8], 1) if shown and shown[7] == "open" and shown[8] is not None
+            else None
+        ),
         "dead_letters": letters,
         "parked_events": parked,
         "oldest_dead_letter_seconds": (
@@ -125,10 +137,11 @@ def mirror_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     rows = conn.execute(sql.SQL(
         "SELECT p.stream, p.position, p.stream_seq, p.updated_at, now(),"
         " (SELECT count(*) FROM {e} e WHERE e.notification_id > p.position),"
-        " (SELECT (convert_from(state, 'UTF8')::jsonb ->> 'timestamp')::timestamptz FROM {e} e"
+        " (SELECT {time}(state) FROM {e} e"
         "   WHERE e.notification_id > p.position ORDER BY e.notification_id LIMIT 1)"
         " FROM {p} p ORDER BY p.stream"
-    ).format(e=sql.Identifier(EVENTS_TABLE), p=sql.Identifier(PROGRESS))).fetchall()
+    ).format(e=sql.Identifier(EVENTS_TABLE), p=sql.Identifier(PROGRESS),
+             time=sql.Identifier(EVENT_TIME_FUNCTION))).fetchall()
     return [
         {
             "stream": stream, "position": position, "stream_seq": seq,

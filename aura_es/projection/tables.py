@@ -45,6 +45,10 @@ def ddl() -> list[sql.Composed | sql.SQL]:
         sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS storage text").format(
             t=sql.Identifier(CHECKPOINTS)
         ),
+        # When an open breaker lets its next probe through (NULL when it is not open).
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS next_probe_at timestamptz").format(
+            t=sql.Identifier(WORKERS)
+        ),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (projection)").format(
             i=sql.Identifier(f"{WORKERS}_projection_idx"), t=sql.Identifier(WORKERS)
         ),

@@ -14,7 +14,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
+from aura_es.projection import registry
 from aura_es.projection.loading import build
 from aura_es.projection.runner import BatchRunner, GenerationChanged
 from aura_es.projection.tables import CHECKPOINTS
@@ -75,7 +77,7 @@ def live(cur: psycopg.Cursor[Any], spec: ProjectionSpec, *, lock: bool = False) 
 
 
 def physical_storage(spec: ProjectionSpec, generation: int) -> str:
-    return spec.storage if generation == 1 else f"{spec.storage}__g{generation}"
+    return identifiers.generation_table(spec.storage, generation)
 
 
 def shadow_checkpoint(spec: ProjectionSpec, generation: int) -> str:
@@ -117,16 +119,22 @@ def last_rate(cur: psycopg.Cursor[Any], spec: ProjectionSpec) -> float | None:
     return float(row[0]) if row and row[0] else None
 
 
-def tables_with_prefix(cur: psycopg.Cursor[Any], storage: str) -> list[str]:
-    """``storage`` and its auxiliary tables (``<storage>__<suffix>``) that exist."""
+def generation_tables(
+    cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation: int, storage: str
+) -> list[registry.Registered]:
+    """The tables of one generation of ``spec``'s read model, as recorded when they were
+    created. A read model from before tables were recorded has none recorded: then its
+    tables are exactly those the current definition names for ``storage`` (never a name
+    matched by prefix, which could be another projection's table)."""
+    recorded = registry.tables_of(cur, spec.name, generation)
+    if recorded:
+        return recorded
+    physical = build(spec, storage).tables()
+    stable = build(spec).tables()
+    present = set(registry.existing(cur, physical))
     return [
-        row[0]
-        for row in cur.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-            " AND (tablename = %s OR left(tablename, length(%s) + 2) = %s || '__')"
-            " ORDER BY tablename",
-            (storage, storage, storage),
-        )
+        registry.Registered(name, stable_name)
+        for name, stable_name in zip(physical, stable, strict=True) if name in present
     ]
 
 

@@ -28,10 +28,11 @@ from aura_es.projection.loading import build
 from aura_es.projection.tables import CHECKPOINTS
 from aura_es.replay import claim, generations
 from aura_es.store.recorder import EVENTS_TABLE
+from aura_es.store.schema import EVENT_TIME_FUNCTION
 
 CHUNK_AGGREGATES = 500
 _E = sql.Identifier(EVENTS_TABLE)
-_TIMESTAMP = sql.SQL("(convert_from(state, 'UTF8')::jsonb ->> 'timestamp')::timestamptz")
+_TIMESTAMP = sql.SQL("{}(state)").format(sql.Identifier(EVENT_TIME_FUNCTION))
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class PartialResult:
     upto_position: int
     dead_letters_resolved: int
     seconds: float
+    #: Aggregates left as they were: one of their events does not decode.
+    skipped_undecodable: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +52,7 @@ class PartialResult:
             "events": self.events, "upto_position": self.upto_position,
             "dead_letters_resolved": self.dead_letters_resolved,
             "seconds": round(self.seconds, 3),
+            "skipped_undecodable": self.skipped_undecodable,
         }
 
 
@@ -109,25 +113,25 @@ def replay_aggregates(
         raise ConfigurationError(reason)
     started = time.perf_counter()
     claim.claim(conn, spec.name, "partial replay")
-    events = resolved = 0
+    events = resolved = skipped = 0
     upto = 0
     try:
         for start in range(0, len(aggregate_ids), chunk):
             ids = list(aggregate_ids[start:start + chunk])
             with conn.transaction(), conn.cursor() as cur:
-                n, upto, r = _replay_chunk(cur, spec, ids)
-            events, resolved = events + n, resolved + r
+                n, upto, r, k = _replay_chunk(cur, spec, ids)
+            events, resolved, skipped = events + n, resolved + r, skipped + k
             if on_progress is not None:
                 on_progress(start + len(ids), len(aggregate_ids))
     finally:
         claim.release(conn, spec.name)
-    return PartialResult(spec.name, len(aggregate_ids), events, upto, resolved,
-                         time.perf_counter() - started)
+    return PartialResult(spec.name, len(aggregate_ids) - skipped, events, upto, resolved,
+                         time.perf_counter() - started, skipped)
 
 
 def _replay_chunk(
     cur: psycopg.Cursor[Any], spec: ProjectionSpec, ids: list[UUID]
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, int]:
     live = generations.live(cur, spec, lock=True)
     if not live.exists:
         raise ConfigurationError(
@@ -135,6 +139,13 @@ def _replay_chunk(
         )
     projection = build(spec, live.storage)
     events = events_of(cur, spec, ids, live.position)
+    # An aggregate with an event that does not decode keeps its rows and its dead
+    # letter: its events cannot all be folded, so its rows are left as the live worker
+    # made them.
+    broken = {e.aggregate_id for e in events if e.undecodable is not None}
+    if broken:
+        ids = [i for i in ids if i not in broken]
+        events = [e for e in events if e.aggregate_id not in broken]
     tx = Tx(cur, replaying=True)
     projection.forget(tx, ids)
     for start in range(0, len(events), spec.batch_size):
@@ -158,4 +169,4 @@ def _replay_chunk(
             sql.SQL("UPDATE {t} SET events_applied = events_applied + %s WHERE projection = %s")
             .format(t=sql.Identifier(CHECKPOINTS)), (newly_applied, spec.name),
         )
-    return len(events), live.position, len(letters)
+    return len(events), live.position, len(letters), len(broken)

@@ -14,13 +14,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.projection.loading import build, fingerprint
 from aura_es.projection.runner import BatchRunner
 from aura_es.projection.tables import CHECKPOINTS
 from aura_es.replay import generations
 from aura_es.replay.counting import head, pending_events
-from aura_es.replay.rebuild import MIN_REBUILD_BATCH, old_generation_tables
+from aura_es.replay.rebuild import MIN_REBUILD_BATCH, kept_aside_name, old_generation_tables
 
 TRIAL_EVENTS = 5000
 
@@ -64,17 +65,17 @@ def plan_rebuild(
         generation = resume[0] if resume else generations.next_generation(cur, spec)
         storage = resume[1] if resume else generations.physical_storage(spec, generation)
         resume_from = _shadow_position(cur, spec, generation) if resume else None
-        old_tables = old_generation_tables(cur, spec.storage, live)
+        old_tables = old_generation_tables(cur, spec, live)
         rate = generations.last_rate(cur, spec)
     upto = head(conn)
     events = pending_events(conn, spec.source_events, resume_from or 0, upto)
     basis = "the last rebuild of this projection"
     if rate is None:
-        rate = _trial_rate(conn, spec, storage)
+        rate = _trial_rate(conn, spec)
         basis = f"a trial of the first {TRIAL_EVENTS:,} events, rolled back"
     kept = old_tables if keep_old else []
     if keep_old and live.generation == 1:
-        kept = [f"{spec.storage}__g1{t[len(spec.storage):]}" for t in old_tables]
+        kept = [kept_aside_name(t, spec.storage) for t in old_tables]
     return Plan(
         projection=spec.name, live_generation=live.generation, generation=generation,
         resume_from=resume_from,
@@ -94,8 +95,9 @@ def _shadow_position(cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation:
     return int(row[0]) if row else 0
 
 
-def _trial_rate(conn: psycopg.Connection[Any], spec: ProjectionSpec, storage: str) -> float | None:
-    scratch = f"{storage}__trial"[:63]
+def _trial_rate(conn: psycopg.Connection[Any], spec: ProjectionSpec) -> float | None:
+    # Generation 0 is never used, so the scratch name is nobody's table.
+    scratch = identifiers.generation_table(spec.storage, 0)
     trial_spec = spec.model_copy(update={"batch_size": max(spec.batch_size, MIN_REBUILD_BATCH)})
     with conn.transaction(force_rollback=True):
         runner = BatchRunner(conn, trial_spec, build(spec, scratch),

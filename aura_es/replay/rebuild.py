@@ -13,7 +13,6 @@ then takes over in one transaction (G7).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +21,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.projection import dlq
+from aura_es.projection import dlq, registry
 from aura_es.projection.failures import is_transient, retry_delay, transient_types
 from aura_es.projection.loading import build, fingerprint
 from aura_es.projection.resilience import ResilientRunner
@@ -277,39 +277,42 @@ class Rebuild:
     def _move_names(
         self, cur: psycopg.Cursor[Any], live: generations.Live
     ) -> tuple[list[str], list[str], list[str]]:
-        """Every stable name becomes a view of the new generation's table."""
-        base = self.spec.storage
-        stable_names = build(self.spec).tables()
+        """Every stable name becomes a view of the new generation's table; the replaced
+        generation's tables (exactly those recorded for it) are dropped or kept."""
+        stable_names = self.runner.projection.stable_tables()
         new_tables = self.runner.projection.tables()
-        old_tables = old_generation_tables(cur, base, live)
-        old_stable = [base + t[len(live.storage):] for t in old_tables]
-        for name in dict.fromkeys([*old_stable, *stable_names]):
+        old = generations.generation_tables(cur, self.spec, live.generation, live.storage)
+        for name in dict.fromkeys([*(t.stable_name for t in old), *stable_names]):
             if generations.relation_kind(cur, name) == "view":
                 cur.execute(sql.SQL("DROP VIEW {}").format(sql.Identifier(name)))
         dropped, kept = [], []
-        for table in old_tables:
+        for table in old:
             if not self.keep_old:
-                cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
-                dropped.append(table)
+                cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table.name)))
+                registry.forget(cur, [table.name])
+                dropped.append(table.name)
             elif live.generation == 1:
                 # Generation 1 lives under the stable names themselves: move it aside.
-                aside = f"{base}__g1{table[len(base):]}"
+                aside = kept_aside_name(table.name, self.spec.storage)
                 cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                    sql.Identifier(table), sql.Identifier(aside)))
+                    sql.Identifier(table.name), sql.Identifier(aside)))
+                registry.rename(cur, table.name, aside)
                 kept.append(aside)
             else:
-                kept.append(table)
-        for name, table in zip(stable_names, new_tables, strict=True):
+                kept.append(table.name)
+        for name, table_name in zip(stable_names, new_tables, strict=True):
             cur.execute(sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
-                sql.Identifier(name), sql.Identifier(table)))
+                sql.Identifier(name), sql.Identifier(table_name)))
         return stable_names, dropped, kept
 
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _abandon(self, cur: psycopg.Cursor[Any], generation: int, storage: str) -> None:
         """An unfinished rebuild of another definition: its tables are of no use."""
-        for table in generations.tables_with_prefix(cur, storage):
-            cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+        abandoned = generations.generation_tables(cur, self.spec, generation, storage)
+        for table in abandoned:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table.name)))
+        registry.forget(cur, [t.name for t in abandoned])
         shadow = generations.shadow_checkpoint(self.spec, generation)
         cur.execute(sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=_CHECKPOINT),
                     (shadow,))
@@ -342,17 +345,14 @@ class Rebuild:
             getattr(self.log, level)(message, projection=self.spec.name, **fields)
 
 
-_GENERATION_TABLE = re.compile(r"__g\d+(__|$)")
+def kept_aside_name(table: str, storage: str) -> str:
+    """Where ``--keep-old`` moves a generation-1 table: ``<storage>__g1[__<suffix>]``."""
+    return identifiers.check_length(f"{storage}{identifiers.SEPARATOR}g1{table[len(storage):]}")
 
 
 def old_generation_tables(
-    cur: psycopg.Cursor[Any], base: str, live: generations.Live
+    cur: psycopg.Cursor[Any], spec: ProjectionSpec, live: generations.Live
 ) -> list[str]:
-    """The tables of the generation serving now. Generation 1's are the stable names
-    (and their auxiliaries), not any ``__g<N>`` table another generation left."""
-    if live.generation > 1:
-        return generations.tables_with_prefix(cur, live.storage)
-    return [
-        t for t in generations.tables_with_prefix(cur, base)
-        if not _GENERATION_TABLE.match(t[len(base):])
-    ]
+    """The tables of the generation serving now, exactly as recorded."""
+    return [t.name for t in generations.generation_tables(cur, spec, live.generation,
+                                                           live.storage)]

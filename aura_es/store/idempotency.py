@@ -11,8 +11,8 @@ from uuid import UUID, uuid5
 import psycopg
 from psycopg import sql
 
+from aura_es import payload
 from aura_es.errors import InvalidIdempotencyKey
-from aura_es.mapper import dumps
 
 TABLE = "aura_idempotency"
 MAX_KEY_LENGTH = 255
@@ -23,6 +23,9 @@ _ID_NAMESPACE = UUID("6f3a0c52-5d0e-4d43-9a57-0b9a1f6c2e11")
 def check_key(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidIdempotencyKey("idempotency_key must be a non-empty string")
+    problem = payload.text_problem(key)
+    if problem:
+        raise InvalidIdempotencyKey(f"idempotency_key {problem}")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidIdempotencyKey(
             f"idempotency_key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}"
@@ -42,8 +45,10 @@ def derived_aggregate_id(command_type: str, tenant_id: str, key: str) -> UUID:
 
 def request_hash(command_type: str, request: dict[str, Any]) -> str:
     """A fingerprint of the command's arguments: same key + other arguments = conflict."""
-    payload = dumps({"type": command_type, "request": request})
-    return hashlib.sha256(payload).hexdigest()
+    encoded = payload.encode(
+        {"type": command_type, "request": request}, f"command {command_type!r}"
+    )
+    return hashlib.sha256(encoded).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,6 @@ INSERT = sql.SQL(
     " %s::bigint[], %s::bigint[])"
 ).format(t=sql.Identifier(TABLE))
 
-SELECT = sql.SQL(
-    "SELECT key_hash, command_type, idempotency_key, aggregate_id, request_hash,"
-    " from_version, to_version FROM {t} WHERE key_hash = %s"
-).format(t=sql.Identifier(TABLE))
-
-
 def insert_params(records: list[IdempotencyRecord]) -> tuple[list[Any], ...]:
     return (
         [r.key_hash for r in records],
@@ -99,12 +98,6 @@ def insert_params(records: list[IdempotencyRecord]) -> tuple[list[Any], ...]:
         [r.from_version for r in records],
         [r.to_version for r in records],
     )
-
-
-def row_to_record(row: Any) -> IdempotencyRecord:
-    if isinstance(row, dict):
-        return IdempotencyRecord(**row)
-    return IdempotencyRecord(*row)
 
 
 def prune(conn: psycopg.Connection[Any], older_than: timedelta) -> int:

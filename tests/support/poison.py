@@ -42,3 +42,10 @@ class CannotStart(DebateStateProjection):
 
     def create(self, tx: Tx) -> None:
         raise RuntimeError("this read model cannot be created")
+
+
+class DependencyDown(DebateStateProjection):
+    """A projection whose dependency never answers: every batch is a transient failure."""
+
+    def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
+        raise ConnectionError("the search index does not answer")
