@@ -93,8 +93,41 @@ def _problems(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield where, f"is {item}: only finite decimals can be stored"
 
 
+def _storable(value: Any) -> bool:
+    """The fast check, run on every event: no paths built, stops at the first problem.
+    (Lone surrogates and values JSON cannot hold make orjson raise instead.)"""
+    kind = type(value)
+    if kind is str:
+        return "\x00" not in value
+    if kind is dict:
+        for key, child in value.items():
+            if type(key) is not str or "\x00" in key or not _storable(child):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(_storable(child) for child in value)
+    if kind is float:
+        return bool(value - value == 0.0)  # False for NaN and both infinities
+    if kind is int:
+        return bool(MIN_INT <= value <= MAX_INT)
+    if isinstance(value, Decimal):
+        return value.is_finite()
+    if kind is set or kind is frozenset:
+        return all(_storable(child) for child in value)
+    return True
+
+
 def encode(value: Any, what: str) -> bytes:
     """``value`` as JSON, exactly; ``InvalidPayload`` naming ``what`` and the field."""
+    encoded = None
+    if _storable(value):
+        try:
+            encoded = orjson.dumps(value, default=json_default)
+        except (TypeError, orjson.JSONEncodeError):
+            encoded = None
+    if encoded is not None:
+        return encoded
+    # Something is wrong: find it, and name it.
     for where, problem in _problems(value, ""):
         raise InvalidPayload(f"{what}: {where or 'the value'} {problem}")
     try:

@@ -7,16 +7,19 @@ plain library (no keys) or raw psycopg, once through aura-es with idempotency ke
 from __future__ import annotations
 
 import time
+import timeit
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+import orjson
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from aura_es import AuraAggregate, AuraCreated, AuraEvent, Create
+from aura_es import AuraAggregate, AuraCreated, AuraEvent, Create, payload
 from aura_es.app import AuraApp
 from aura_es.dsn import parse_database_url
 from scripts.benchmarks._common import fresh_database, percentile, postgres, report
@@ -171,6 +174,29 @@ def duplicates(admin: str, n: int) -> dict[str, Any]:
     }
 
 
+def payload_check(n: int) -> dict[str, Any]:
+    """What refusing NUL, NaN, surrogates and oversized events costs per event: the
+    checked encoding next to the plain one, on a typical debate event's state."""
+    state = {
+        "topic": "AI ethics policy", "participants": ["agent-1", "agent-2", "agent-3"],
+        "timestamp": datetime.now(UTC), "originator_topic": "aura.debate",
+        "meta": {"event_id": str(uuid4()), "tenant_id": "default",
+                 "correlation_id": str(uuid4()), "causation_id": None,
+                 "idempotency_key": "req-42"},
+    }
+    plain = min(timeit.repeat(lambda: orjson.dumps(state, default=payload.json_default),
+                              number=n, repeat=5)) / n
+    checked = min(timeit.repeat(lambda: payload.encode(state, "event"), number=n,
+                                repeat=5)) / n
+    return {
+        "case": "encode one event (checked: NUL, surrogates, NaN, 64-bit, size), µs",
+        "baseline": "orjson.dumps, unchecked",
+        "baseline events/s": round(plain * 1e6, 2),
+        "aura-es events/s": round(checked * 1e6, 2),
+        "ratio": round(checked / plain, 2),
+    }
+
+
 def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
     n = 300 if quick else 3000
     with postgres() as admin:
@@ -180,5 +206,6 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
             batches(admin, n * 10, 100, one_command=True),
             batches(admin, n * 10, 100),
             duplicates(admin, n // 3),
+            payload_check(n * 10),
         ]
     report("append: aura-es next to its baselines (same run, same server)", rows, as_json=as_json)
