@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,30 +19,16 @@ import nats
 import pytest
 
 from aura_es import AuraApp, embedded
-from aura_es.application import connect
-from tests.support.mirror import publish, start_relay, stream_messages, verify
+from tests.support.mirror import (
+    head,
+    mirrored,
+    publish,
+    start_relay,
+    stop,
+    stream_messages,
+    verify,
+)
 from tests.support.workers import ROOT, wait_for
-
-
-def mirrored(db_url: str) -> int:
-    with connect(db_url) as conn:
-        row = conn.execute("SELECT coalesce(max(position), -1) FROM aura_mirror_progress"
-                           ).fetchone()
-        return int(row[0]) if row else -1
-
-
-def head(db_url: str) -> int:
-    with connect(db_url) as conn:
-        row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM aura_events"
-                           ).fetchone()
-        return int(row[0]) if row else 0
-
-
-def stop(relay: subprocess.Popen[str]) -> str:
-    relay.send_signal(signal.SIGTERM)
-    _, stderr = relay.communicate(timeout=30)
-    assert relay.returncode == 0, stderr[-3000:]
-    return stderr
 
 
 def write(app: AuraApp, count: int, prefix: str) -> None:

@@ -4,10 +4,14 @@ everything else flowing; no reader (status, workers, mirror, replay) stops on th
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +26,7 @@ from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import BatchRunner
 from aura_es.replay import replay_aggregates
 from tests.support.cli import aura
+from tests.support.mirror import head, mirrored, start_relay, stop, verify
 from tests.support.workers import CATALOG, env_for, start_worker, wait_for
 
 SPEC = load_catalog(CATALOG).get("DebateStateProjection")
@@ -176,3 +181,36 @@ def test_status_works_with_a_nul_in_a_stored_event(app: AuraApp) -> None:
     assert result.returncode == 0, result.stderr
     lag = {p["projection"]: p["lag_events"] for p in json.loads(result.stdout)["projections"]}
     assert lag["LLMSpendProjection"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_mirror_publishes_an_undecodable_row_in_its_place_and_verify_agrees(
+    app: AuraApp, private_nats: tuple[str, Path],
+) -> None:
+    url, _ = private_nats
+    debates(app, 5, "before")
+    with app.connect() as conn:
+        bad_position = insert_raw(conn, uuid.uuid4(), 1, STARTED, b"\x00\xffnot an event")
+    debates(app, 5, "after")
+    relay = start_relay(app.database_url, url, "RAW")
+    wait_for("the mirror", lambda: mirrored(app.database_url) == head(app.database_url))
+    stop(relay)
+    report = verify(app.database_url, url, "RAW")
+    assert report["ok"] and report["stored_events"] == report["stream_messages"] == 11
+
+    async def message_at(position: int) -> dict[str, Any]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            for seq in range(1, 12):
+                msg = await js.get_msg("RAW", seq)
+                if (msg.headers or {}).get("Aura-Position") == str(position):
+                    return dict(json.loads(msg.data))
+            raise AssertionError("not on the stream")
+        finally:
+            await nc.close()
+
+    event = asyncio.run(message_at(bad_position))
+    assert event["datacontenttype"] == "application/octet-stream"
+    assert base64.b64decode(event["data_base64"]) == b"\x00\xffnot an event"

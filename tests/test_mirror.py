@@ -23,22 +23,8 @@ from aura_es.mirror.cloudevents import CONTENT_TYPE, aggregate_and_event, to_mes
 from aura_es.projection.envelope import EventEnvelope
 from tests.support.chaos import stored_count, writer
 from tests.support.cli import assert_one_line_error, aura
+from tests.support.mirror import start_relay, verify
 from tests.support.workers import ROOT, env_for, wait_for
-
-
-def start_relay(db_url: str, nats_url: str, stream: str, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "aura_es.cli", "mirror", "run", "--nats-url", nats_url,
-         "--stream", stream, "--subject-prefix", stream.lower(), *extra],
-        env=env_for(db_url), cwd=ROOT, text=True, stderr=subprocess.PIPE,
-    )
-
-
-def verify(db_url: str, nats_url: str, stream: str) -> dict[str, object]:
-    result = aura("mirror", "verify", "--nats-url", nats_url, "--stream", stream,
-                  "--subject-prefix", stream.lower(), "--json", env=env_for(db_url))
-    assert result.returncode in (0, 1), result.stderr
-    return dict(json.loads(result.stdout))
 
 
 def mirrored_up_to(db_url: str, since: object = None) -> int:

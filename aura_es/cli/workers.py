@@ -10,7 +10,7 @@ import typer
 from aura_es.application import connect
 from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
-from aura_es.cli.common import DatabaseUrl, console, handle_errors, settings
+from aura_es.cli.common import DatabaseUrl, console, fail, handle_errors, settings
 from aura_es.observability.health import DEFAULT_MAX_LAG_SECONDS
 from aura_es.projection.loading import check_imports, select, topic_warnings
 from aura_es.projection.status import projection_status
@@ -56,6 +56,8 @@ def run(
     """Run one worker process per projection until SIGTERM or Ctrl-C."""
     url = settings(database_url).resolved_database_url()
     specs = select(load_catalog(catalog), projection or [])
+    if not specs:
+        raise fail(f"catalog {catalog} names no projection to run")
     check_imports(specs)  # a handler or exception class that does not import fails here
     for warning in topic_warnings(specs):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)

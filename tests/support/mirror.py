@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from typing import Any
 
 import nats
 
+from aura_es.application import connect
 from tests.support.cli import aura
 from tests.support.workers import ROOT, env_for
 
@@ -49,3 +51,24 @@ def stream_messages(nats_url: str, stream: str) -> int:
         finally:
             await nc.close()
     return asyncio.run(count())
+
+
+def mirrored(db_url: str) -> int:
+    with connect(db_url) as conn:
+        row = conn.execute("SELECT coalesce(max(position), -1) FROM aura_mirror_progress"
+                           ).fetchone()
+        return int(row[0]) if row else -1
+
+
+def head(db_url: str) -> int:
+    with connect(db_url) as conn:
+        row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM aura_events"
+                           ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def stop(relay: subprocess.Popen[str]) -> str:
+    relay.send_signal(signal.SIGTERM)
+    _, stderr = relay.communicate(timeout=30)
+    assert relay.returncode == 0, stderr[-3000:]
+    return stderr
