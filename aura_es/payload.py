@@ -85,8 +85,9 @@ def _problems(value: Any, path: str) -> Iterator[tuple[str, str]]:
                     continue
                 problem = text_problem(key)
                 if problem:
-                    yield f"{where}[{key!r}]", f"key {problem}"
-                stack.append((child, f"{where}.{key}" if where else key))
+                    yield f"{where}[{ascii(key)}]", f"key {problem}"
+                    continue
+                stack.append((child, _child_path(where, key)))
         elif kind in (list, tuple, set, frozenset):
             stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
         elif isinstance(item, Decimal) and not item.is_finite():
@@ -115,6 +116,13 @@ def _storable(value: Any) -> bool:
     if kind is set or kind is frozenset:
         return all(_storable(child) for child in value)
     return True
+
+
+def _child_path(where: str, key: str) -> str:
+    """``where.key`` for a plain name, ``where['a key']`` (escaped, on one line) else."""
+    if key.isidentifier() and key.isascii():
+        return f"{where}.{key}" if where else key
+    return f"{where}[{ascii(key)}]"
 
 
 def encode(value: Any, what: str) -> bytes:
