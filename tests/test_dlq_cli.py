@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from aura_es import AuraApp
-from aura_es.application import connect
+from aura_es.db import connect
 from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import BatchRunner
 from tests.support.cli import assert_one_line_error, aura

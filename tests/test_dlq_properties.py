@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from aura_es import AuraApp, DomainError
-from aura_es.application import connect
 from aura_es.catalog.model import ErrorHandling, ProjectionSpec
+from aura_es.db import connect
 from aura_es.projection.failures import CircuitBreaker, is_transient
 from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import BatchRunner

@@ -18,6 +18,7 @@ from aura_es.projection.failures import (
     retry_delay,
     transient_types,
 )
+from aura_es.retry import Backoff, Retrier
 
 
 class Clock:
@@ -31,6 +32,8 @@ class Clock:
 def test_breaker_opens_at_the_threshold_probes_after_the_timeout_and_closes() -> None:
     clock = Clock()
     breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=10, clock=clock)
+    transitions: list[tuple[str, str]] = []
+    breaker.listeners.append(lambda before, after: transitions.append((before, after)))
     for _ in range(2):
         breaker.failure()
         assert breaker.allow()
@@ -46,7 +49,7 @@ def test_breaker_opens_at_the_threshold_probes_after_the_timeout_and_closes() ->
     assert breaker.allow()
     breaker.success()
     assert breaker.state is BreakerState.CLOSED and breaker.failures == 0
-    assert breaker.transitions == [
+    assert transitions == [
         ("closed", "open"), ("open", "half_open"), ("half_open", "open"),
         ("open", "half_open"), ("half_open", "closed"),
     ]
@@ -72,8 +75,7 @@ def test_breaker_is_open_exactly_after_threshold_consecutive_failures(
 
 @given(st.integers(1, 40), st.integers(0, 2**32))
 def test_exponential_backoff_grows_with_jitter_and_is_capped(attempt: int, seed: int) -> None:
-    policy = ErrorHandling(retry_policy="exponential_backoff")
-    delay = retry_delay(policy, attempt, random.Random(seed))
+    delay = Backoff(base=0.2, cap=30.0, rng=random.Random(seed)).delay(attempt)
     ceiling = min(30.0, 0.2 * 2.0 ** (attempt - 1))
     assert ceiling / 2 <= delay <= ceiling
     assert retry_delay(ErrorHandling(retry_policy="fixed"), attempt) == 1.0
@@ -110,3 +112,23 @@ def test_schema_and_server_errors_are_systemic_not_poison() -> None:
     assert is_transient(psycopg.errors.InternalError_("oops"), types)
     assert not is_transient(psycopg.errors.InvalidTextRepresentation("bad input"), types)
     assert not is_transient(psycopg.errors.CheckViolation("check"), types)
+
+
+def test_a_retrier_waits_longer_each_time_and_gives_up_on_what_it_cannot_retry() -> None:
+    retrier = Retrier(Backoff(base=1.0, cap=8.0, jitter="none"),
+                      lambda e: isinstance(e, TimeoutError), max_attempts=4)
+    assert [retrier.failed(TimeoutError()) for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    with pytest.raises(TimeoutError):
+        retrier.failed(TimeoutError())  # the fifth: no more
+    retrier.succeeded()
+    assert retrier.failed(TimeoutError()) == 1.0
+    with pytest.raises(ValueError):
+        retrier.failed(ValueError("not retryable"))
+
+
+@given(st.integers(1, 10_000), st.floats(0.001, 10), st.floats(0.001, 100))
+def test_backoff_never_exceeds_its_cap_even_for_huge_attempt_numbers(
+    attempt: int, base: float, cap: float,
+) -> None:
+    for jitter in ("equal", "full", "none"):
+        assert 0 <= Backoff(base=base, cap=cap, jitter=jitter).delay(attempt) <= cap

@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp, AuraError
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
+from aura_es.db import connect
 from aura_es.dsn import nats_servers, parse_database_url, redact
-from aura_es.observability.collector import DatabaseCollector
+from aura_es.ops.collector import DatabaseCollector
 from tests.support.chaos import quick_catalog
 from tests.support.cli import assert_one_line_error, aura
 from tests.support.proxy import ChaosProxy

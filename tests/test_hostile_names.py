@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp, ConfigurationError
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
+from aura_es.db import connect
 from aura_es.identifiers import (
     MAX_IDENTIFIER_BYTES,
     aux_table,

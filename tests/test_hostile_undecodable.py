@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
-from aura_es.projection.envelope import EventEnvelope
+from aura_es.db import connect
 from aura_es.projection.loading import build
 from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import BatchRunner
 from aura_es.replay import replay_aggregates
+from aura_es.store.envelope import EventEnvelope
 from tests.support.cli import aura
 from tests.support.mirror import head, mirrored, start_relay, stop, verify
 from tests.support.workers import CATALOG, env_for, start_worker, wait_for

@@ -18,9 +18,9 @@ import nats
 import pytest
 
 from aura_es import AuraApp, embedded
-from aura_es.application import connect
+from aura_es.db import connect
 from aura_es.mirror.cloudevents import CONTENT_TYPE, aggregate_and_event, to_message
-from aura_es.projection.envelope import EventEnvelope
+from aura_es.store.envelope import EventEnvelope
 from tests.support.chaos import stored_count, writer
 from tests.support.cli import assert_one_line_error, aura
 from tests.support.mirror import start_relay, verify

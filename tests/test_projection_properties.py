@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
+from aura_es.db import connect
 from aura_es.load import Scenario, scenarios
 from aura_es.projection.api import Projection, Tx
-from aura_es.projection.envelope import EventEnvelope
 from aura_es.projection.loading import build
 from aura_es.projection.runner import BatchRunner
+from aura_es.store.envelope import EventEnvelope
 from tests.support import folds
 
 CATALOG = load_catalog(Path(__file__).resolve().parents[1] / "catalog/projection-catalog.yaml")
