@@ -67,10 +67,6 @@ class CommandResult:
     positions: tuple[int, ...]
     duplicate: bool = False
 
-    @property
-    def last_position(self) -> int:
-        return self.positions[-1] if self.positions else 0
-
 
 @dataclass(frozen=True)
 class Create(Generic[A]):
@@ -312,7 +308,8 @@ class EventSourcedApp(Application[UUID]):
         self, *aggregates: AuraAggregate, records: Sequence[IdempotencyRecord | None]
     ) -> list[Any]:
         try:
-            recordings = self.save(*aggregates, idempotency=[r for r in records if r])
+            keys = idempotency.KeyRows(tuple(r for r in records if r is not None))
+            recordings = self.save(*aggregates, **keys.as_save_kwargs())
         except (PersistenceOperationalError, PersistenceInterfaceError) as e:
             raise ServiceUnavailable(
                 f"the event store did not take the append: {redact(first_line(e))}"

@@ -97,8 +97,8 @@ def test_tls_settings_in_the_url_reach_the_connection(db_url: str) -> None:
         assert conn.execute("SHOW application_name").fetchone() == ("from-the-url",)
     app = AuraApp(options, pool_size=1)
     with app._cursor() as cur:
-        assert cur.execute("SHOW application_name").fetchone()["application_name"] == \
-            "from-the-url"
+        shown = cur.execute("SHOW application_name").fetchone()
+        assert shown is not None and shown["application_name"] == "from-the-url"
     app.close()
 
 

@@ -32,8 +32,9 @@ DECISION_TOPICS = ["aura.decision.proposed.v1", "aura.decision.approved.v1"]
 
 
 def debates(name: str, storage: str) -> ProjectionSpec:
-    return ProjectionSpec(name=name, source_events=DEBATE_TOPICS, output_model="D",
-                          storage=storage, handler="projections.debate_state:DebateStateProjection")
+    return ProjectionSpec.model_validate({
+        "name": name, "source_events": DEBATE_TOPICS, "output_model": "D", "storage": storage,
+        "handler": "projections.debate_state:DebateStateProjection"})
 
 
 def windowed(name: str, storage: str) -> ProjectionSpec:

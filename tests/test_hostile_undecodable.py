@@ -56,6 +56,7 @@ def a_valid_argument(app: AuraApp) -> bytes:
     app.add_argument(debate, "a", "for", "x", round=1, idempotency_key="donor-arg")
     with app.connect() as conn:
         row = conn.execute("SELECT state FROM aura_events WHERE topic = %s", (ARGUED,)).fetchone()
+    assert row is not None
     return bytes(row[0])
 
 
@@ -206,7 +207,7 @@ def test_the_mirror_publishes_an_undecodable_row_in_its_place_and_verify_agrees(
             for seq in range(1, 12):
                 msg = await js.get_msg("RAW", seq)
                 if (msg.headers or {}).get("Aura-Position") == str(position):
-                    return dict(json.loads(msg.data))
+                    return dict(json.loads(msg.data or b"{}"))
             raise AssertionError("not on the stream")
         finally:
             await nc.close()

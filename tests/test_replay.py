@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
@@ -136,7 +136,8 @@ def test_readers_never_see_a_partial_read_model_during_rebuilds_under_writes(
     assert reads == sorted(reads)
 
 
-READ_MODELS = [
+Fold = Callable[..., dict[Any, tuple[Any, ...]]]
+READ_MODELS: list[tuple[str, str, Fold, Fold]] = [
     ("DebateStateProjection", "debate_state", folds.stored_debate_state, folds.debate_state),
     ("LLMSpendProjection", "llm_spend", folds.stored_llm_spend, folds.llm_spend),
     ("AgentPerformanceProjection", "agent_performance", folds.stored_agent_performance,
@@ -257,10 +258,13 @@ def test_sigkilled_replay_command_resumes_and_finishes(big_log_url: str) -> None
         process = subprocess.Popen(command, env=env_for(big_log_url), cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with connect(big_log_url) as conn:
-            wait_for("the rebuild to start", lambda p=process: p.poll() is not None or (
-                conn.execute("SELECT max(position) FROM aura_projection_checkpoints"
-                             " WHERE projection LIKE 'DebateStateProjection@g%'").fetchone()
-                or (None,))[0])
+            def started(p: subprocess.Popen[bytes] = process) -> bool:
+                row = conn.execute("SELECT max(position) FROM aura_projection_checkpoints"
+                                   " WHERE projection LIKE 'DebateStateProjection@g%'"
+                                   ).fetchone()
+                return p.poll() is not None or bool(row and row[0])
+
+            wait_for("the rebuild to start", started)
         time.sleep(extra)
         process.kill()
         process.wait()
