@@ -38,6 +38,7 @@ from aura_es.replay import Rebuild, ReplayRunning, replay_aggregates
 from aura_es.replay.claim import claim
 from projections.debate_state import DebateStateProjection
 from tests.support import folds
+from tests.support.scenarios import run_scenarios
 from tests.support.workers import (
     ALL,
     CATALOG,
@@ -49,7 +50,6 @@ from tests.support.workers import (
     start_supervisor,
     wait_for,
 )
-from tests.test_projection_properties import run_scenarios
 
 SPECS = load_catalog(CATALOG)
 DEBATES = SPECS.get("DebateStateProjection")
@@ -562,8 +562,8 @@ def _open_letters(conn: psycopg.Connection[Any], name: str) -> list[tuple[Any, .
 def test_dead_letters_are_handed_over_at_the_switch(
     app: AuraApp, fixed_before_rebuild: bool
 ) -> None:
-    from tests.support.poison import PoisonedDebates
-    from tests.test_dlq_properties import SPEC
+    from tests.support.poison import POISONED_SPEC, PoisonedDebates
+    SPEC = POISONED_SPEC
 
     _poisoned_log(app)
     PoisonedDebates.fixed_up_to = 0
