@@ -3,10 +3,6 @@
 The public surface is what this module exports; everything else is internal.
 """
 
-import aura_es.mirror.progress
-import aura_es.projection
-import aura_es.replay
-import aura_es.store.identity  # noqa: F401  (registers their tables with `db init`)
 from aura_es.aggregate import AuraAggregate
 from aura_es.app import AuraApp
 from aura_es.application import CommandResult, Create, EventSourcedApp, Update

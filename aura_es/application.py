@@ -10,7 +10,6 @@ state a bounded number of times.
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +28,9 @@ from eventsourcing.persistence import InterfaceError as PersistenceInterfaceErro
 from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 from eventsourcing.utils import Environment
 
-from aura_es import payload
+from aura_es import db, payload
 from aura_es.aggregate import AuraAggregate
+from aura_es.db import first_line
 from aura_es.dsn import parse_database_url, redact
 from aura_es.errors import (
     AggregateNotFound,
@@ -44,13 +44,17 @@ from aura_es.events import CommandContext, command_context
 from aura_es.mapper import JsonMapper
 from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED
 from aura_es.observability.tracing import span
+from aura_es.retry import Backoff
 from aura_es.settings import Settings
-from aura_es.store import idempotency, schema
+from aura_es.store import eventlog, idempotency, identity, schema
 from aura_es.store.factory import AuraFactory
 from aura_es.store.idempotency import IdempotencyRecord
-from aura_es.store.recorder import EVENTS_TABLE
 
 A = TypeVar("A", bound=AuraAggregate)
+#: After losing a version race: a short, random wait so the racers spread out.
+VERSION_RACE = Backoff(base=0.002, cap=0.05, jitter="full")
+#: The tables this application writes; the rest are the workers' and the mirror's.
+STORE_TABLES = [eventlog.OWNER, identity.OWNER]
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,6 @@ class CommandResult:
     to_version: int
     positions: tuple[int, ...]
     duplicate: bool = False
-
-    @property
-    def last_position(self) -> int:
-        return self.positions[-1] if self.positions else 0
 
 
 @dataclass(frozen=True)
@@ -108,27 +108,6 @@ class _Prepared:
     result: CommandResult | None = field(default=None)
 
 
-_LOOKUP = (
-    "SELECT i.key_hash, i.command_type, i.idempotency_key, i.aggregate_id, i.request_hash,"
-    " i.from_version, i.to_version,"
-    f" ARRAY(SELECT e.notification_id FROM {EVENTS_TABLE} e WHERE e.originator_id = i.aggregate_id"
-    "   AND e.originator_version BETWEEN i.from_version AND i.to_version"
-    "   ORDER BY e.originator_version) AS positions"
-    f" FROM {idempotency.TABLE} i WHERE i.key_hash = ANY(%s)"
-)
-
-_POSITIONS = (
-    f"SELECT notification_id FROM {EVENTS_TABLE} WHERE originator_id = %s"
-    " AND originator_version <= %s ORDER BY originator_version"
-)
-
-_LOAD_MANY = (
-    "SELECT originator_id, originator_version, topic, state"
-    f" FROM {EVENTS_TABLE} WHERE originator_id = ANY(%s)"
-    " ORDER BY originator_id, originator_version"
-)
-
-
 class EventSourcedApp(Application[UUID]):
     """An ``eventsourcing`` Application on PostgreSQL with idempotent commands.
 
@@ -157,7 +136,7 @@ class EventSourcedApp(Application[UUID]):
         # pool timeout deep inside the library.
         with self.connect() as conn:
             if check_schema:
-                schema.require_tables(conn)
+                schema.require(conn, STORE_TABLES)
         super().__init__()
 
     @classmethod
@@ -200,7 +179,7 @@ class EventSourcedApp(Application[UUID]):
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
         """A new plain connection to the store's database (callers close it)."""
-        return connect(self.database_url, autocommit=autocommit)
+        return db.connect(self.database_url, autocommit=autocommit)
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
@@ -208,10 +187,11 @@ class EventSourcedApp(Application[UUID]):
             yield cur
 
     def init_schema(self) -> None:
-        """Creates every table; harmless when they exist."""
+        """Creates the store's own tables; harmless when they exist. (`aura-es db init`,
+        ``aura_es.schema.create_all``, creates those of the workers and the mirror too.)"""
         self.recorder.create_table()  # type: ignore[attr-defined]
         with self.connect() as conn:
-            schema.create_extra_tables(conn)
+            schema.create(conn, STORE_TABLES)
 
     # -- commands -----------------------------------------------------------------------
 
@@ -253,7 +233,7 @@ class EventSourcedApp(Application[UUID]):
                     return self._created_earlier(prepared)
                 # Lost a version race with another command: back off a little, with
                 # jitter so the racers spread out, then decide again on the new state.
-                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                time.sleep(VERSION_RACE.delay(attempt + 1))
                 continue
             assert prepared.record is not None
             return CommandResult(
@@ -328,10 +308,11 @@ class EventSourcedApp(Application[UUID]):
         self, *aggregates: AuraAggregate, records: Sequence[IdempotencyRecord | None]
     ) -> list[Any]:
         try:
-            recordings = self.save(*aggregates, idempotency=[r for r in records if r])
+            keys = idempotency.KeyRows(tuple(r for r in records if r is not None))
+            recordings = self.save(*aggregates, **keys.as_save_kwargs())
         except (PersistenceOperationalError, PersistenceInterfaceError) as e:
             raise ServiceUnavailable(
-                f"the event store did not take the append: {redact(_first_line(e))}"
+                f"the event store did not take the append: {redact(first_line(e))}"
             ) from None
         _count_appended(recordings)
         return recordings
@@ -341,8 +322,7 @@ class EventSourcedApp(Application[UUID]):
         assert p.record is not None
         to_version = p.record.to_version
         with self._cursor() as cur:
-            cur.execute(_POSITIONS, (p.aggregate_id, to_version))
-            positions = tuple(row["notification_id"] for row in cur.fetchall())
+            positions = tuple(eventlog.positions_of(cur, p.aggregate_id, to_version))
         if not positions:
             raise ConcurrencyConflict(p.aggregate_id, self.max_attempts)
         DUPLICATES_ABSORBED.inc()
@@ -417,8 +397,7 @@ class EventSourcedApp(Application[UUID]):
             return {}
         history: dict[UUID, list[Any]] = {}
         with self._cursor() as cur:
-            cur.execute(_LOAD_MANY, (list(set(aggregate_ids)),), prepare=True)
-            for row in cur.fetchall():
+            for row in eventlog.histories(cur, aggregate_ids):
                 stored = StoredEvent(
                     row["originator_id"], row["originator_version"], row["topic"],
                     bytes(row["state"]),
@@ -443,8 +422,7 @@ class EventSourcedApp(Application[UUID]):
 
     def _lookup(self, key_hashes: list[str]) -> dict[str, dict[str, Any]]:
         with self._cursor() as cur:
-            cur.execute(_LOOKUP, (key_hashes,), prepare=True)
-            return {row["key_hash"]: row for row in cur.fetchall()}
+            return eventlog.stored_keys(cur, key_hashes)
 
     def _as_duplicate(self, p: _Prepared, row: dict[str, Any]) -> CommandResult:
         if row["request_hash"] != p.request_hash:
@@ -476,24 +454,6 @@ def _as_row(first: _Prepared) -> dict[str, Any]:
         "to_version": first.result.to_version,
         "positions": first.result.positions,
     }
-
-
-def connect(database_url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    """A connection with a clear error when the server does not answer."""
-    params = parse_database_url(database_url)
-    try:
-        timeout = params.params.get("connect_timeout") or "5"
-        return psycopg.connect(params.conninfo(), autocommit=autocommit,
-                               connect_timeout=int(timeout))
-    except psycopg.OperationalError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ServiceUnavailable(
-            f"cannot connect to PostgreSQL at {redact(database_url)}: {redact(reason)}"
-        ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _count_appended(recordings: Sequence[Any]) -> None:

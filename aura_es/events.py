@@ -35,10 +35,6 @@ _current_context: ContextVar[CommandContext] = ContextVar(
 )
 
 
-def current_context() -> CommandContext:
-    return _current_context.get()
-
-
 class command_context:
     """Makes ``context`` the metadata source for events raised inside the block."""
 

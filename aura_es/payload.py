@@ -85,7 +85,7 @@ def _problems(value: Any, path: str) -> Iterator[tuple[str, str]]:
                     continue
                 problem = text_problem(key)
                 if problem:
-                    yield f"{where}[{ascii(key)}]", f"key {problem}"
+                    yield f"{where}[{key!a}]", f"key {problem}"
                     continue
                 stack.append((child, _child_path(where, key)))
         elif kind in (list, tuple, set, frozenset):
@@ -122,7 +122,7 @@ def _child_path(where: str, key: str) -> str:
     """``where.key`` for a plain name, ``where['a key']`` (escaped, on one line) else."""
     if key.isidentifier() and key.isascii():
         return f"{where}.{key}" if where else key
-    return f"{where}[{ascii(key)}]"
+    return f"{where}[{key!a}]"
 
 
 def encode(value: Any, what: str) -> bytes:

@@ -7,12 +7,14 @@ many events, which is what makes catch-up fast.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import psycopg
+from prometheus_client.core import GaugeMetricFamily
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -22,6 +24,7 @@ STARTED = "aura.debate.started.v1"
 ARGUED = "aura.debate.argument_added.v1"
 CONSENSUS = "aura.debate.consensus_reached.v1"
 FAILED = "aura.debate.failed.v1"
+CONSENSUS_WINDOWS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days"}
 
 
 @dataclass
@@ -57,6 +60,30 @@ class DebateStateProjection(Projection):
             " started_at timestamptz NOT NULL,"
             " updated_at timestamptz NOT NULL)"
         ).format(t=self.table))
+
+    def gauges(self, conn: psycopg.Connection[Any]) -> Iterator[GaugeMetricFamily]:
+        """The AURA debate gauges of the hardening plan, read from this read model."""
+        if conn.execute("SELECT to_regclass(%s)", (self.spec.storage,)).fetchone() == (None,):
+            return
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE status = 'open'").format(
+            self.table)).fetchone()
+        active = GaugeMetricFamily("aura_active_debates", "Debates started and not yet"
+                                   " concluded.", value=float(row[0]) if row else 0.0)
+        yield active
+        rate = GaugeMetricFamily(
+            "aura_debate_consensus_rate",
+            "Share of debates concluded in the window that reached consensus.",
+            labels=["time_window"])
+        for label, interval in CONSENSUS_WINDOWS.items():
+            row = conn.execute(sql.SQL(
+                "SELECT count(*) FILTER (WHERE status = 'consensus'),"
+                " count(*) FILTER (WHERE status IN ('consensus', 'failed'))"
+                " FROM {} WHERE updated_at > now() - %s::interval").format(self.table),
+                (interval,),
+            ).fetchone()
+            if row and row[1]:
+                rate.add_metric([label], row[0] / row[1])
+        yield rate
 
     def forget(self, tx: Tx, aggregate_ids: Sequence[UUID]) -> None:
         tx.execute(sql.SQL("DELETE FROM {t} WHERE debate_id = ANY(%s)").format(t=self.table),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aura_es import embedded
+from aura_es import embedded, schema
 from aura_es.app import AuraApp
 from tests.support.services import PostgresServer, nats_server, postgres_server
 
@@ -32,9 +32,7 @@ def pg_server(workdir: Path) -> Iterator[PostgresServer]:
         server.drop_database(TEMPLATE_DB)
         with server.admin() as conn:
             conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
-        app = AuraApp(server.url_for(TEMPLATE_DB), check_schema=False, pool_size=1)
-        app.init_schema()
-        app.close()
+        schema.create_all(server.url_for(TEMPLATE_DB))
         yield server
         server.drop_database(TEMPLATE_DB)
 
@@ -131,8 +129,6 @@ def chaos_db(private_pg: tuple[PostgresServer, Path]) -> Iterator[str]:
     server, _ = private_pg
     name = server.create_database()
     url = server.url_for(name)
-    app = AuraApp(url, check_schema=False, pool_size=1)
-    app.init_schema()
-    app.close()
+    schema.create_all(url)
     yield url
     server.drop_database(name)

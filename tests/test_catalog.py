@@ -77,7 +77,7 @@ def test_a_handler_that_does_not_import_is_exit_2_and_creates_nothing(
     assert_one_line_error(aura("catalog", "validate", str(path)), "does not import")
     result = aura("workers", "run", "--catalog", str(path), env=cli_env)
     assert_one_line_error(result, "'LLMSpendProjection'", "projections.nowhere:Missing")
-    from aura_es.application import connect
+    from aura_es.db import connect
 
     with connect(db_url) as conn:
         assert conn.execute("SELECT to_regclass('debate_state')").fetchone() == (None,)

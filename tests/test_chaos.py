@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aura_es.application import connect
+from aura_es.db import connect
 from aura_es.dsn import parse_database_url
 from tests.support import folds
 from tests.support.chaos import poisoned_catalog, quick_catalog, stop, stored_count, writer

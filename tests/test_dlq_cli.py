@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from aura_es import AuraApp
-from aura_es.application import connect
+from aura_es.db import connect
 from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import BatchRunner
 from tests.support.cli import assert_one_line_error, aura
+from tests.support.poison import POISONED_SPEC as SPEC
 from tests.support.poison import PoisonedDebates
-from tests.test_dlq_properties import SPEC
 
 
 def one_dead_letter(app: AuraApp) -> int:

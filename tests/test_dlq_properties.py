@@ -18,23 +18,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from aura_es import AuraApp, DomainError
-from aura_es.application import connect
-from aura_es.catalog.model import ErrorHandling, ProjectionSpec
+from aura_es.db import connect
 from aura_es.projection.failures import CircuitBreaker, is_transient
 from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import BatchRunner
 from tests.support import folds
+from tests.support.poison import POISONED_SPEC as SPEC
 from tests.support.poison import PoisonedDebates
 
-SPEC = ProjectionSpec(
-    name="Poisoned", source_events=[
-        "aura.debate.started.v1", "aura.debate.argument_added.v1",
-        "aura.debate.consensus_reached.v1", "aura.debate.failed.v1",
-    ],
-    output_model="DebateState", storage="poisoned", batch_size=8,
-    handler="tests.support.poison:PoisonedDebates",
-    error_handling=ErrorHandling(retry_policy="none", max_retries=1),
-)
 _runs = itertools.count()
 
 

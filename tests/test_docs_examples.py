@@ -10,7 +10,7 @@ import types
 from pathlib import Path
 
 from aura_es import AuraApp
-from aura_es.application import connect
+from aura_es.db import connect
 from tests.support.workers import env_for, wait_for
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -18,6 +18,7 @@ from aura_es.projection.failures import (
     retry_delay,
     transient_types,
 )
+from aura_es.retry import Backoff, Retrier
 
 
 class Clock:
@@ -28,25 +29,32 @@ class Clock:
         return self.now
 
 
+def state(breaker: CircuitBreaker) -> BreakerState:
+    """The breaker's state, read fresh (not narrowed by an earlier check)."""
+    return breaker.state
+
+
 def test_breaker_opens_at_the_threshold_probes_after_the_timeout_and_closes() -> None:
     clock = Clock()
     breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=10, clock=clock)
+    transitions: list[tuple[str, str]] = []
+    breaker.listeners.append(lambda before, after: transitions.append((before, after)))
     for _ in range(2):
         breaker.failure()
         assert breaker.allow()
     breaker.failure()
-    assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    assert state(breaker) is BreakerState.OPEN and not breaker.allow()
     clock.now = 9.9
     assert not breaker.allow() and breaker.seconds_until_probe() == pytest.approx(0.1)
     clock.now = 10
-    assert breaker.allow() and breaker.state is BreakerState.HALF_OPEN
+    assert breaker.allow() and state(breaker) is BreakerState.HALF_OPEN
     breaker.failure()  # the probe failed: open again for a full timeout
-    assert breaker.state is BreakerState.OPEN and breaker.seconds_until_probe() == 10
+    assert state(breaker) is BreakerState.OPEN and breaker.seconds_until_probe() == 10
     clock.now = 20
     assert breaker.allow()
     breaker.success()
     assert breaker.state is BreakerState.CLOSED and breaker.failures == 0
-    assert breaker.transitions == [
+    assert transitions == [
         ("closed", "open"), ("open", "half_open"), ("half_open", "open"),
         ("open", "half_open"), ("half_open", "closed"),
     ]
@@ -67,13 +75,12 @@ def test_breaker_is_open_exactly_after_threshold_consecutive_failures(
         else:
             breaker.failure()
             run += 1
-        assert (breaker.state is BreakerState.OPEN) == (run >= threshold)
+        assert (state(breaker) is BreakerState.OPEN) == (run >= threshold)
 
 
 @given(st.integers(1, 40), st.integers(0, 2**32))
 def test_exponential_backoff_grows_with_jitter_and_is_capped(attempt: int, seed: int) -> None:
-    policy = ErrorHandling(retry_policy="exponential_backoff")
-    delay = retry_delay(policy, attempt, random.Random(seed))
+    delay = Backoff(base=0.2, cap=30.0, rng=random.Random(seed)).delay(attempt)
     ceiling = min(30.0, 0.2 * 2.0 ** (attempt - 1))
     assert ceiling / 2 <= delay <= ceiling
     assert retry_delay(ErrorHandling(retry_policy="fixed"), attempt) == 1.0
@@ -110,3 +117,23 @@ def test_schema_and_server_errors_are_systemic_not_poison() -> None:
     assert is_transient(psycopg.errors.InternalError_("oops"), types)
     assert not is_transient(psycopg.errors.InvalidTextRepresentation("bad input"), types)
     assert not is_transient(psycopg.errors.CheckViolation("check"), types)
+
+
+def test_a_retrier_waits_longer_each_time_and_gives_up_on_what_it_cannot_retry() -> None:
+    retrier = Retrier(Backoff(base=1.0, cap=8.0, jitter="none"),
+                      lambda e: isinstance(e, TimeoutError), max_attempts=4)
+    assert [retrier.failed(TimeoutError()) for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    with pytest.raises(TimeoutError):
+        retrier.failed(TimeoutError())  # the fifth: no more
+    retrier.succeeded()
+    assert retrier.failed(TimeoutError()) == 1.0
+    with pytest.raises(ValueError):
+        retrier.failed(ValueError("not retryable"))
+
+
+@given(st.integers(1, 10_000), st.floats(0.001, 10), st.floats(0.001, 100))
+def test_backoff_never_exceeds_its_cap_even_for_huge_attempt_numbers(
+    attempt: int, base: float, cap: float,
+) -> None:
+    for jitter in ("equal", "full", "none"):
+        assert 0 <= Backoff(base=base, cap=cap, jitter=jitter).delay(attempt) <= cap

@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp, AuraError
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
+from aura_es.db import connect
 from aura_es.dsn import nats_servers, parse_database_url, redact
-from aura_es.observability.collector import DatabaseCollector
+from aura_es.ops.collector import DatabaseCollector
 from tests.support.chaos import quick_catalog
 from tests.support.cli import assert_one_line_error, aura
 from tests.support.proxy import ChaosProxy
@@ -97,8 +97,8 @@ def test_tls_settings_in_the_url_reach_the_connection(db_url: str) -> None:
         assert conn.execute("SHOW application_name").fetchone() == ("from-the-url",)
     app = AuraApp(options, pool_size=1)
     with app._cursor() as cur:
-        assert cur.execute("SHOW application_name").fetchone()["application_name"] == \
-            "from-the-url"
+        shown = cur.execute("SHOW application_name").fetchone()
+        assert shown is not None and shown["application_name"] == "from-the-url"
     app.close()
 
 

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp, ConfigurationError
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
+from aura_es.db import connect
 from aura_es.identifiers import (
     MAX_IDENTIFIER_BYTES,
     aux_table,
@@ -32,8 +32,9 @@ DECISION_TOPICS = ["aura.decision.proposed.v1", "aura.decision.approved.v1"]
 
 
 def debates(name: str, storage: str) -> ProjectionSpec:
-    return ProjectionSpec(name=name, source_events=DEBATE_TOPICS, output_model="D",
-                          storage=storage, handler="projections.debate_state:DebateStateProjection")
+    return ProjectionSpec.model_validate({
+        "name": name, "source_events": DEBATE_TOPICS, "output_model": "D", "storage": storage,
+        "handler": "projections.debate_state:DebateStateProjection"})
 
 
 def windowed(name: str, storage: str) -> ProjectionSpec:

@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
-from aura_es.projection.envelope import EventEnvelope
+from aura_es.db import connect
 from aura_es.projection.loading import build
 from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import BatchRunner
 from aura_es.replay import replay_aggregates
+from aura_es.store.envelope import EventEnvelope
 from tests.support.cli import aura
 from tests.support.mirror import head, mirrored, start_relay, stop, verify
 from tests.support.workers import CATALOG, env_for, start_worker, wait_for
@@ -56,6 +56,7 @@ def a_valid_argument(app: AuraApp) -> bytes:
     app.add_argument(debate, "a", "for", "x", round=1, idempotency_key="donor-arg")
     with app.connect() as conn:
         row = conn.execute("SELECT state FROM aura_events WHERE topic = %s", (ARGUED,)).fetchone()
+    assert row is not None
     return bytes(row[0])
 
 
@@ -206,7 +207,7 @@ def test_the_mirror_publishes_an_undecodable_row_in_its_place_and_verify_agrees(
             for seq in range(1, 12):
                 msg = await js.get_msg("RAW", seq)
                 if (msg.headers or {}).get("Aura-Position") == str(position):
-                    return dict(json.loads(msg.data))
+                    return dict(json.loads(msg.data or b"{}"))
             raise AssertionError("not on the stream")
         finally:
             await nc.close()

@@ -18,9 +18,9 @@ import nats
 import pytest
 
 from aura_es import AuraApp, embedded
-from aura_es.application import connect
+from aura_es.db import connect
 from aura_es.mirror.cloudevents import CONTENT_TYPE, aggregate_and_event, to_message
-from aura_es.projection.envelope import EventEnvelope
+from aura_es.store.envelope import EventEnvelope
 from tests.support.chaos import stored_count, writer
 from tests.support.cli import assert_one_line_error, aura
 from tests.support.mirror import start_relay, verify
@@ -152,6 +152,7 @@ def test_verify_names_duplicated_and_missing_events(
         nc = await nats.connect(url)
         js = nc.jetstream()
         third = await js.get_msg("BROKEN", 3)
+        assert third.subject is not None and third.data is not None
         await js.publish(third.subject, third.data, headers={"Aura-Position": "3"})
         await js.delete_msg("BROKEN", 4)
         await nc.close()
@@ -236,7 +237,7 @@ def test_the_documented_durable_consumer_reads_what_was_mirrored(
 ) -> None:
     sys.path.insert(0, str(ROOT / "docs" / "examples"))
     try:
-        from mirror_consumer import consume
+        from mirror_consumer import consume  # type: ignore[import-not-found]
     finally:
         sys.path.pop(0)
     url = private_nats[0]

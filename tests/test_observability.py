@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,14 +21,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aura_es import embedded
 from aura_es.app import AuraApp
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
+from aura_es.db import connect
 from aura_es.observability import tracing
-from aura_es.projection.loading import build
-from aura_es.projection.runner import BatchRunner
 from tests.support.chaos import poisoned_catalog, quick_catalog, start_again, stop, writer
 from tests.support.services import PostgresServer
-from tests.support.workers import ALL, CATALOG, ROOT, caught_up, env_for, wait_for
+from tests.support.workers import (
+    ALL,
+    CATALOG,
+    ROOT,
+    caught_up,
+    env_for,
+    head,
+    positions,
+    wait_for,
+)
+from workers.shutdown import Shutdown
+from workers.worker import Worker
 
 DEBATES = "DebateStateProjection"
 
@@ -245,11 +255,21 @@ def test_spans_wrap_appends_and_projection_batches(app: AuraApp, spans: Any) -> 
     assert tracing.enabled()
     app.start_debate("traced", ["a", "b"], idempotency_key="traced-1")
     spec = load_catalog(CATALOG).get(DEBATES)
-    with connect(app.database_url) as conn:
-        BatchRunner(conn, spec, build(spec)).run_until_caught_up()
+    shutdown = Shutdown()
+    worker = threading.Thread(target=Worker(app.database_url, spec, shutdown,
+                                            poll_seconds=0.1).run)
+    worker.start()
+    try:
+        with connect(app.database_url) as conn:
+            wait_for("the worker", lambda: positions(conn).get(DEBATES) == head(conn), 30)
+    finally:
+        shutdown.request()
+        worker.join(30)
     finished = {s.name: s for s in spans.get_finished_spans()}
     assert finished["aura.append"].attributes["command"] == "start_debate"
-    assert finished["aura.projection.batch"].attributes["projection"] == DEBATES
+    batches = [s for s in spans.get_finished_spans() if s.name == "aura.projection.batch"]
+    assert any(s.attributes["projection"] == DEBATES and s.attributes["applied"] == 1
+               for s in batches)
 
 
 def test_without_opentelemetry_a_span_is_one_shared_null_context(

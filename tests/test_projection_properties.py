@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.load import Scenario, scenarios
+from aura_es.db import connect
+from aura_es.load import scenarios
 from aura_es.projection.api import Projection, Tx
-from aura_es.projection.envelope import EventEnvelope
 from aura_es.projection.loading import build
 from aura_es.projection.runner import BatchRunner
+from aura_es.store.envelope import EventEnvelope
 from tests.support import folds
+from tests.support.scenarios import run_scenarios
 
 CATALOG = load_catalog(Path(__file__).resolve().parents[1] / "catalog/projection-catalog.yaml")
 _names = itertools.count()
@@ -32,14 +32,6 @@ _names = itertools.count()
 
 class Crash(Exception):
     """Stands for a process dying after the handler wrote, before the commit."""
-
-
-def run_scenarios(app: AuraApp, source: Iterator[Scenario], count: int) -> None:
-    for scenario in itertools.islice(source, count):
-        created = None
-        for step in scenario.steps:
-            result = app.execute(step(app, created))
-            created = created or result.aggregate_id
 
 
 def check(conn: psycopg.Connection[Any], runners: dict[str, BatchRunner]) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
@@ -24,18 +24,21 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from aura_es import AuraApp
-from aura_es.application import connect
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
+from aura_es.db import connect
 from aura_es.load import scenarios
-from aura_es.projection import EventEnvelope, Tx
+from aura_es.projection import EventEnvelope, Tx, serving
+from aura_es.projection.actions import side_effect_action
+from aura_es.projection.dispatch import Dispatcher
 from aura_es.projection.loading import fingerprint
 from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import GenerationChanged
-from aura_es.replay import Rebuild, ReplayRunning, generations, replay_aggregates
+from aura_es.replay import Rebuild, ReplayRunning, replay_aggregates
 from aura_es.replay.claim import claim
 from projections.debate_state import DebateStateProjection
 from tests.support import folds
+from tests.support.scenarios import run_scenarios
 from tests.support.workers import (
     ALL,
     CATALOG,
@@ -47,7 +50,6 @@ from tests.support.workers import (
     start_supervisor,
     wait_for,
 )
-from tests.test_projection_properties import run_scenarios
 
 SPECS = load_catalog(CATALOG)
 DEBATES = SPECS.get("DebateStateProjection")
@@ -134,7 +136,8 @@ def test_readers_never_see_a_partial_read_model_during_rebuilds_under_writes(
     assert reads == sorted(reads)
 
 
-READ_MODELS = [
+Fold = Callable[..., dict[Any, tuple[Any, ...]]]
+READ_MODELS: list[tuple[str, str, Fold, Fold]] = [
     ("DebateStateProjection", "debate_state", folds.stored_debate_state, folds.debate_state),
     ("LLMSpendProjection", "llm_spend", folds.stored_llm_spend, folds.llm_spend),
     ("AgentPerformanceProjection", "agent_performance", folds.stored_agent_performance,
@@ -196,7 +199,7 @@ def test_a_rebuild_killed_anywhere_and_resumed_equals_the_fold(
         run_scenarios(app, scenarios(3, 100_000), 150)
     spec = debates_spec(f"Crashy{next(_names)}", "tests.test_replay:CrashingDebates")
     with connect(app.database_url) as live_conn, connect(app.database_url) as conn:
-        live = generations.attach(live_conn, spec)
+        live = serving.attach(live_conn, spec)
         live.run_until_caught_up()
         crashed_at = _crash_a_rebuild(app.database_url, spec, where, batch_size)
         run_scenarios(app, scenarios(4 + appends, 100_000), appends)
@@ -214,7 +217,7 @@ def test_a_rebuild_killed_anywhere_and_resumed_equals_the_fold(
             assert result.generation == 2
         with pytest.raises(GenerationChanged):
             live.step()
-        live = generations.attach(live_conn, spec)
+        live = serving.attach(live_conn, spec)
         live.run_until_caught_up()
         assert folds.stored_debate_state(conn, spec.storage) == \
             folds.debate_state(conn, live.position)
@@ -255,10 +258,13 @@ def test_sigkilled_replay_command_resumes_and_finishes(big_log_url: str) -> None
         process = subprocess.Popen(command, env=env_for(big_log_url), cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with connect(big_log_url) as conn:
-            wait_for("the rebuild to start", lambda p=process: p.poll() is not None or (
-                conn.execute("SELECT max(position) FROM aura_projection_checkpoints"
-                             " WHERE projection LIKE 'DebateStateProjection@g%'").fetchone()
-                or (None,))[0])
+            def started(p: subprocess.Popen[bytes] = process) -> bool:
+                row = conn.execute("SELECT max(position) FROM aura_projection_checkpoints"
+                                   " WHERE projection LIKE 'DebateStateProjection@g%'"
+                                   ).fetchone()
+                return p.poll() is not None or bool(row and row[0])
+
+            wait_for("the rebuild to start", started)
         time.sleep(extra)
         process.kill()
         process.wait()
@@ -266,7 +272,7 @@ def test_sigkilled_replay_command_resumes_and_finishes(big_log_url: str) -> None
         assert done.returncode == 0, done.stderr
         resumed.append(json.loads(done.stdout)["resumed_from"])
         with connect(big_log_url) as conn:
-            live = generations.attach(conn, DEBATES)
+            live = serving.attach(conn, DEBATES)
             live.run_until_caught_up()
             assert folds.stored_debate_state(conn) == folds.debate_state(conn, live.position)
             switched = conn.execute("SELECT count(*) FROM aura_projection_rebuilds WHERE"
@@ -290,7 +296,7 @@ def test_a_partial_replay_rebuilds_only_its_aggregates(app: AuraApp, picks: list
         run_scenarios(app, scenarios(5, 100_000), 150)
     spec = debates_spec(f"Partial{next(_names)}")
     with connect(app.database_url) as conn:
-        generations.attach(conn, spec).run_until_caught_up()
+        serving.attach(conn, spec).run_until_caught_up()
         ids = sorted(_rows(conn, spec.storage))
         chosen = sorted({ids[p % len(ids)] for p in picks})
         # A handler bug that got into every row: replayed rows come back right, the rest
@@ -311,7 +317,7 @@ def test_a_partial_replay_rebuilds_only_its_aggregates(app: AuraApp, picks: list
 def test_replay_cli_partial_by_aggregate_and_by_range(app: AuraApp, db_url: str) -> None:
     run_scenarios(app, scenarios(6, 100_000), 120)
     with connect(db_url) as conn:
-        generations.attach(conn, DEBATES).run_until_caught_up()
+        serving.attach(conn, DEBATES).run_until_caught_up()
         conn.execute("UPDATE debate_state SET arguments = arguments + 1000")
         one = conn.execute("SELECT debate_id FROM debate_state ORDER BY debate_id LIMIT 1"
                            ).fetchone()
@@ -334,35 +340,45 @@ def test_replay_cli_partial_by_aggregate_and_by_range(app: AuraApp, db_url: str)
 # -- the side-effect gate -----------------------------------------------------------------------
 
 
-class NotifyingDebates(DebateStateProjection):
-    """Sends a 'webhook' per started debate; the calls are kept in a class list."""
+NOTIFIED: list[tuple[str, str]] = []
 
-    sent: ClassVar[list[tuple[UUID, bool]]] = []
+
+@side_effect_action("test.notify-started")
+def _notify_started(payload: dict[str, Any], idempotency_key: str) -> None:
+    NOTIFIED.append((payload["debate"], idempotency_key))
+
+
+class NotifyingDebates(DebateStateProjection):
+    """Asks for a 'webhook' per started debate."""
 
     def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
         super().handle(batch, tx)
         for event in batch:
             if event.topic == "aura.debate.started.v1":
-                tx.side_effect(lambda e=event, r=tx.replaying:
-                               NotifyingDebates.sent.append((e.aggregate_id, r)))
+                tx.side_effect("test.notify-started", {"debate": str(event.aggregate_id)},
+                               event=event)
 
 
 def test_side_effects_run_live_and_never_during_replay(app: AuraApp) -> None:
     run_scenarios(app, scenarios(7, 100_000), 60)
     spec = debates_spec("Notifying", "tests.test_replay:NotifyingDebates")
-    NotifyingDebates.sent.clear()
+    NOTIFIED.clear()
+    dispatcher = Dispatcher(spec.name, spec.error_handling)
     with connect(app.database_url) as conn:
-        generations.attach(conn, spec).run_until_caught_up()
-        live_calls = list(NotifyingDebates.sent)
+        serving.attach(conn, spec).run_until_caught_up()
+        assert NOTIFIED == [], "a side effect ran before the dispatcher ran it"
+        dispatcher.run_due(conn)
+        live_calls = list(NOTIFIED)
         started = conn.execute("SELECT count(*) FROM aura_events WHERE topic ="
                                " 'aura.debate.started.v1'").fetchone()
         assert started is not None and len(live_calls) == started[0] > 0
-        assert all(not replaying for _, replaying in live_calls)
+        assert len({key for _, key in live_calls}) == len(live_calls)
         rebuild = Rebuild(conn, spec)
         rebuild.run()
         rebuild.close()
-        replay_aggregates(conn, spec, [live_calls[0][0]])
-    assert NotifyingDebates.sent == live_calls
+        replay_aggregates(conn, spec, [UUID(live_calls[0][0])])
+        dispatcher.run_due(conn)
+    assert live_calls == NOTIFIED
 
 
 # -- drift and bad input ------------------------------------------------------------------------
@@ -417,7 +433,7 @@ def test_replay_bad_input_exits_2_and_changes_nothing(
 ) -> None:
     run_scenarios(app, scenarios(11, 100_000), 30)
     with connect(db_url) as conn:
-        generations.attach(conn, DEBATES).run_until_caught_up()
+        serving.attach(conn, DEBATES).run_until_caught_up()
         before = positions(conn), _rows(conn, "debate_state")
     broken = tmp_path / "catalog.yaml"
     document = yaml.safe_load(CATALOG.read_text())
@@ -451,7 +467,7 @@ def test_replay_bad_input_exits_2_and_changes_nothing(
 def test_dry_run_reports_the_plan_and_changes_nothing(app: AuraApp, db_url: str) -> None:
     run_scenarios(app, scenarios(12, 100_000), 60)
     with connect(db_url) as conn:
-        generations.attach(conn, DEBATES).run_until_caught_up()
+        serving.attach(conn, DEBATES).run_until_caught_up()
         expected = conn.execute("SELECT count(*) FROM aura_events WHERE topic = ANY(%s)",
                                 (DEBATES.source_events,)).fetchone()
         tables = conn.execute("SELECT count(*) FROM pg_class").fetchone()
@@ -470,7 +486,7 @@ def test_the_switch_waits_for_transactions_with_older_snapshots(app: AuraApp) ->
     run_scenarios(app, scenarios(13, 100_000), 60)
     spec = debates_spec("Waiting")
     with connect(app.database_url) as conn, connect(app.database_url) as report:
-        generations.attach(conn, spec).run_until_caught_up()
+        serving.attach(conn, spec).run_until_caught_up()
         # A long report: its snapshot predates the new tables being filled.
         report.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         report.execute("SELECT count(*) FROM aura_events").fetchone()
@@ -480,7 +496,7 @@ def test_the_switch_waits_for_transactions_with_older_snapshots(app: AuraApp) ->
         worker.start()
         time.sleep(1.5)
         assert not results, "switched while an older snapshot could still read the new table"
-        assert generations.live(conn.cursor(), spec).generation == 1
+        assert serving.current(conn.cursor(), spec).generation == 1
         expected = _rows(report, spec.storage)
         report.execute("COMMIT")
         worker.join(timeout=30)
@@ -546,14 +562,14 @@ def _open_letters(conn: psycopg.Connection[Any], name: str) -> list[tuple[Any, .
 def test_dead_letters_are_handed_over_at_the_switch(
     app: AuraApp, fixed_before_rebuild: bool
 ) -> None:
-    from tests.support.poison import PoisonedDebates
-    from tests.test_dlq_properties import SPEC
+    from tests.support.poison import POISONED_SPEC, PoisonedDebates
+    SPEC = POISONED_SPEC
 
     _poisoned_log(app)
     PoisonedDebates.fixed_up_to = 0
     try:
         with connect(app.database_url) as conn:
-            live = ResilientRunner(generations.attach(conn, SPEC), SPEC)
+            live = ResilientRunner(serving.attach(conn, SPEC), SPEC)
             while live.runner.position < app.head_position():
                 live.advance()
             before = _open_letters(conn, SPEC.name)
@@ -574,7 +590,7 @@ def test_dead_letters_are_handed_over_at_the_switch(
                 # The new generation parked the same events; the fix, then a retry, lands
                 # them in the new tables.
                 PoisonedDebates.fixed_up_to = app.head_position()
-                retried = generations.attach(conn, SPEC)
+                retried = serving.attach(conn, SPEC)
                 for letter_id, in conn.execute(
                         "SELECT id FROM aura_dead_letters WHERE projection = %s AND"
                         " status = 'parked'", (SPEC.name,)).fetchall():

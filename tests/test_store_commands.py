@@ -106,7 +106,7 @@ def test_events_carry_metadata(app: AuraApp) -> None:
     assert first.idempotency_key == "meta-1"  # type: ignore[attr-defined]
     assert second.tenant_id == "acme"  # type: ignore[attr-defined]  # the debate's tenant
     assert first.event_id != second.event_id  # type: ignore[attr-defined]
-    assert first.timestamp.tzinfo is not None
+    assert first.timestamp.tzinfo is not None  # type: ignore[attr-defined]
 
 
 def test_prune_forgets_old_keys_only(app: AuraApp) -> None:

@@ -15,7 +15,7 @@ def test_v1_completed_event_loads_with_default_latency(app: AuraApp) -> None:
     call_id = app.request_llm_call("acme", "openai", "gpt-4o", 10, idempotency_key="r")
     requested = next(iter(app.events.get(call_id)))
     v1_state = {
-        "timestamp": requested.timestamp.isoformat(),
+        "timestamp": requested.timestamp.isoformat(),  # type: ignore[attr-defined]
         "meta": {"event_id": "00000000-0000-0000-0000-000000000001"},
         "completion_tokens": 7,
         "cost_usd": "0.5",

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from aura_es.application import connect
+from aura_es.db import connect
 from tests.support.workers import (
     ALL,
     ROOT,

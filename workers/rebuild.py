@@ -14,8 +14,8 @@ import signal
 import sys
 import time
 
-from aura_es.application import connect
-from aura_es.catalog import load_catalog
+from aura_es.catalog import DEFAULT_CATALOG, load_catalog
+from aura_es.db import connect
 from aura_es.errors import AuraError
 from aura_es.log import get_logger
 from aura_es.replay import Rebuild, ReplayRunning
@@ -30,7 +30,7 @@ LOG_EVERY_SECONDS = 5.0
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.rebuild")
     parser.add_argument("--projection", required=True)
-    parser.add_argument("--catalog", default="catalog/projection-catalog.yaml")
+    parser.add_argument("--catalog", default=str(DEFAULT_CATALOG))
     args = parser.parse_args(argv)
     log = get_logger(component="rebuild", projection=args.projection)
     # Orphaned: stop as SIGTERM would (the rebuild resumes from its checkpoint later).

@@ -20,16 +20,18 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
-from aura_es.application import connect
 from aura_es.catalog.model import ProjectionSpec
+from aura_es.db import connect
 from aura_es.log import get_logger
-from aura_es.observability.health import DEFAULT_MAX_LAG_SECONDS
-from aura_es.observability.server import MetricsServer
+from aura_es.ops.health import DEFAULT_MAX_LAG_SECONDS
+from aura_es.ops.server import MetricsServer
+from aura_es.retry import Backoff
 from workers.rebuild import EXIT_REFUSED, EXIT_SWITCHED
 from workers.shutdown import SUPERVISOR_PID_ENV, Shutdown
 from workers.worker import EXIT_CONFIG, EXIT_OK, EXIT_RELOAD, EXIT_TAKEN_OVER
 
-MAX_BACKOFF_SECONDS = 30.0
+#: Waits before restarting a worker that died: 1 s, 2 s, … up to 30 s.
+RESTART = Backoff(base=1.0, cap=30.0, jitter="none")
 # A worker that ran this long before dying starts its backoff from the beginning.
 HEALTHY_AFTER_SECONDS = 30.0
 
@@ -135,7 +137,7 @@ class Supervisor:
                 delay = 0.0
             else:
                 child.restarts = 0 if ran > HEALTHY_AFTER_SECONDS else child.restarts + 1
-                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** child.restarts)
+                delay = RESTART.delay(child.restarts)
             child.start_at = now + delay
             self.log.warning(f"{child.kind} exited", projection=child.projection, exit_code=code,
                              ran_seconds=round(ran, 1), restart_in_seconds=delay)

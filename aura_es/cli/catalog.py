@@ -8,7 +8,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from aura_es.catalog import Catalog, load_catalog
+from aura_es.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from aura_es.cli.common import Json, console, emit_json, handle_errors
 from aura_es.projection.loading import check_imports, fingerprint, topic_warnings
 
@@ -18,7 +18,7 @@ CatalogPath = Annotated[
     Path,
     typer.Option("--catalog", envvar="AURA_ES_CATALOG", help="The projection catalog file."),
 ]
-DEFAULT_PATH = Path("catalog/projection-catalog.yaml")
+DEFAULT_PATH = DEFAULT_CATALOG
 
 
 def schema_json() -> str:

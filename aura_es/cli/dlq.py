@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from aura_es.application import connect
+from aura_es import schema
 from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
-from aura_es.projection import dlq
+from aura_es.db import connect
+from aura_es.projection import dlq, dlq_retry, outbox
 from aura_es.projection.loading import select
-from aura_es.projection.runner import BatchRunner
-from aura_es.replay import generations
-from aura_es.store import schema
 
 RAW_SHOWN = 2000
 dlq_cli = typer.Typer(help="The dead-letter queue.", no_args_is_help=True)
@@ -33,7 +31,7 @@ def list_(
 ) -> None:
     """Open dead letters: the failed event, its error, and how many events wait behind it."""
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_tables(conn)
+        schema.require_all(conn)
         rows = dlq.listing(conn.cursor(), projection, None if every else dlq.PARKED_STATUS)
     if json:
         emit_json(rows)
@@ -58,7 +56,7 @@ def show(
 ) -> None:
     """One dead letter in full, with its traceback and parked positions."""
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_tables(conn)
+        schema.require_all(conn)
         row = dlq.get(conn.cursor(), dead_letter_id)
         if row is not None:
             # The event's stored bytes, as they are: what to look at when it does not
@@ -94,31 +92,11 @@ def retry(
     loaded = load_catalog(catalog)
     if projection is not None:
         select(loaded, [projection])
-    outcomes: list[dict[str, Any]] = []
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_tables(conn)
-        if dead_letter_id is not None:
-            one = dlq.get(conn.cursor(), dead_letter_id)
-            if one is None:
-                raise fail(f"no dead letter with id {dead_letter_id}")
-            if one["status"] != dlq.PARKED_STATUS:
-                raise fail(f"dead letter {dead_letter_id} is {one['status']}, not open")
-            letters = [one]
-        else:
-            letters = dlq.listing(conn.cursor(), projection)
-        runners: dict[str, BatchRunner] = {}
-        for letter in letters:
-            name = letter["projection"]
-            if "@g" in name and name not in {p.name for p in loaded.projections}:
-                # A rebuild's own dead letter: it moves to the projection at the switch.
-                outcomes.append({"id": letter["id"], "projection": name, "applied": False,
-                                 "skipped": "rebuild in progress"})
-                continue
-            if name not in runners:
-                (spec,) = select(loaded, [name])
-                runners[name] = generations.attach(conn, spec)
-            applied = runners[name].retry_dead_letter(letter["id"])
-            outcomes.append({"id": letter["id"], "projection": name, "applied": applied})
+        schema.require_all(conn)
+        letters = dlq_retry.open_letters(conn, dead_letter_id=dead_letter_id,
+                                         projection=projection)
+        outcomes = dlq_retry.retry_dead_letters(conn, loaded, letters)
     failed = [o for o in outcomes if not o["applied"] and "skipped" not in o]
     if json:
         emit_json({"retried": len(outcomes), "failed": len(failed), "results": outcomes})
@@ -141,7 +119,7 @@ def discard(
     if not reason.strip():
         raise fail("--reason is required: say why these events are given up")
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_tables(conn)
+        schema.require_all(conn)
         with conn.transaction():
             cur = conn.cursor()
             row = dlq.get(cur, dead_letter_id, lock=True)
@@ -155,3 +133,43 @@ def discard(
     else:
         typer.echo(f"dead letter {dead_letter_id} discarded ({len(row['parked_positions'])}"
                    " parked events with it)")
+
+
+@dlq_cli.command("side-effects")
+@handle_errors
+def side_effects(
+    projection: Projection = None,
+    database_url: DatabaseUrl = None,
+    json: Json = False,
+) -> None:
+    """Side effects that failed their last retry (dead), with their error."""
+    with connect(settings(database_url).resolved_database_url()) as conn:
+        schema.require_all(conn)
+        dead = outbox.dead(conn, projection)
+    if json:
+        emit_json([vars(d) for d in dead])
+        return
+    table = Table(title="dead side effects")
+    for title in ("id", "projection", "action", "position", "attempts", "error"):
+        table.add_column(title, overflow="fold")
+    for d in dead:
+        table.add_row(str(d.id), d.projection, d.action, str(d.position or ""),
+                      str(d.attempts), d.last_error or "")
+    Console().print(table)
+
+
+@dlq_cli.command("retry-side-effect")
+@handle_errors
+def retry_side_effect(
+    effect_id: Annotated[int, typer.Argument(metavar="ID")],
+    database_url: DatabaseUrl = None,
+    json: Json = False,
+) -> None:
+    """Run a dead side effect again (its projection's worker runs it at once)."""
+    with connect(settings(database_url).resolved_database_url()) as conn:
+        schema.require_all(conn)
+        dlq_retry.retry_side_effect(conn, effect_id)
+    if json:
+        emit_json({"id": effect_id, "status": outbox.PENDING})
+    else:
+        typer.echo(f"side effect {effect_id} queued again")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from aura_es.application import connect
+from aura_es import schema
 from aura_es.cli.common import (
     DatabaseUrl,
     Json,
@@ -19,11 +19,11 @@ from aura_es.cli.common import (
     parse_duration,
     settings,
 )
+from aura_es.db import connect
 from aura_es.errors import AuraError, ServiceUnavailable
 from aura_es.mirror.relay import Relay
 from aura_es.mirror.stream import StreamSettings
 from aura_es.mirror.verify import verify as verify_stream
-from aura_es.store import schema
 
 mirror_cli = typer.Typer(help="The JetStream mirror of the event store.", no_args_is_help=True)
 Stream = Annotated[str, typer.Option("--stream", help="JetStream stream name.")]
@@ -53,7 +53,7 @@ def run(
     resolved = settings(database_url, nats_url)
     url = resolved.resolved_database_url()
     with connect(url) as conn:
-        schema.require_tables(conn)
+        schema.require_all(conn)
     relay = Relay(url, resolved.resolved_nats_url(), config, force_pipelined=force_pipelined)
 
     async def main() -> None:

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from aura_es.application import connect
+from aura_es import schema
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
@@ -34,6 +34,7 @@ from aura_es.cli.common import (
     parse_duration,
     settings,
 )
+from aura_es.db import connect
 from aura_es.errors import AuraError
 from aura_es.log import get_logger
 from aura_es.positions import MAX_POSITION
@@ -41,7 +42,6 @@ from aura_es.projection.loading import build, select
 from aura_es.replay import Rebuild, plan_rebuild, replay_aggregates
 from aura_es.replay.partial import aggregates_in_range, events_of, refusal
 from aura_es.replay.rebuild import RebuildProgress
-from aura_es.store import schema
 
 
 @handle_errors
@@ -101,7 +101,7 @@ def replay(
     if partial and (reason := refusal(spec)):
         raise fail(reason)
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_tables(conn)
+        schema.require_all(conn)
         if partial:
             ids = aggregates or aggregates_in_range(
                 conn, spec, from_position=from_position, to_position=to_position,

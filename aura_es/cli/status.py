@@ -11,14 +11,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from aura_es.application import connect
+from aura_es import schema
 from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
+from aura_es.db import connect
+from aura_es.ops.status import mirror_status, projection_status
 from aura_es.projection.declarative import DeclarativeProjection
 from aura_es.projection.loading import build, select
-from aura_es.projection.status import mirror_status, projection_status
-from aura_es.store import schema
 
 _COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": "red",
            "breaker_open": "red"}
@@ -80,7 +80,7 @@ def status(
     """Per projection: checkpoint, head, lag, state, worker, events/s, last error."""
     specs = load_catalog(catalog).projections
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_tables(conn)
+        schema.require_all(conn)
         rows = projection_status(conn, specs)
         if watch:
             deadline = time.monotonic() + timeout if timeout else None

@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from aura_es.application import connect
+from aura_es import schema
 from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, console, fail, handle_errors, settings
-from aura_es.observability.health import DEFAULT_MAX_LAG_SECONDS
+from aura_es.db import connect
+from aura_es.ops.health import DEFAULT_MAX_LAG_SECONDS
+from aura_es.ops.status import projection_status
 from aura_es.projection.loading import check_imports, select, topic_warnings
-from aura_es.projection.status import projection_status
-from aura_es.store import schema
 from workers.shutdown import Shutdown
 from workers.supervisor import Supervisor
 
@@ -62,7 +62,7 @@ def run(
     for warning in topic_warnings(specs):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with connect(url) as conn:
-        schema.require_tables(conn)
+        schema.require_all(conn)
         drifted = [p["projection"] for p in projection_status(conn, specs) if p["drift"]]
     for name in drifted:
         action = "rebuilding it beside the live one" if rebuild_on_drift else (

@@ -21,7 +21,7 @@ from uuid import UUID
 import orjson
 
 from aura_es.payload import json_default
-from aura_es.projection.envelope import EventEnvelope
+from aura_es.store.envelope import EventEnvelope
 
 CONTENT_TYPE = "application/cloudevents+json"
 POSITION_HEADER = "Aura-Position"

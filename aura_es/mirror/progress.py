@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -19,7 +21,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ).format(t=sql.Identifier(PROGRESS))]
 
 
-schema.register(ddl, [PROGRESS])
+OWNER = schema.Owner("mirror progress", ddl, (PROGRESS,))
 
 
 async def record(
@@ -33,3 +35,18 @@ async def record(
         ).format(t=sql.Identifier(PROGRESS)),
         (stream, position, stream_seq),
     )
+
+
+@dataclass(frozen=True)
+class Progress:
+    stream: str
+    position: int
+    stream_seq: int
+    updated_at: datetime
+
+
+def every(conn: psycopg.Connection[Any]) -> list[Progress]:
+    """Every stream's last recorded progress, by stream name."""
+    return [Progress(*row) for row in conn.execute(
+        sql.SQL("SELECT stream, position, stream_seq, updated_at FROM {t} ORDER BY stream")
+        .format(t=sql.Identifier(PROGRESS)))]

@@ -20,9 +20,9 @@ import nats
 import psycopg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from psycopg import sql
 
-from aura_es.dsn import nats_servers, parse_database_url, redact
+from aura_es.db import connect_async
+from aura_es.dsn import nats_servers, redact
 from aura_es.errors import ConfigurationError
 from aura_es.log import get_logger
 from aura_es.mirror import progress
@@ -35,10 +35,13 @@ from aura_es.mirror.publish import (
 )
 from aura_es.mirror.stream import StreamSettings, ensure_stream, resume_point
 from aura_es.observability.tracing import span
-from aura_es.projection.envelope import EventEnvelope
-from aura_es.projection.reader import READ_ALL, READ_ONE
-from aura_es.store import identity
-from aura_es.store.recorder import EVENTS_TABLE
+from aura_es.retry import Backoff, Retrier
+from aura_es.store import eventlog, identity
+
+#: Waits before reconnecting to an unreachable database or broker.
+RECONNECT = Backoff(base=1.0, cap=30.0)
+#: Waits before re-reading the stream's tail after an unconfirmed batch.
+REPUBLISH = Backoff(base=0.4, cap=10.0)
 
 
 def supports_atomic(version: str) -> bool:
@@ -69,23 +72,21 @@ class Relay:
         self.max_payload = 0
 
     async def run(self) -> None:
-        attempt = 0
+        # Unreachable services are said, backed off and tried again for ever; a
+        # conflicting stream or bad settings are raised: retrying cannot help.
+        retrier = Retrier(RECONNECT, lambda e: not isinstance(e, ConfigurationError))
         while not self.stop.is_set():
             try:
                 await self._run_once()
                 return
-            except ConfigurationError:
-                raise  # a conflicting stream or bad settings: retrying cannot help
-            except Exception as e:  # unreachable services: say so, back off, try again
-                attempt += 1
-                delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+            except Exception as e:
+                delay = retrier.failed(e)
                 self.log.warning("relay interrupted", error=f"{type(e).__name__}: {e}",
-                                 retry_in_seconds=delay)
+                                 retry_in_seconds=round(delay, 3))
                 await self._sleep(delay)
 
     async def _run_once(self) -> None:
-        conninfo = parse_database_url(self.database_url).conninfo()
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        async with await connect_async(self.database_url) as conn:
             self.store_id = await identity.store_id_async(conn)
             nc = await self._connect_nats()
             if nc is None:
@@ -97,7 +98,7 @@ class Relay:
                 await self._wait_for_lock(conn)
                 if self.stop.is_set():
                     return
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(EVENTS_TABLE)))
+                await conn.execute(eventlog.LISTEN)
                 await self._relay(conn, nc, publisher)
             finally:
                 await nc.drain()
@@ -156,7 +157,7 @@ class Relay:
         last_seq, position = await self._resume(js, conn)
         self.log.info("relaying", publisher=publisher.name, from_position=position,
                       stream_seq=last_seq, store=str(self.store_id))
-        failures = 0
+        unconfirmed = Retrier(REPUBLISH, lambda e: True)
         recorded_at = 0.0
         prefetched: asyncio.Future[list[Message]] | None = None
         while not self.stop.is_set():
@@ -175,14 +176,14 @@ class Relay:
                     last_seq = await publisher.publish(messages, last_seq)
                 position = messages[-1].position
                 self.published += len(messages)
-                failures = 0
+                unconfirmed.succeeded()
             except Exception as e:
                 await prefetched
                 prefetched = None
-                failures += 1
-                delay = min(10.0, 0.2 * 2 ** min(failures, 6))
+                delay = unconfirmed.failed(e)
                 self.log.warning("batch not confirmed; re-reading the stream's tail",
-                                 error=f"{type(e).__name__}: {e}", retry_in_seconds=delay)
+                                 error=f"{type(e).__name__}: {e}",
+                                 retry_in_seconds=round(delay, 3))
                 await self._sleep(delay)
                 last_seq, position = await self._resume(js, conn)
                 continue
@@ -197,9 +198,8 @@ class Relay:
         """The stream's last sequence and this store's last mirrored position."""
 
         async def is_own_legacy(position: int, msg_id: str) -> bool:
-            cur = await conn.execute(READ_ONE, (position,))
-            row = await cur.fetchone()
-            return row is not None and message_id(EventEnvelope.from_row(row)) == msg_id
+            event = await eventlog.read_one(conn, position)
+            return event is not None and message_id(event) == msg_id
 
         def still_reading(count: int) -> None:
             self.log.warning("reading back past foreign messages", foreign=count)
@@ -221,10 +221,9 @@ class Relay:
         # (even those arriving during other queries) for the next wait, so none is lost.
         async for _ in conn.notifies(timeout=0):
             pass
-        cur = await conn.execute(READ_ALL, (after, self.batch_size))
         messages = [
-            to_message(EventEnvelope.from_row(row), self.settings.subject_prefix, self.store_id)
-            for row in await cur.fetchall()
+            to_message(event, self.settings.subject_prefix, self.store_id)
+            for event in await eventlog.read_all_after(conn, after, self.batch_size)
         ]
         for message in messages:
             if self.max_payload and message.size() > self.max_payload:

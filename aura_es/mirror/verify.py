@@ -16,15 +16,12 @@ from typing import Any
 from uuid import UUID
 
 import nats
-from psycopg import sql
 
-from aura_es.application import connect
+from aura_es.db import connect
 from aura_es.dsn import nats_servers
 from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER, body_hash, to_message
 from aura_es.mirror.stream import StreamSettings
-from aura_es.projection.envelope import EventEnvelope
-from aura_es.store import identity
-from aura_es.store.recorder import EVENTS_TABLE
+from aura_es.store import eventlog, identity
 
 
 @dataclass
@@ -121,28 +118,20 @@ def compare(settings: StreamSettings, database_url: str, messages: list[Mirrored
         for m in own:
             assert m.position is not None
             first.setdefault(m.position, m)
-        query = sql.SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state FROM {}"
-            " ORDER BY notification_id"
-        ).format(sql.Identifier(EVENTS_TABLE))
-        with conn.transaction(), conn.cursor(name="aura_verify") as cur:
-            cur.itersize = 5000
-            cur.execute(query)
-            for row in cur:
-                report.stored_events += 1
-                event = EventEnvelope.from_row(row)
-                if event.position > report.mirrored_up_to:
-                    report.not_yet_mirrored += 1
-                    continue
-                found = first.pop(event.position, None)
-                if found is None:
-                    report.missing.append(event.position)
-                    continue
-                # Messages from before stores had ids are compared in their own form.
-                expected = to_message(event, settings.subject_prefix,
-                                      UUID(store) if found.store else None)
-                if (found.msg_id, found.digest) != (expected.msg_id, body_hash(expected.body)):
-                    report.different.append(event.position)
+        for event in eventlog.read_everything(conn):
+            report.stored_events += 1
+            if event.position > report.mirrored_up_to:
+                report.not_yet_mirrored += 1
+                continue
+            found = first.pop(event.position, None)
+            if found is None:
+                report.missing.append(event.position)
+                continue
+            # Messages from before stores had ids are compared in their own form.
+            expected = to_message(event, settings.subject_prefix,
+                                  UUID(store) if found.store else None)
+            if (found.msg_id, found.digest) != (expected.msg_id, body_hash(expected.body)):
+                report.different.append(event.position)
     # Messages whose position no stored event has are differences too.
     report.different.extend(sorted(first))
     return report

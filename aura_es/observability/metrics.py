@@ -34,6 +34,11 @@ EVENTS_APPENDED = Counter(
     "aura_events_appended_total", "Events appended to the store by this process.",
     ["event_type"],
 )
+SIDE_EFFECTS = Counter(
+    "aura_side_effects_total",
+    "Side-effect attempts by projection, action and outcome (done, retry, dead).",
+    ["projection_name", "action", "outcome"],
+)
 DUPLICATES_ABSORBED = Counter(
     "aura_duplicates_absorbed_total",
     "Commands recognised by their idempotency key and answered with the original result.",

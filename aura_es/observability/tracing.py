@@ -37,5 +37,27 @@ def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]
     return opened
 
 
+class OpenSpan:
+    """A span started by ``start`` and ended by ``end`` (for code that cannot hold a
+    ``with`` block across the work, such as a worker's hooks)."""
+
+    def __init__(self, context: contextlib.AbstractContextManager[Any]) -> None:
+        self._context = context
+        self._span = context.__enter__()
+
+    def end(self, error: BaseException | None = None, **attributes: Any) -> None:
+        if self._span is not None:
+            for key, value in attributes.items():
+                self._span.set_attribute(key, value)
+        if error is None:
+            self._context.__exit__(None, None, None)
+        else:
+            self._context.__exit__(type(error), error, error.__traceback__)
+
+
+def start(name: str, **attributes: Any) -> OpenSpan:
+    return OpenSpan(span(name, **attributes))
+
+
 def enabled() -> bool:
     return _start_span is not None

@@ -8,17 +8,21 @@ the next version of the read model under other names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
+import orjson
 import psycopg
+from prometheus_client.core import GaugeMetricFamily
 from psycopg import sql
 
 from aura_es import identifiers
+from aura_es import payload as payload_rules
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.projection.envelope import EventEnvelope
+from aura_es.projection import actions, outbox
+from aura_es.store.envelope import EventEnvelope
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,25 +43,39 @@ class Tx:
 
     cursor: psycopg.Cursor[Any]
     replaying: bool = False
-    _after_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: The checkpoint the batch belongs to (its side effects are dispatched for it).
+    projection: str = ""
+    #: Side effects recorded in this transaction.
+    side_effects: int = 0
+    _keys: dict[str, int] = field(default_factory=dict)
 
     def execute(self, query: sql.Composable | str, params: Any = None) -> psycopg.Cursor[Any]:
         return self.cursor.execute(query, params)  # type: ignore[arg-type]
 
-    def side_effect(self, action: Callable[[], None]) -> None:
-        """Runs ``action`` after the batch commits; never while replaying."""
-        if not self.replaying:
-            self._after_commit.append(action)
+    def side_effect(
+        self, action: str, payload: dict[str, Any], *, event: EventEnvelope | None = None,
+    ) -> None:
+        """Asks for the registered ``action`` (see ``side_effect_action``) to run with
+        ``payload`` once this batch has committed; never while replaying.
 
-    def run_side_effects(self) -> list[BaseException]:
-        errors: list[BaseException] = []
-        for action in self._after_commit:
-            try:
-                action()
-            except Exception as e:  # one failing webhook must not hide the others
-                errors.append(e)
-        self._after_commit.clear()
-        return errors
+        Recorded in this transaction, so it is never lost (a crash after the commit runs
+        it on restart) and never run for a batch that rolled back. The receiver gets an
+        idempotency key made of ``event``'s id and the action, the same on every retry.
+        """
+        if self.replaying:
+            return
+        actions.get(action)  # an unknown action fails the batch now, not the dispatcher later
+        encoded = payload_rules.encode(payload, f"side effect {action!r}")
+        if event is None:  # not tied to an event: a key of its own, kept in its row
+            key = f"{self.projection}:{action}:{uuid4()}"
+        else:
+            base = f"{event.event_id or f'{event.aggregate_id}:{event.version}'}:{action}"
+            seen = self._keys.get(base, 0)
+            self._keys[base] = seen + 1
+            key = base if seen == 0 else f"{base}:{seen}"
+        outbox.record(self.cursor, self.projection, event.position if event else None, key,
+                      action, orjson.loads(encoded))
+        self.side_effects += 1
 
 
 class Projection:
@@ -126,6 +144,12 @@ class Projection:
                 " so its rows cannot be rebuilt one aggregate at a time"
             )
         return None
+
+    def gauges(self, conn: psycopg.Connection[Any]) -> Iterator[GaugeMetricFamily]:
+        """Prometheus gauges about this read model, read at each scrape of `/metrics`
+        (e.g. how many debates are open). None by default; a gauge's name should start
+        with ``aura_``. Read the stable name (``self.table``): it always serves."""
+        return iter(())
 
     def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
         for event in batch:

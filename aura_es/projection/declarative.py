@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from aura_es.catalog.model import DeclarativeField, DeclarativeSpec, ProjectionSpec
 from aura_es.errors import AuraError
 from aura_es.projection.api import Projection, Tx
-from aura_es.projection.envelope import EventEnvelope
+from aura_es.store.envelope import EventEnvelope
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _COLUMN_TYPES = {

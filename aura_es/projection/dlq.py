@@ -15,9 +15,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from aura_es.errors import EventUndecodable
-from aura_es.projection.envelope import EventEnvelope
-from aura_es.store import schema
-from aura_es.store.recorder import EVENTS_TABLE
+from aura_es.store import eventlog, schema
+from aura_es.store.envelope import EventEnvelope
 
 DEAD_LETTERS = "aura_dead_letters"
 PARKED = "aura_dead_letter_parked"
@@ -62,10 +61,15 @@ def ddl() -> list[sql.Composed | sql.SQL]:
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (dead_letter_id)").format(
             i=sql.Identifier(f"{PARKED}_dead_letter_idx"), t=_PARKED
         ),
+        # Added later (`db init` upgrades in place): true for a dead letter of a rebuild
+        # in progress, which moves to the projection at the switch.
+        sql.SQL(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS rebuild boolean NOT NULL DEFAULT false"
+        ).format(t=_DL),
     ]
 
 
-schema.register(ddl, [DEAD_LETTERS, PARKED])
+OWNER = schema.Owner("the dead-letter queue", ddl, (DEAD_LETTERS, PARKED))
 
 
 @dataclass(frozen=True)
@@ -121,17 +125,18 @@ def park(
 
 
 def dead_letter(
-    cur: psycopg.Cursor[Any], projection: str, event: EventEnvelope, failure: Failure
+    cur: psycopg.Cursor[Any], projection: str, event: EventEnvelope, failure: Failure,
+    *, rebuild: bool = False,
 ) -> int:
     row = cur.execute(
         sql.SQL(
             "INSERT INTO {t} (projection, position, event_id, aggregate_id, topic, error_type,"
-            " error_message, traceback, attempts, first_failed_at, last_failed_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()) RETURNING id"
+            " error_message, traceback, attempts, first_failed_at, last_failed_at, rebuild)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now(), %s) RETURNING id"
         ).format(t=_DL),
         (projection, event.position, event.event_id, event.aggregate_id, event.topic,
          failure.error_type, failure.message, failure.traceback, failure.attempts,
-         failure.first_failed_at),
+         failure.first_failed_at, rebuild),
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -162,7 +167,7 @@ def listing(
         return dcur.execute(sql.SQL(
             "SELECT d.id, d.projection, d.position, d.event_id, d.aggregate_id, d.topic,"
             " d.error_type, d.error_message, d.attempts, d.first_failed_at, d.last_failed_at,"
-            " d.status, d.discard_reason, d.closed_at,"
+            " d.status, d.discard_reason, d.closed_at, d.rebuild,"
             " (SELECT count(*) FROM {p} p WHERE p.dead_letter_id = d.id) AS parked_events"
             " FROM {dl} d{w} ORDER BY d.id"
         ).format(dl=_DL, p=_PARKED, w=where), params).fetchall()
@@ -189,15 +194,18 @@ def get(
 
 def events_of(cur: psycopg.Cursor[Any], dead_letter: dict[str, Any]) -> list[EventEnvelope]:
     """The dead-lettered event and the events parked behind it, in their order."""
-    positions = [dead_letter["position"], *dead_letter["parked_positions"]]
-    rows = cur.execute(
-        sql.SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state FROM {e}"
-            " WHERE notification_id = ANY(%s) ORDER BY notification_id"
-        ).format(e=sql.Identifier(EVENTS_TABLE)),
-        (positions,),
-    ).fetchall()
-    return [EventEnvelope.from_row(row) for row in rows]
+    return eventlog.read_positions(
+        cur, [dead_letter["position"], *dead_letter["parked_positions"]])
+
+
+def resolve(cur: psycopg.Cursor[Any], dead_letter_id: int, note: str | None = None) -> int:
+    """Its events are in the read model now (a retry, a partial replay): releases the
+    parked ones and closes it as resolved. Returns how many events it held."""
+    cur.execute(sql.SQL("DELETE FROM {p} WHERE dead_letter_id = %s").format(p=_PARKED),
+                (dead_letter_id,))
+    released = cur.rowcount
+    close(cur, dead_letter_id, RESOLVED, note)
+    return 1 + max(0, released)
 
 
 def close(
@@ -244,7 +252,8 @@ def hand_over(cur: psycopg.Cursor[Any], projection: str, old_name: str, new_name
         (projection, new_name),
     )
     cur.execute(
-        sql.SQL("UPDATE {t} SET projection = %s WHERE projection = %s").format(t=_DL),
+        sql.SQL("UPDATE {t} SET projection = %s, rebuild = false WHERE projection = %s")
+        .format(t=_DL),
         (projection, new_name),
     )
     row = cur.execute(

@@ -1,16 +1,17 @@
 """Which failures are transient, how long to wait before a retry, and the circuit breaker.
 
 Transient: the database or a dependency is unwell (connection lost, serialization
-failure, deadlock, lock or statement timeout, or an exception class the catalog lists).
-Those are retried and counted by the breaker; they never dead-letter an event (G6).
-Anything else the handler raises may be a poison event: the batch is split to find it.
+failure, deadlock, lock or statement timeout, a configuration that cannot work, or an
+exception class the catalog lists). Those are retried and counted by the breaker; they
+never dead-letter an event (G6). Anything else the handler raises may be a poison event:
+the batch is split to find it.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import importlib
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,14 +19,28 @@ from dataclasses import dataclass, field
 import psycopg
 
 from aura_es.catalog.model import ErrorHandling
-from aura_es.errors import ConfigurationError
+from aura_es.errors import ConfigurationError, ServiceUnavailable
+from aura_es.retry import FIXED, IMMEDIATE, Backoff
 
 MAX_DELAY_SECONDS = 30.0
+#: ``retry_policy: exponential_backoff``: 0.2 s, 0.4 s, … up to 30 s, with equal jitter.
+EXPONENTIAL = Backoff(base=0.2, cap=MAX_DELAY_SECONDS)
+_ALWAYS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError, ConnectionError, TimeoutError, ServiceUnavailable,
+    # Every event fails alike on a configuration that cannot work (an unregistered
+    # side-effect action): dead-lettering them one by one would flood the queue.
+    ConfigurationError,
+)
 
 
 def transient_types(policy: ErrorHandling) -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [psycopg.OperationalError, ConnectionError, TimeoutError]
-    for path in policy.transient_exceptions:
+    return _transient_types(tuple(policy.transient_exceptions))
+
+
+@functools.cache
+def _transient_types(paths: tuple[str, ...]) -> tuple[type[BaseException], ...]:
+    types = list(_ALWAYS)
+    for path in paths:
         module_name, _, name = path.partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), name)
@@ -56,16 +71,18 @@ def is_transient(error: BaseException, types: tuple[type[BaseException], ...]) -
     return False
 
 
-def retry_delay(policy: ErrorHandling, attempt: int, rng: random.Random | None = None) -> float:
-    """Seconds to wait before retry number ``attempt`` (1-based)."""
+def backoff(policy: ErrorHandling) -> Backoff:
+    """The catalog's ``retry_policy`` as a backoff rule."""
     if policy.retry_policy == "none":
-        return 0.0
+        return IMMEDIATE
     if policy.retry_policy == "fixed":
-        return 1.0
-    ceiling = min(MAX_DELAY_SECONDS, 0.2 * 2.0 ** (attempt - 1))
-    # "Equal jitter": at least half the ceiling, so retries still back off.
-    jitter: float = (rng or random.Random()).uniform(0, ceiling / 2)
-    return ceiling / 2 + jitter
+        return FIXED
+    return EXPONENTIAL
+
+
+def retry_delay(policy: ErrorHandling, attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based)."""
+    return backoff(policy).delay(attempt)
 
 
 class BreakerState(enum.StrEnum):
@@ -74,10 +91,16 @@ class BreakerState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
+Listener = Callable[[BreakerState, BreakerState], None]
+
+
 @dataclass
 class CircuitBreaker:
     """Opens after ``failure_threshold`` consecutive transient failures; after
-    ``recovery_timeout`` seconds one probe runs (half-open); success closes it."""
+    ``recovery_timeout`` seconds one probe runs (half-open); success closes it.
+
+    Keeps no history: each change is told to the listeners (the worker's hooks log it,
+    count it and report it), so a breaker that flaps for months holds constant state."""
 
     failure_threshold: int
     recovery_timeout: float
@@ -85,7 +108,7 @@ class CircuitBreaker:
     state: BreakerState = BreakerState.CLOSED
     failures: int = 0
     opened_at: float = 0.0
-    transitions: list[tuple[BreakerState, BreakerState]] = field(default_factory=list)
+    listeners: list[Listener] = field(default_factory=list)
 
     def allow(self) -> bool:
         """May a batch run now? Moves an open breaker to half-open when its time is up."""
@@ -112,5 +135,6 @@ class CircuitBreaker:
             self._move(BreakerState.OPEN)
 
     def _move(self, to: BreakerState) -> None:
-        self.transitions.append((self.state, to))
-        self.state = to
+        before, self.state = self.state, to
+        for listener in self.listeners:
+            listener(before, to)

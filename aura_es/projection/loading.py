@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import orjson
 
-import aura_es.domain  # noqa: F401  (the AURA event classes, so their topics are known)
 from aura_es.catalog.model import Catalog, ProjectionSpec
 from aura_es.errors import ConfigurationError
 from aura_es.events import KNOWN_TOPICS

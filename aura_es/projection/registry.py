@@ -39,7 +39,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-schema.register(ddl, [TABLE])
+OWNER = schema.Owner("read-model tables", ddl, (TABLE,))
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError
-from aura_es.projection.envelope import EventEnvelope
 from aura_es.projection.failures import is_transient, retry_delay, transient_types
 from aura_es.projection.runner import BatchRunner, LostOwnership, Step
+from aura_es.store.envelope import EventEnvelope
 
 
 class Paused(AuraError):
@@ -51,8 +51,8 @@ class ResilientRunner:
         self.limit = spec.batch_size
         self.attempts = 0
         self.first_failed_at: datetime | None = None
-        #: Called with the error's kind on every poison failure (metrics).
-        self.on_error: Callable[[str], None] | None = None
+        #: Told of every poison failure and what was done about it (the worker's hooks).
+        self.on_poison: Callable[[Progress, BaseException], None] | None = None
 
     def advance(self) -> Progress:
         try:
@@ -62,7 +62,10 @@ class ResilientRunner:
         except Exception as e:
             if is_transient(e, self.transient):
                 raise
-            return self._poison(e)
+            progress = self._poison(e)
+            if self.on_poison is not None:
+                self.on_poison(progress, e)
+            return progress
         # Grow back after an isolation, so one poison event costs O(log n) small batches.
         self.limit = min(self.spec.batch_size, self.limit * 2)
         self.attempts, self.first_failed_at = 0, None
@@ -73,8 +76,6 @@ class ResilientRunner:
         return Progress(step=step, dead_lettered_type=step.dead_lettered_type)
 
     def _poison(self, error: BaseException) -> Progress:
-        if self.on_error is not None:
-            self.on_error(_kind(error))
         if self.limit > 1:
             self.limit = max(1, self.limit // 2)
             self._log("warning", "batch failed; splitting it to isolate the event",
@@ -111,10 +112,6 @@ class ResilientRunner:
                           correlation_id=event.correlation_id, event_type=event.topic,
                           aggregate_id=str(event.aggregate_id))
         getattr(self.log, level)(message, position=self.runner.position, **fields)
-
-
-def _kind(error: BaseException) -> str:
-    return type(error).__name__
 
 
 def _describe(error: BaseException) -> str:

@@ -16,18 +16,14 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError, EventUndecodable
-from aura_es.observability.tracing import span
-from aura_es.projection import dlq, registry
+from aura_es.projection import checkpoints, dlq, registry
 from aura_es.projection.api import Projection, Tx
-from aura_es.projection.envelope import EventEnvelope
-from aura_es.projection.reader import Batch, read_batch
-from aura_es.projection.tables import CHECKPOINTS
-
-_CHECKPOINT = sql.Identifier(CHECKPOINTS)
+from aura_es.store import eventlog
+from aura_es.store.envelope import EventEnvelope
+from aura_es.store.eventlog import Batch
 
 
 class LostOwnership(AuraError):
@@ -50,6 +46,8 @@ class Step:
     parked_by_type: Mapping[str, int] = field(default_factory=dict)
     #: The topic of an undecodable event this step dead-lettered, if any.
     dead_lettered_type: str | None = None
+    #: Side effects the batch recorded, for the worker's dispatcher to run.
+    side_effects: int = 0
 
     @property
     def caught_up(self) -> bool:
@@ -84,10 +82,7 @@ class BatchRunner:
     def setup(self) -> int:
         """Creates the read model's tables and the checkpoint row; returns the position."""
         with self.conn.transaction(), self.conn.cursor() as cur:
-            resuming = cur.execute(
-                sql.SQL("SELECT 1 FROM {t} WHERE projection = %s").format(t=_CHECKPOINT),
-                (self.checkpoint_name,),
-            ).fetchone() is not None
+            resuming = checkpoints.get(cur, self.checkpoint_name) is not None
             # Tables are registered to this read model before they are created, so a
             # replay later drops exactly these, and no other projection's table (or a
             # user's own) is ever adopted by a colliding name.
@@ -96,25 +91,12 @@ class BatchRunner:
                 self.projection.stable_tables(), adopt_existing=resuming,
             )
             self.projection.create(Tx(cur, replaying=self.replaying))
-            # The fingerprint of the definition that starts a read model stays with it:
-            # a later worker with another definition is drift, shown by `status`.
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {t} (projection, fingerprint, generation, storage)"
-                    " VALUES (%s, %s, %s, %s) ON CONFLICT (projection) DO NOTHING"
-                ).format(t=_CHECKPOINT),
-                (self.checkpoint_name, self.fingerprint, self.generation,
-                 self.projection.storage),
+            checkpoint = checkpoints.ensure(
+                cur, self.checkpoint_name, fingerprint=self.fingerprint,
+                generation=self.generation, storage=self.projection.storage,
             )
-            row = cur.execute(
-                sql.SQL("SELECT position, generation FROM {t} WHERE projection = %s").format(
-                    t=_CHECKPOINT
-                ),
-                (self.checkpoint_name,),
-            ).fetchone()
-        assert row is not None
-        self._check_generation(int(row[1]))
-        return int(row[0])
+        self._check_generation(checkpoint.generation)
+        return checkpoint.position
 
     def _check_generation(self, stored: int) -> None:
         if stored != self.generation:
@@ -132,10 +114,9 @@ class BatchRunner:
         started = time.perf_counter()
         tx: Tx | None = None
         held: list[EventEnvelope] = []
-        with span("aura.projection.batch", projection=self.checkpoint_name,
-                  after=self.position), self.conn.transaction(), self.conn.cursor() as cur:
+        with self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
-            batch = _up_to_undecodable(read_batch(
+            batch = _up_to_undecodable(eventlog.read_batch(
                 cur, self.position, self.topics, limit or self.spec.batch_size, self.window
             ))
             events = list(batch.events)
@@ -154,19 +135,21 @@ class BatchRunner:
                     events = [e for e in events if e.aggregate_id not in blocked]
                     parked = len(held)
             if events:
-                tx = Tx(cur, replaying=self.replaying)
+                tx = self._tx(cur)
                 self.projection.handle(events, tx)
             self._advance(cur, batch.scanned_to, len(events))
         self.position = batch.scanned_to
-        if tx is not None:
-            tx.run_side_effects()
         return Step(
             applied=len(events), position=batch.scanned_to, head=batch.head,
             seconds=time.perf_counter() - started, parked=parked,
             by_type=Counter(e.topic for e in events),
             parked_by_type=Counter(e.topic for e in held),
             dead_lettered_type=dead_lettered,
+            side_effects=tx.side_effects if tx is not None else 0,
         )
+
+    def _tx(self, cur: psycopg.Cursor[Any]) -> Tx:
+        return Tx(cur, replaying=self.replaying, projection=self.checkpoint_name)
 
     def _isolate_undecodable(self, cur: psycopg.Cursor[Any], event: EventEnvelope) -> str | None:
         """Parks ``event`` behind its aggregate's open dead letter, or dead-letters it;
@@ -175,13 +158,14 @@ class BatchRunner:
         if event.aggregate_id in blocked:
             dlq.park(cur, self.checkpoint_name, [event], blocked)
             return None
-        dlq.dead_letter(cur, self.checkpoint_name, event, dlq.Failure.undecodable(event))
+        dlq.dead_letter(cur, self.checkpoint_name, event, dlq.Failure.undecodable(event),
+                        rebuild=self.replaying)
         return event.topic
 
     def peek(self) -> EventEnvelope | None:
         """The next event this runner would apply (for logging a failure)."""
         with self.conn.cursor() as cur:
-            batch = read_batch(cur, self.position, self.topics, 1, self.window)
+            batch = eventlog.read_batch(cur, self.position, self.topics, 1, self.window)
         return batch.events[0] if batch.events else None
 
     def dead_letter_next(
@@ -190,12 +174,13 @@ class BatchRunner:
         """Moves the next event to the DLQ and the checkpoint past it; returns its position."""
         with self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
-            batch = read_batch(cur, self.position, self.topics, 1, self.window)
+            batch = eventlog.read_batch(cur, self.position, self.topics, 1, self.window)
             if not batch.events:
                 raise LookupError(f"projection {self.checkpoint_name!r}: no event to dead-letter")
             event = batch.events[0]
             dlq.dead_letter(cur, self.checkpoint_name, event,
-                            dlq.Failure.of(error, attempts, first_failed_at))
+                            dlq.Failure.of(error, attempts, first_failed_at),
+                            rebuild=self.replaying)
             self._advance(cur, event.position, 0)
         self.position = event.position
         return event.position
@@ -203,18 +188,14 @@ class BatchRunner:
     def retry_dead_letter(self, dead_letter_id: int) -> bool:
         """Re-applies a dead letter's events in order; True when they all applied.
 
-        Holds the checkpoint row's lock, so no batch of the live worker interleaves.
-        A failure keeps the events parked, with one more attempt recorded.
+        Holds the checkpoint row's lock, so no batch of the live worker interleaves. The
+        side effects the live path would have recorded are recorded (and then run by the
+        worker's dispatcher). A failure keeps the events parked, one more attempt noted.
         """
         with self.conn.transaction(), self.conn.cursor() as cur:
-            row = cur.execute(
-                sql.SQL("SELECT generation FROM {t} WHERE projection = %s FOR UPDATE").format(
-                    t=_CHECKPOINT
-                ),
-                (self.checkpoint_name,),
-            ).fetchone()
-            if row is not None:
-                self._check_generation(int(row[0]))
+            checkpoint = checkpoints.get(cur, self.checkpoint_name, lock=True)
+            if checkpoint is not None:
+                self._check_generation(checkpoint.generation)
             letter = dlq.get(cur, dead_letter_id, lock=True)
             if letter is None or letter["status"] != dlq.PARKED_STATUS:
                 raise LookupError(f"dead letter {dead_letter_id} is not open")
@@ -227,38 +208,19 @@ class BatchRunner:
                         f" ({broken.undecodable}); discard it with `aura-es dlq discard`"
                     )
                 with self.conn.transaction():
-                    self.projection.handle(events, Tx(cur, replaying=self.replaying))
+                    self.projection.handle(events, self._tx(cur))
             except Exception as e:
                 dlq.record_retry_failure(cur, dead_letter_id, e)
                 return False
-            cur.execute(
-                sql.SQL("DELETE FROM {t} WHERE dead_letter_id = %s").format(
-                    t=sql.Identifier(dlq.PARKED)
-                ),
-                (dead_letter_id,),
-            )
-            dlq.close(cur, dead_letter_id, dlq.RESOLVED)
-            cur.execute(
-                sql.SQL("UPDATE {t} SET events_applied = events_applied + %s"
-                        " WHERE projection = %s").format(t=_CHECKPOINT),
-                (len(events), self.checkpoint_name),
-            )
+            applied = dlq.resolve(cur, dead_letter_id)
+            checkpoints.count_applied(cur, self.checkpoint_name, applied)
         return True
 
     def _lock_checkpoint(self, cur: psycopg.Cursor[Any]) -> None:
-        # A read model is derived data: if the server crashes before this commit
-        # reaches disk, read-model rows and checkpoint are lost together and the
-        # events are applied again. Consistency (G4) holds; only the fsync wait goes.
-        cur.execute("SET LOCAL synchronous_commit = off")
-        row = cur.execute(
-            sql.SQL(
-                "SELECT position, generation FROM {t} WHERE projection = %s FOR UPDATE"
-            ).format(t=_CHECKPOINT),
-            (self.checkpoint_name,),
-        ).fetchone()
-        if row is not None:
-            self._check_generation(int(row[1]))
-        stored = int(row[0]) if row else -1
+        checkpoint = checkpoints.lock_for_batch(cur, self.checkpoint_name)
+        if checkpoint is not None:
+            self._check_generation(checkpoint.generation)
+        stored = checkpoint.position if checkpoint else -1
         if stored != self.position:
             raise LostOwnership(
                 f"projection {self.checkpoint_name!r}: checkpoint is {stored}, this worker "
@@ -266,15 +228,8 @@ class BatchRunner:
             )
 
     def _advance(self, cur: psycopg.Cursor[Any], position: int, applied: int) -> None:
-        if position == self.position:
-            return
-        cur.execute(
-            sql.SQL(
-                "UPDATE {t} SET position = %s, events_applied = events_applied + %s,"
-                " updated_at = now() WHERE projection = %s"
-            ).format(t=_CHECKPOINT),
-            (position, applied, self.checkpoint_name),
-        )
+        if position != self.position:
+            checkpoints.advance(cur, self.checkpoint_name, position, applied)
 
     def run_until_caught_up(self) -> int:
         """Steps until the head seen at the last step is reached; returns events applied."""

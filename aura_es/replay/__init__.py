@@ -1,6 +1,5 @@
 """Replay: blue/green rebuilds of a read model, partial replays, and their bookkeeping."""
 
-from aura_es.replay import generations as _generations  # noqa: F401  (registers the DDL)
 from aura_es.replay.claim import ReplayRunning
 from aura_es.replay.partial import PartialResult, replay_aggregates
 from aura_es.replay.plan import Plan, plan_rebuild

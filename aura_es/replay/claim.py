@@ -33,7 +33,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-schema.register(ddl, [CLAIMS])
+OWNER = schema.Owner("replay claims", ddl, (CLAIMS,))
 
 
 def owner() -> str:

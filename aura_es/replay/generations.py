@@ -8,7 +8,6 @@ checkpoint over. Readers keep one name; writers always use the physical tables.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -16,14 +15,13 @@ from psycopg import sql
 
 from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.projection import registry
+from aura_es.projection import registry, serving
 from aura_es.projection.loading import build
-from aura_es.projection.runner import BatchRunner, GenerationChanged
-from aura_es.projection.tables import CHECKPOINTS
 from aura_es.store import schema
 
 REBUILDS = "aura_projection_rebuilds"
 BUILDING, SWITCHED, ABANDONED = "building", "switched", "abandoned"
+_R = sql.Identifier(REBUILDS)
 
 
 def ddl() -> list[sql.Composed | sql.SQL]:
@@ -48,32 +46,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-schema.register(ddl, [REBUILDS])
-
-
-@dataclass(frozen=True)
-class Live:
-    """The generation that serves a projection now, and its checkpoint."""
-
-    generation: int
-    storage: str
-    position: int
-    events_applied: int
-    fingerprint: str | None
-    exists: bool
-
-
-def live(cur: psycopg.Cursor[Any], spec: ProjectionSpec, *, lock: bool = False) -> Live:
-    row = cur.execute(
-        sql.SQL(
-            "SELECT generation, storage, position, events_applied, fingerprint FROM {t}"
-            " WHERE projection = %s" + (" FOR UPDATE" if lock else "")
-        ).format(t=sql.Identifier(CHECKPOINTS)),
-        (spec.name,),
-    ).fetchone()
-    if row is None:
-        return Live(1, spec.storage, 0, 0, None, exists=False)
-    return Live(int(row[0]), row[1] or spec.storage, int(row[2]), int(row[3]), row[4], True)
+OWNER = schema.Owner("rebuilds", ddl, (REBUILDS,))
 
 
 def physical_storage(spec: ProjectionSpec, generation: int) -> str:
@@ -87,12 +60,12 @@ def shadow_checkpoint(spec: ProjectionSpec, generation: int) -> str:
 def next_generation(cur: psycopg.Cursor[Any], spec: ProjectionSpec) -> int:
     row = cur.execute(
         sql.SQL("SELECT coalesce(max(generation), 1) FROM {t} WHERE projection = %s").format(
-            t=sql.Identifier(REBUILDS)
+            t=_R
         ),
         (spec.name,),
     ).fetchone()
     assert row is not None
-    return max(int(row[0]), live(cur, spec).generation) + 1
+    return max(int(row[0]), serving.current(cur, spec).generation) + 1
 
 
 def building(cur: psycopg.Cursor[Any], spec: ProjectionSpec) -> tuple[int, str, str] | None:
@@ -101,7 +74,7 @@ def building(cur: psycopg.Cursor[Any], spec: ProjectionSpec) -> tuple[int, str, 
         sql.SQL(
             "SELECT generation, storage, fingerprint FROM {t}"
             " WHERE projection = %s AND status = %s"
-        ).format(t=sql.Identifier(REBUILDS)),
+        ).format(t=_R),
         (spec.name, BUILDING),
     ).fetchone()
     return (int(row[0]), row[1], row[2]) if row else None
@@ -113,10 +86,50 @@ def last_rate(cur: psycopg.Cursor[Any], spec: ProjectionSpec) -> float | None:
         sql.SQL(
             "SELECT events / nullif(seconds, 0) FROM {t} WHERE projection = %s"
             " AND status = %s AND events > 1000 ORDER BY finished_at DESC LIMIT 1"
-        ).format(t=sql.Identifier(REBUILDS)),
+        ).format(t=_R),
         (spec.name, SWITCHED),
     ).fetchone()
     return float(row[0]) if row and row[0] else None
+
+
+def start(
+    cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation: int, storage: str,
+    fingerprint: str,
+) -> None:
+    cur.execute(
+        sql.SQL("INSERT INTO {t} (projection, generation, storage, fingerprint)"
+                " VALUES (%s, %s, %s, %s)").format(t=_R),
+        (spec.name, generation, storage, fingerprint),
+    )
+
+
+def finish(
+    cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation: int, *, events: int,
+    seconds: float, switched_at: int,
+) -> None:
+    cur.execute(
+        sql.SQL(
+            "UPDATE {t} SET status = %s, finished_at = now(), events = %s,"
+            " seconds = seconds + %s, switched_at_position = %s"
+            " WHERE projection = %s AND generation = %s"
+        ).format(t=_R),
+        (SWITCHED, events, seconds, switched_at, spec.name, generation),
+    )
+
+
+def abandon(cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation: int) -> None:
+    cur.execute(
+        sql.SQL("UPDATE {t} SET status = %s, finished_at = now()"
+                " WHERE projection = %s AND generation = %s").format(t=_R),
+        (ABANDONED, spec.name, generation),
+    )
+
+
+def in_progress(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Per projection, the generation a rebuild is building now."""
+    return {row[0]: int(row[1]) for row in conn.execute(
+        sql.SQL("SELECT projection, generation FROM {t} WHERE status = %s").format(t=_R),
+        (BUILDING,))}
 
 
 def generation_tables(
@@ -146,20 +159,3 @@ def relation_kind(cur: psycopg.Cursor[Any], name: str) -> str | None:
     if row is None:
         return None
     return {"r": "table", "v": "view"}.get(row[0], str(row[0]))
-
-
-def attach(
-    conn: psycopg.Connection[Any], spec: ProjectionSpec, *, fingerprint: str | None = None
-) -> BatchRunner:
-    """A runner that writes the generation serving ``spec`` now (the live read model)."""
-    for _ in range(3):
-        with conn.cursor() as cur:
-            current = live(cur, spec)
-        try:
-            return BatchRunner(
-                conn, spec, build(spec, current.storage), fingerprint=fingerprint,
-                generation=current.generation,
-            )
-        except GenerationChanged:
-            continue  # a replay switched between the read and the runner's setup
-    raise GenerationChanged(f"projection {spec.name!r}: generation keeps changing")

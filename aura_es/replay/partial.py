@@ -17,22 +17,17 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import ConfigurationError
-from aura_es.projection import dlq
+from aura_es.projection import checkpoints, dlq, serving
 from aura_es.projection.api import Tx
-from aura_es.projection.envelope import EventEnvelope
 from aura_es.projection.loading import build
-from aura_es.projection.tables import CHECKPOINTS
-from aura_es.replay import claim, generations
-from aura_es.store.recorder import EVENTS_TABLE
-from aura_es.store.schema import EVENT_TIME_FUNCTION
+from aura_es.replay import claim
+from aura_es.store import eventlog
+from aura_es.store.envelope import EventEnvelope
 
 CHUNK_AGGREGATES = 500
-_E = sql.Identifier(EVENTS_TABLE)
-_TIMESTAMP = sql.SQL("{}(state)").format(sql.Identifier(EVENT_TIME_FUNCTION))
 
 
 @dataclass(frozen=True)
@@ -67,39 +62,16 @@ def aggregates_in_range(
     since: datetime | None = None, until: datetime | None = None,
 ) -> list[UUID]:
     """The aggregates with events of ``spec``'s topics in the range, first seen first."""
-    conditions: list[sql.Composable] = [sql.SQL("topic = ANY(%s)")]
-    params: list[Any] = [list(spec.source_events)]
-    for column, op, value in (
-        (sql.SQL("notification_id"), ">=", from_position),
-        (sql.SQL("notification_id"), "<=", to_position),
-        (_TIMESTAMP, ">=", since),
-        (_TIMESTAMP, "<", until),
-    ):
-        if value is not None:
-            conditions.append(sql.SQL("{} " + op + " %s").format(column))
-            params.append(value)
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT originator_id FROM {e} WHERE {w} GROUP BY originator_id"
-            " ORDER BY min(notification_id)"
-        ).format(e=_E, w=sql.SQL(" AND ").join(conditions)),
-        params,
-    ).fetchall()
-    return [row[0] for row in rows]
+    return eventlog.aggregates_in_range(
+        conn, spec.source_events, from_position=from_position, to_position=to_position,
+        since=since, until=until,
+    )
 
 
 def events_of(
     cur: psycopg.Cursor[Any], spec: ProjectionSpec, aggregate_ids: Sequence[UUID], upto: int
 ) -> list[EventEnvelope]:
-    rows = cur.execute(
-        sql.SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state FROM {e}"
-            " WHERE originator_id = ANY(%s) AND topic = ANY(%s) AND notification_id <= %s"
-            " ORDER BY notification_id"
-        ).format(e=_E),
-        (list(aggregate_ids), list(spec.source_events), upto),
-    ).fetchall()
-    return [EventEnvelope.from_row(row) for row in rows]
+    return eventlog.events_of_aggregates(cur, aggregate_ids, spec.source_events, upto)
 
 
 def replay_aggregates(
@@ -132,7 +104,7 @@ def replay_aggregates(
 def _replay_chunk(
     cur: psycopg.Cursor[Any], spec: ProjectionSpec, ids: list[UUID]
 ) -> tuple[int, int, int, int]:
-    live = generations.live(cur, spec, lock=True)
+    live = serving.current(cur, spec, lock=True)
     if not live.exists:
         raise ConfigurationError(
             f"projection {spec.name!r} has no read model yet: run `aura-es workers run`"
@@ -156,17 +128,8 @@ def _replay_chunk(
         for aggregate, letter_id in dlq.parked_aggregates(cur, spec.name).items()
         if aggregate in chosen
     ]
-    newly_applied = 0
-    for letter_id in letters:
-        letter = dlq.get(cur, letter_id, lock=True)
-        assert letter is not None
-        newly_applied += 1 + len(letter["parked_positions"])
-        cur.execute(sql.SQL("DELETE FROM {t} WHERE dead_letter_id = %s").format(
-            t=sql.Identifier(dlq.PARKED)), (letter_id,))
-        dlq.close(cur, letter_id, dlq.RESOLVED, "resolved by a partial replay")
-    if newly_applied:
-        cur.execute(
-            sql.SQL("UPDATE {t} SET events_applied = events_applied + %s WHERE projection = %s")
-            .format(t=sql.Identifier(CHECKPOINTS)), (newly_applied, spec.name),
-        )
+    newly_applied = sum(
+        dlq.resolve(cur, letter_id, "resolved by a partial replay") for letter_id in letters
+    )
+    checkpoints.count_applied(cur, spec.name, newly_applied)
     return len(events), live.position, len(letters), len(broken)

@@ -12,16 +12,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
+from aura_es.projection import checkpoints, serving
 from aura_es.projection.loading import build, fingerprint
 from aura_es.projection.runner import BatchRunner
-from aura_es.projection.tables import CHECKPOINTS
 from aura_es.replay import generations
-from aura_es.replay.counting import head, pending_events
 from aura_es.replay.rebuild import MIN_REBUILD_BATCH, kept_aside_name, old_generation_tables
+from aura_es.store import eventlog
 
 TRIAL_EVENTS = 5000
 
@@ -59,7 +58,7 @@ def plan_rebuild(
 ) -> Plan:
     current = fingerprint(spec)
     with conn.cursor() as cur:
-        live = generations.live(cur, spec)
+        live = serving.current(cur, spec)
         unfinished = generations.building(cur, spec)
         resume = unfinished if unfinished and unfinished[2] == current else None
         generation = resume[0] if resume else generations.next_generation(cur, spec)
@@ -67,8 +66,8 @@ def plan_rebuild(
         resume_from = _shadow_position(cur, spec, generation) if resume else None
         old_tables = old_generation_tables(cur, spec, live)
         rate = generations.last_rate(cur, spec)
-    upto = head(conn)
-    events = pending_events(conn, spec.source_events, resume_from or 0, upto)
+    upto = eventlog.head(conn)
+    events = eventlog.pending(conn, spec.source_events, resume_from or 0, upto)
     basis = "the last rebuild of this projection"
     if rate is None:
         rate = _trial_rate(conn, spec)
@@ -87,12 +86,8 @@ def plan_rebuild(
 
 
 def _shadow_position(cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation: int) -> int:
-    row = cur.execute(
-        sql.SQL("SELECT position FROM {} WHERE projection = %s").format(
-            sql.Identifier(CHECKPOINTS)),
-        (generations.shadow_checkpoint(spec, generation),),
-    ).fetchone()
-    return int(row[0]) if row else 0
+    found = checkpoints.get(cur, generations.shadow_checkpoint(spec, generation))
+    return found.position if found else 0
 
 
 def _trial_rate(conn: psycopg.Connection[Any], spec: ProjectionSpec) -> float | None:

@@ -23,22 +23,21 @@ from psycopg import sql
 
 from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.projection import dlq, registry
-from aura_es.projection.failures import is_transient, retry_delay, transient_types
+from aura_es.observability.tracing import span
+from aura_es.projection import checkpoints, dlq, registry, serving
+from aura_es.projection.failures import backoff, is_transient, transient_types
 from aura_es.projection.loading import build, fingerprint
 from aura_es.projection.resilience import ResilientRunner
 from aura_es.projection.runner import BatchRunner, LostOwnership, Step
-from aura_es.projection.tables import CHECKPOINTS
 from aura_es.replay import claim, generations
-from aura_es.replay.counting import head, pending_events
-from aura_es.store.recorder import EVENTS_TABLE
+from aura_es.retry import Retrier
+from aura_es.store import eventlog
 
 #: Rebuild batches are larger than live ones: throughput matters, latency does not.
 MIN_REBUILD_BATCH = 5000
 #: The switch waits until the shadow is this close to the head, so the live worker is
 #: held for one short batch at most.
 SWITCH_WITHIN_EVENTS = 2000
-_CHECKPOINT = sql.Identifier(CHECKPOINTS)
 
 
 @dataclass(frozen=True)
@@ -101,13 +100,7 @@ class Rebuild:
             else:
                 self.generation = generations.next_generation(cur, spec)
                 storage = generations.physical_storage(spec, self.generation)
-                cur.execute(
-                    sql.SQL(
-                        "INSERT INTO {t} (projection, generation, storage, fingerprint)"
-                        " VALUES (%s, %s, %s, %s)"
-                    ).format(t=sql.Identifier(generations.REBUILDS)),
-                    (spec.name, self.generation, storage, self.fingerprint),
-                )
+                generations.start(cur, spec, self.generation, storage, self.fingerprint)
         self.shadow = generations.shadow_checkpoint(spec, self.generation)
         size = batch_size or max(spec.batch_size, MIN_REBUILD_BATCH)
         self.rebuild_spec = spec.model_copy(update={"batch_size": size})
@@ -128,21 +121,24 @@ class Rebuild:
         started = time.perf_counter()
         done = self._applied()
         counted_to, total = self._count(self.runner.position, done)
-        failures = 0
+        # A transient failure is retried on this connection as the catalog says; a lost
+        # connection or takeover ends the run (running again resumes).
+        retrier = Retrier(
+            backoff(self.spec.error_handling),
+            lambda e: (not isinstance(e, LostOwnership) and not self.conn.broken
+                       and is_transient(e, self.transient)),
+            max_attempts=self.spec.error_handling.max_retries,
+        )
         snapshots_cleared = False
         while True:
             try:
-                progress = self.resilient.advance()
-            except LostOwnership:
-                raise
+                with span("aura.replay.batch", projection=self.spec.name,
+                          generation=self.generation):
+                    progress = self.resilient.advance()
             except Exception as e:
-                failures += 1
-                if (not is_transient(e, self.transient) or self.conn.broken
-                        or failures > self.spec.error_handling.max_retries):
-                    raise
-                time.sleep(retry_delay(self.spec.error_handling, failures))
+                time.sleep(retrier.failed(e))
                 continue
-            failures = 0
+            retrier.succeeded()
             if progress.wait:
                 time.sleep(progress.wait)
             step = progress.step
@@ -150,7 +146,8 @@ class Rebuild:
                 continue
             done += step.applied
             if step.head > counted_to:
-                more = pending_events(self.conn, self.spec.source_events, counted_to, step.head)
+                more = eventlog.pending(self.conn, self.spec.source_events, counted_to,
+                                        step.head)
                 counted_to, total = step.head, total + more
             if on_progress is not None:
                 on_progress(RebuildProgress(done, max(total, done), step.position, step.head))
@@ -209,7 +206,7 @@ class Rebuild:
         before = self.runner.position
         try:
             with self.conn.transaction(), self.conn.cursor() as cur:
-                live = generations.live(cur, self.spec, lock=True)
+                live = serving.current(cur, self.spec, lock=True)
                 step: Step = self.runner.step()
                 while not step.caught_up:
                     step = self.runner.step()
@@ -227,44 +224,21 @@ class Rebuild:
             return None
 
     def _switch(
-        self, cur: psycopg.Cursor[Any], live: generations.Live, started: float
+        self, cur: psycopg.Cursor[Any], live: serving.Live, started: float
     ) -> RebuildResult:
-        row = cur.execute(
-            sql.SQL("SELECT position, events_applied FROM {t} WHERE projection = %s")
-            .format(t=_CHECKPOINT), (self.shadow,),
-        ).fetchone()
-        assert row is not None
-        position, applied = int(row[0]), int(row[1])
-        cur.execute(
-            sql.SQL(
-                "INSERT INTO {t} (projection, position, events_applied, fingerprint,"
-                " generation, storage) VALUES (%s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (projection) DO UPDATE SET position = EXCLUDED.position,"
-                " events_applied = EXCLUDED.events_applied,"
-                " fingerprint = EXCLUDED.fingerprint, generation = EXCLUDED.generation,"
-                " storage = EXCLUDED.storage, updated_at = now()"
-            ).format(t=_CHECKPOINT),
-            (self.spec.name, position, applied, self.fingerprint, self.generation,
-             self.runner.projection.storage),
-        )
-        cur.execute(sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=_CHECKPOINT),
-                    (self.shadow,))
+        shadow = checkpoints.get(cur, self.shadow)
+        assert shadow is not None
+        position, applied = shadow.position, shadow.events_applied
+        checkpoints.take_over(cur, self.spec.name, shadow)
         open_letters = dlq.hand_over(
             cur, self.spec.name, generations.shadow_checkpoint(self.spec, live.generation),
             self.shadow,
         )
         views, dropped, kept = self._move_names(cur, live)
         seconds = time.perf_counter() - started
-        cur.execute(
-            sql.SQL(
-                "UPDATE {t} SET status = %s, finished_at = now(), events = %s,"
-                " seconds = seconds + %s, switched_at_position = %s"
-                " WHERE projection = %s AND generation = %s"
-            ).format(t=sql.Identifier(generations.REBUILDS)),
-            (generations.SWITCHED, applied, seconds, position, self.spec.name, self.generation),
-        )
-        # Wakes the live worker now rather than at its next poll.
-        cur.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(EVENTS_TABLE)))
+        generations.finish(cur, self.spec, self.generation, events=applied, seconds=seconds,
+                           switched_at=position)
+        eventlog.notify(cur)  # wakes the live worker now rather than at its next poll
         self._log("info", "switched", generation=self.generation, position=position,
                   views=views, dropped=dropped, kept=kept)
         return RebuildResult(
@@ -275,7 +249,7 @@ class Rebuild:
         )
 
     def _move_names(
-        self, cur: psycopg.Cursor[Any], live: generations.Live
+        self, cur: psycopg.Cursor[Any], live: serving.Live
     ) -> tuple[list[str], list[str], list[str]]:
         """Every stable name becomes a view of the new generation's table; the replaced
         generation's tables (exactly those recorded for it) are dropped or kept."""
@@ -314,28 +288,20 @@ class Rebuild:
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table.name)))
         registry.forget(cur, [t.name for t in abandoned])
         shadow = generations.shadow_checkpoint(self.spec, generation)
-        cur.execute(sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=_CHECKPOINT),
-                    (shadow,))
+        checkpoints.delete(cur, shadow)
         dlq.forget(cur, shadow)
-        cur.execute(
-            sql.SQL("UPDATE {t} SET status = %s, finished_at = now()"
-                    " WHERE projection = %s AND generation = %s")
-            .format(t=sql.Identifier(generations.REBUILDS)),
-            (generations.ABANDONED, self.spec.name, generation),
-        )
+        generations.abandon(cur, self.spec, generation)
         self._log("warning", "abandoned an unfinished rebuild of another definition",
                   generation=generation)
 
     def _applied(self) -> int:
-        row = self.conn.execute(
-            sql.SQL("SELECT events_applied FROM {t} WHERE projection = %s").format(
-                t=_CHECKPOINT), (self.shadow,),
-        ).fetchone()
-        return int(row[0]) if row else 0
+        with self.conn.cursor() as cur:
+            found = checkpoints.get(cur, self.shadow)
+        return found.events_applied if found else 0
 
     def _count(self, position: int, done: int) -> tuple[int, int]:
-        upto = head(self.conn)
-        return upto, done + pending_events(self.conn, self.spec.source_events, position, upto)
+        upto = eventlog.head(self.conn)
+        return upto, done + eventlog.pending(self.conn, self.spec.source_events, position, upto)
 
     def close(self) -> None:
         claim.release(self.conn, self.spec.name)
@@ -351,7 +317,7 @@ def kept_aside_name(table: str, storage: str) -> str:
 
 
 def old_generation_tables(
-    cur: psycopg.Cursor[Any], spec: ProjectionSpec, live: generations.Live
+    cur: psycopg.Cursor[Any], spec: ProjectionSpec, live: serving.Live
 ) -> list[str]:
     """The tables of the generation serving now, exactly as recorded."""
     return [t.name for t in generations.generation_tables(cur, spec, live.generation,

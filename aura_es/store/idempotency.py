@@ -88,7 +88,28 @@ INSERT = sql.SQL(
     " %s::bigint[], %s::bigint[])"
 ).format(t=sql.Identifier(TABLE))
 
-def insert_params(records: list[IdempotencyRecord]) -> tuple[list[Any], ...]:
+@dataclass(frozen=True)
+class KeyRows:
+    """The key rows of one save, as they travel through the library's ``save(**kwargs)``
+    to the recorder: one typed value under one name, checked on arrival."""
+
+    records: tuple[IdempotencyRecord, ...]
+
+    def as_save_kwargs(self) -> dict[str, KeyRows]:
+        return {SAVE_KWARG: self}
+
+    @staticmethod
+    def from_save_kwargs(kwargs: dict[str, Any]) -> KeyRows | None:
+        value = kwargs.get(SAVE_KWARG)
+        if value is not None and not isinstance(value, KeyRows):
+            raise TypeError(f"{SAVE_KWARG} must be KeyRows, got {type(value).__name__}")
+        return value
+
+
+SAVE_KWARG = "aura_key_rows"
+
+
+def insert_params(records: tuple[IdempotencyRecord, ...]) -> tuple[list[Any], ...]:
     return (
         [r.key_hash for r in records],
         [r.command_type for r in records],

@@ -33,7 +33,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-schema.register(ddl, [TABLE])
+OWNER = schema.Owner("the store's identity", ddl, (TABLE,))
 
 SELECT = sql.SQL("SELECT store_id FROM {t}").format(t=sql.Identifier(TABLE))
 

@@ -22,7 +22,7 @@ STATEMENT_TIMEOUT_SECONDS = 30
 
 
 class AuraRecorder(PostgresApplicationRecorder):
-    """Writes ``idempotency=[IdempotencyRecord, ...]`` given to ``app.save`` in its transaction.
+    """Writes the ``KeyRows`` given to ``app.save`` in the transaction of its events.
 
     Events and key rows go in as ONE statement (a data-modifying CTE) after the table
     lock and NOTIFY: a duplicate key aborts the whole statement, so the events are never
@@ -83,10 +83,10 @@ class AuraRecorder(PostgresApplicationRecorder):
             [e.topic for e in stored_events],
             [e.state for e in stored_events],
         )
-        records: list[idempotency.IdempotencyRecord] | None = kwargs.get("idempotency")
-        if records:
+        keys = idempotency.KeyRows.from_save_kwargs(kwargs)
+        if keys is not None and keys.records:
             curs.execute(
-                self._insert_with_keys, (*idempotency.insert_params(records), *columns),
+                self._insert_with_keys, (*idempotency.insert_params(keys.records), *columns),
                 binary=True,
             )
         else:

@@ -1,63 +1,60 @@
-"""Creating and checking every table aura-es needs (`aura-es db init`)."""
+"""Tables as their owners declare them, and creating or checking a list of owners.
+
+Every table has one owning module, which declares it once as an ``Owner`` (its DDL, its
+tables, its functions) and is the only module that writes SQL against it. The full,
+ordered list of owners is ``aura_es.schema.OWNERS`` (what `aura-es db init` creates);
+no table is registered by importing a module.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from aura_es.errors import SchemaMissing
-from aura_es.store.idempotency import TABLE as IDEMPOTENCY_TABLE
-from aura_es.store.recorder import EVENTS_TABLE
 
-# Other parts (projections, the mirror) register their DDL here at import time,
-# so `db init` creates them all in one place.
-EVENT_TIME_FUNCTION = "aura_event_time"
+Ddl = Callable[[], list[sql.Composed | sql.SQL]]
 
 
-def _event_log_ddl() -> list[sql.Composed | sql.SQL]:
-    # When an event was recorded, read from its stored JSON; NULL for a row whose bytes
-    # do not decode, so one damaged row never breaks a lag or a time-range query.
-    return [sql.SQL(
-        "CREATE OR REPLACE FUNCTION {f}(state bytea) RETURNS timestamptz"
-        " LANGUAGE plpgsql STABLE PARALLEL SAFE AS $body$"
-        " BEGIN RETURN (convert_from(state, 'UTF8')::jsonb ->> 'timestamp')::timestamptz;"
-        " EXCEPTION WHEN others THEN RETURN NULL; END $body$"
-    ).format(f=sql.Identifier(EVENT_TIME_FUNCTION))]
+@dataclass(frozen=True)
+class Owner:
+    """One module's tables: ``ddl`` creates or upgrades them, and is idempotent."""
+
+    name: str
+    ddl: Ddl
+    tables: tuple[str, ...]
+    functions: tuple[str, ...] = field(default=())
 
 
-_extra_ddl: list[Callable[[], list[sql.Composed | sql.SQL]]] = [_event_log_ddl]
-_required_tables: list[str] = [EVENTS_TABLE, IDEMPOTENCY_TABLE]
-_required_functions: list[str] = [EVENT_TIME_FUNCTION]
-
-
-def register(ddl: Callable[[], list[sql.Composed | sql.SQL]], tables: list[str]) -> None:
-    _extra_ddl.append(ddl)
-    _required_tables.extend(t for t in tables if t not in _required_tables)
-
-
-def create_extra_tables(conn: psycopg.Connection[Any]) -> None:
+def create(conn: psycopg.Connection[Any], owners: Sequence[Owner]) -> None:
+    """Runs every owner's DDL in order, in one transaction."""
     with conn.transaction(), conn.cursor() as cur:
-        for ddl in _extra_ddl:
-            for statement in ddl():
+        for owner in owners:
+            for statement in owner.ddl():
                 cur.execute(statement)
 
 
-def missing_tables(conn: psycopg.Connection[Any]) -> list[str]:
-    """Tables (and functions, named with "()") that `aura-es db init` would create."""
+def missing(conn: psycopg.Connection[Any], owners: Sequence[Owner]) -> list[str]:
+    """Tables (and functions, named with "()") the owners need and the database lacks."""
+    tables = [t for o in owners for t in o.tables]
+    functions = [f for o in owners for f in o.functions]
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(quote_ident(t)) IS NULL"
+            "SELECT t FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, i)"
+            " WHERE to_regclass(quote_ident(t)) IS NULL"
             " UNION ALL SELECT f || '()' FROM unnest(%s::text[]) AS f"
             " WHERE to_regproc(quote_ident(f)) IS NULL",
-            (_required_tables, _required_functions),
+            (tables, functions),
         )
         return [row[0] for row in cur.fetchall()]
 
 
-def require_tables(conn: psycopg.Connection[Any]) -> None:
-    missing = missing_tables(conn)
-    if missing:
-        raise SchemaMissing(missing)
+def require(conn: psycopg.Connection[Any], owners: Sequence[Owner]) -> None:
+    """``SchemaMissing`` (one line: run `aura-es db init`) when anything is missing."""
+    gaps = missing(conn, owners)
+    if gaps:
+        raise SchemaMissing(gaps)

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.table import Table
 
-from aura_es import embedded
+from aura_es import embedded, schema
 from aura_es.app import AuraApp
 
 console = Console(stderr=True)
@@ -61,9 +61,7 @@ def fresh_database(admin_url: str, *, init: bool = True) -> Iterator[str]:
     url = url_for(admin_url, name)
     try:
         if init:
-            app = AuraApp(url, check_schema=False, pool_size=1)
-            app.init_schema()
-            app.close()
+            schema.create_all(url)
         yield url
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:

@@ -23,7 +23,7 @@ from aura_es.load import run_load
 from aura_es.mirror.cloudevents import POSITION_HEADER, to_message
 from aura_es.mirror.relay import Relay
 from aura_es.mirror.stream import StreamSettings
-from aura_es.projection.envelope import EventEnvelope
+from aura_es.store.envelope import EventEnvelope
 from scripts.benchmarks._common import (
     console,
     fresh_database,

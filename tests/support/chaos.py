@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from aura_es.application import connect
+from aura_es.db import connect
 from tests.support.workers import CATALOG, ROOT, env_for
 
 

@@ -7,6 +7,7 @@ Prints the number of distinct commands it stored.
 
 from __future__ import annotations
 
+import functools
 import random
 import sys
 import time
@@ -42,16 +43,17 @@ def main() -> None:
     commands = 0
     for d in range(debates):
         key = f"chaos:{seed}:{d}"
-        debate_id = until_stored(lambda key=key: app.start_debate(
-            "chaos", ["a", "b"], idempotency_key=f"{key}:start"))
+        debate_id = until_stored(functools.partial(
+            app.start_debate, "chaos", ["a", "b"], idempotency_key=f"{key}:start"))
         commands += 1
         for n in range(rng.randint(1, 4)):
             text = "POISON" if rng.random() < poison_rate else f"point {n}"
-            until_stored(lambda n=n, text=text, key=key, debate_id=debate_id: app.add_argument(
-                debate_id, "a", "for", text, round=n + 1, idempotency_key=f"{key}:arg:{n}"))
+            until_stored(functools.partial(
+                app.add_argument, debate_id, "a", "for", text, round=n + 1,
+                idempotency_key=f"{key}:arg:{n}"))
             commands += 1
-        until_stored(lambda key=key, debate_id=debate_id: app.reach_consensus(
-            debate_id, "adopt", idempotency_key=f"{key}:end"))
+        until_stored(functools.partial(
+            app.reach_consensus, debate_id, "adopt", idempotency_key=f"{key}:end"))
         commands += 1
     app.close()
     print(commands)

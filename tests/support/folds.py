@@ -14,6 +14,9 @@ from typing import Any
 
 import psycopg
 
+#: A read model as comparable rows: key -> the row's other values.
+Rows = dict[Any, tuple[Any, ...]]
+
 
 def events(
     conn: psycopg.Connection[Any], up_to: int | None = None, exclude: frozenset[int] = frozenset()
@@ -38,7 +41,7 @@ def events(
 
 def debate_state(
     conn: psycopg.Connection[Any], up_to: int | None = None, exclude: frozenset[int] = frozenset()
-) -> dict[Any, tuple]:
+) -> Rows:
     rows: dict[Any, dict[str, Any]] = {}
     for e in events(conn, up_to, exclude):
         d = e["data"]
@@ -66,7 +69,7 @@ def debate_state(
     return {k: tuple(v.values()) for k, v in rows.items()}
 
 
-def stored_debate_state(conn: psycopg.Connection[Any], table: str = "debate_state") -> dict:
+def stored_debate_state(conn: psycopg.Connection[Any], table: str = "debate_state") -> Rows:
     return {
         row[0]: tuple(row[1:])
         for row in conn.execute(
@@ -81,7 +84,7 @@ _DECISION = "aura.decision."
 
 def agent_performance(
     conn: psycopg.Connection[Any], bucket_seconds: int = 0, up_to: int | None = None
-) -> dict[Any, tuple]:
+) -> Rows:
     rows: dict[Any, dict[str, Any]] = {}
     for e in events(conn, up_to):
         if not e["topic"].startswith(_DECISION):
@@ -110,7 +113,7 @@ def agent_performance(
 
 def stored_agent_performance(
     conn: psycopg.Connection[Any], table: str = "agent_performance", windows: bool = False
-) -> dict:
+) -> Rows:
     key = "agent_id, window_start" if windows else "agent_id"
     out = {}
     for row in conn.execute(
@@ -131,7 +134,7 @@ def _p95(values: list[float]) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def llm_spend(conn: psycopg.Connection[Any], up_to: int | None = None) -> dict[Any, tuple]:
+def llm_spend(conn: psycopg.Connection[Any], up_to: int | None = None) -> Rows:
     calls: dict[Any, tuple[str, str, str, Any]] = {}
     rows: dict[Any, dict[str, Any]] = {}
     for e in events(conn, up_to):
@@ -163,7 +166,7 @@ def llm_spend(conn: psycopg.Connection[Any], up_to: int | None = None) -> dict[A
     }
 
 
-def stored_llm_spend(conn: psycopg.Connection[Any], table: str = "llm_spend") -> dict:
+def stored_llm_spend(conn: psycopg.Connection[Any], table: str = "llm_spend") -> Rows:
     return {
         tuple(row[:4]): (*row[4:10], _rounded(row[10]), _rounded(row[11]))
         for row in conn.execute(

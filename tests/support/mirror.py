@@ -11,7 +11,7 @@ from typing import Any
 
 import nats
 
-from aura_es.application import connect
+from aura_es.db import connect
 from tests.support.cli import aura
 from tests.support.workers import ROOT, env_for
 

@@ -12,7 +12,8 @@ from typing import ClassVar
 
 import psycopg
 
-from aura_es.projection import EventEnvelope, Tx
+from aura_es.catalog.model import ErrorHandling, ProjectionSpec
+from aura_es.projection import EventEnvelope, Tx, side_effect_action
 from projections.debate_state import ARGUED, DebateStateProjection
 
 
@@ -49,3 +50,44 @@ class DependencyDown(DebateStateProjection):
 
     def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
         raise ConnectionError("the search index does not answer")
+
+
+#: A projection of the poison-raising handler: small batches, one retry, then the DLQ.
+POISONED_SPEC = ProjectionSpec(
+    name="Poisoned", source_events=[
+        "aura.debate.started.v1", "aura.debate.argument_added.v1",
+        "aura.debate.consensus_reached.v1", "aura.debate.failed.v1",
+    ],
+    output_model="DebateState", storage="poisoned", batch_size=8,
+    handler="tests.support.poison:PoisonedDebates",
+    error_handling=ErrorHandling(retry_policy="none", max_retries=1),
+)
+
+
+#: Side effects the test action received, in this process: (idempotency key, payload).
+RECEIVED: list[tuple[str, dict[str, object]]] = []
+#: How many of the next calls of the test action fail (a flaky receiver).
+FAIL_NEXT: list[int] = [0]
+
+
+@side_effect_action("test.argument-webhook")
+def argument_webhook(payload: dict[str, object], idempotency_key: str) -> None:
+    if FAIL_NEXT[0]:
+        FAIL_NEXT[0] -= 1
+        raise ConnectionError("the receiver does not answer")
+    log = os.environ.get("AURA_TEST_SIDE_EFFECT_LOG")
+    if log:  # in a worker process: the test reads what was received from a file
+        with open(log, "a") as f:
+            f.write(idempotency_key + "\n")
+    RECEIVED.append((idempotency_key, payload))
+
+
+class NotifyingPoisonedDebates(PoisonedDebates):
+    """The poisoned handler that also asks for a webhook per argument it projects."""
+
+    def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
+        super().handle(batch, tx)
+        for event in batch:
+            if event.topic == ARGUED:
+                tx.side_effect("test.argument-webhook", {"text": event.payload["text"]},
+                               event=event)

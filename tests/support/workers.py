@@ -91,6 +91,16 @@ def assert_read_models_equal_fold(
 
 def _compare(conn: psycopg.Connection[Any], names: Sequence[str]) -> None:
     at = positions(conn)
+    # A worker killed before its first commit left no checkpoint: then it left nothing.
+    for name, table in (("DebateStateProjection", "debate_state"),
+                        ("AgentPerformanceProjection", "agent_performance"),
+                        ("LLMSpendProjection", "llm_spend")):
+        if name in names and name not in at:
+            row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+            empty = row == (None,) or conn.execute(
+                f'SELECT count(*) FROM "{table}"').fetchone() == (0,)
+            assert empty, f"{table} has rows but no checkpoint"
+    names = [n for n in names if n in at]
     if "DebateStateProjection" in names:
         assert folds.stored_debate_state(conn) == folds.debate_state(
             conn, at["DebateStateProjection"])

@@ -16,7 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import ConfigurationError
-from aura_es.observability.collector import DatabaseCollector
+from aura_es.ops.collector import DatabaseCollector
 
 
 class MetricsServer:

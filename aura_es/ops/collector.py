@@ -1,5 +1,5 @@
 """Gauges read from PostgreSQL at scrape time: lag, DLQ, breakers, mirror, health, and
-the AURA domain's active debates and consensus rate.
+whatever gauges the projections define for their read models.
 
 Computed from the database rather than kept by worker processes, so a scrape is right
 even when a worker just died or runs on another host.
@@ -13,16 +13,13 @@ from typing import Any
 import psycopg
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from psycopg import sql
 
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.observability.health import Health, assess, database_down
-from aura_es.projection.status import mirror_status, projection_status
+from aura_es.ops.health import Health, assess, database_down
+from aura_es.ops.status import mirror_status, projection_status
+from aura_es.projection.loading import build
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
-CONSENSUS_WINDOWS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days"}
-#: The AURA gauges read the projection whose rows are DebateState (by its catalog entry).
-DEBATE_STATE_MODEL = "DebateState"
 
 
 class DatabaseCollector(Collector):
@@ -64,7 +61,7 @@ class DatabaseCollector(Collector):
         try:
             yield from self._projections(rows)
             yield from self._mirror(mirrors)
-            yield from self._domain(conn)
+            yield from self._read_models(conn)
         finally:
             conn.close()
 
@@ -105,28 +102,17 @@ class DatabaseCollector(Collector):
         yield _gauge("aura_mirror_lag_seconds", "Age of the oldest event not yet mirrored.",
                      ["stream"], [([m["stream"]], m["lag_seconds"]) for m in mirrors])
 
-    def _domain(self, conn: psycopg.Connection[Any]) -> Iterator[GaugeMetricFamily]:
-        spec = next((s for s in self.specs if s.output_model == DEBATE_STATE_MODEL), None)
-        if spec is None or conn.execute("SELECT to_regclass(%s)", (spec.storage,)).fetchone() \
-                == (None,):
-            return
-        table = sql.Identifier(spec.storage)
-        open_row = conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE status = 'open'").format(table)).fetchone()
-        yield _gauge("aura_active_debates", "Debates started and not yet concluded.", [],
-                     [([], open_row[0] if open_row else 0)])
-        samples = []
-        for label, interval in CONSENSUS_WINDOWS.items():
-            row = conn.execute(sql.SQL(
-                "SELECT count(*) FILTER (WHERE status = 'consensus'),"
-                " count(*) FILTER (WHERE status IN ('consensus', 'failed'))"
-                " FROM {} WHERE updated_at > now() - %s::interval").format(table), (interval,),
-            ).fetchone()
-            if row and row[1]:
-                samples.append(([label], row[0] / row[1]))
-        yield _gauge("aura_debate_consensus_rate",
-                     "Share of debates concluded in the window that reached consensus.",
-                     ["time_window"], samples)
+    def _read_models(self, conn: psycopg.Connection[Any]) -> Iterator[GaugeMetricFamily]:
+        """Gauges the projections themselves define (``Projection.gauges``): a domain's
+        own metrics, such as the AURA debates', come with its read model."""
+        families: dict[str, GaugeMetricFamily] = {}
+        for spec in self.specs:
+            for family in build(spec).gauges(conn):
+                if family.name in families:
+                    families[family.name].samples.extend(family.samples)
+                else:
+                    families[family.name] = family
+        yield from families.values()
 
 
 def _gauge(

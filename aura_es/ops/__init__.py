@@ -1,0 +1,1 @@
+"""Operations: what `status`, `/health` and `/metrics` report, read from the database."""

@@ -1,0 +1,129 @@
+"""What `aura-es status` reports: per projection, where it is and who is running it; per
+mirrored stream, how far behind it is. Read from the tables' owners, never from workers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from aura_es.catalog.model import ProjectionSpec
+from aura_es.mirror import progress
+from aura_es.projection import checkpoints, dlq, presence
+from aura_es.projection.loading import fingerprint
+from aura_es.replay import generations
+from aura_es.store import eventlog
+
+#: Lag is counted up to this many events (a count of millions costs a scan).
+_LAG_CAP = 1_000_000
+
+
+def projection_status(
+    conn: psycopg.Connection[Any], specs: Sequence[ProjectionSpec]
+) -> list[dict[str, Any]]:
+    head = eventlog.head(conn)
+    now = _now(conn)
+    stored = checkpoints.every(conn)
+    building = generations.in_progress(conn)
+    workers = presence.every(conn)
+    with conn.cursor() as cur:
+        dead = dlq.depth(cur)
+    rows = []
+    for spec in specs:
+        rebuild = None
+        if spec.name in building:
+            generation = building[spec.name]
+            shadow = stored.get(generations.shadow_checkpoint(spec, generation))
+            rebuild = {"generation": generation,
+                       "position": shadow.position if shadow else 0,
+                       "events_applied": shadow.events_applied if shadow else 0}
+        rows.append(_one(conn, spec, head, now, stored.get(spec.name),
+                         workers.get(spec.name, []), dead.get(spec.name))
+                    | {"rebuild": rebuild})
+    return rows
+
+
+def _now(conn: psycopg.Connection[Any]) -> datetime:
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def _one(
+    conn: psycopg.Connection[Any], spec: ProjectionSpec, head: int, now: datetime,
+    checkpoint: checkpoints.Checkpoint | None, workers: list[presence.Worker],
+    dead: tuple[int, int, datetime | None] | None,
+) -> dict[str, Any]:
+    position = checkpoint.position if checkpoint else 0
+    lag_events = eventlog.pending(conn, spec.source_events, position, cap=_LAG_CAP)
+    oldest = eventlog.oldest_time_after(conn, position, spec.source_events)
+    alive = [w for w in workers if w.alive]
+    active = next((w for w in alive if w.role in ("active", "paused")), None)
+    # A worker whose breaker is open and whose connection is gone is waiting for its
+    # probe: alive, and about to try again, not stopped.
+    waiting = next((w for w in alive if w.role == "waiting"), None)
+    shown = active or waiting
+    if active:
+        state = "paused" if active.role == "paused" else "running"
+    elif waiting:
+        state = "breaker_open"
+    else:
+        state = "standby" if alive else "stopped"
+    letters, parked, oldest_failure = dead or (0, 0, None)
+    errors = [w for w in workers if w.last_error and w.last_error_at]
+    last_error = max(errors, key=lambda w: w.last_error_at or now) if errors else None
+    current = fingerprint(spec)
+    built_by = checkpoint.fingerprint if checkpoint else None
+    return {
+        "projection": spec.name,
+        "storage": spec.storage,
+        "generation": checkpoint.generation if checkpoint else 1,
+        "state": state,
+        "checkpoint": position,
+        "head": head,
+        "lag_events": lag_events,
+        "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
+        "events_applied": checkpoint.events_applied if checkpoint else 0,
+        "events_per_second": round(active.events_per_second, 1) if active else 0.0,
+        "pid": active.pid if active else None,
+        "host": active.host if active else None,
+        "standbys": sum(1 for w in alive if w.role == "standby"),
+        "breaker": shown.breaker if shown else None,
+        "next_probe_seconds": (
+            round(shown.next_probe_seconds, 1)
+            if shown and shown.breaker == "open" and shown.next_probe_seconds is not None
+            else None
+        ),
+        "dead_letters": letters,
+        "parked_events": parked,
+        "oldest_dead_letter_seconds": (
+            round((now - oldest_failure).total_seconds(), 1) if oldest_failure else None
+        ),
+        "last_error": last_error.last_error if last_error else None,
+        "last_error_at": (
+            last_error.last_error_at.isoformat()
+            if last_error and last_error.last_error_at else None
+        ),
+        "updated_at": (
+            checkpoint.updated_at.isoformat() if checkpoint and checkpoint.updated_at else None
+        ),
+        "fingerprint": current,
+        "drift": built_by is not None and built_by != current,
+    }
+
+
+def mirror_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Per mirrored stream: the last position the relay confirmed, and its lag."""
+    now = _now(conn)
+    out = []
+    for p in progress.every(conn):
+        oldest = eventlog.oldest_time_after(conn, p.position)
+        out.append({
+            "stream": p.stream, "position": p.position, "stream_seq": p.stream_seq,
+            "lag_events": eventlog.pending(conn, None, p.position),
+            "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
+            "updated_at": p.updated_at.isoformat(),
+        })
+    return out

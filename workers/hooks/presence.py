@@ -1,0 +1,148 @@
+"""The presence hook: a worker's row in the workers table (who runs a projection, in
+which role, how fast, its breaker and its last error): what `status` and `/health` read.
+
+Written at most once a second on the worker's own connection. While that connection is
+gone (the database restarted, the breaker is open and waiting), a small side connection
+keeps the row fresh whenever the database answers, so the worker is reported as
+"breaker open, next probe in N s" rather than "stopped".
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from typing import Any
+
+import psycopg
+
+from aura_es.db import connect, first_line
+from aura_es.errors import AuraError
+from aura_es.projection import presence
+from aura_es.projection.failures import BreakerState
+from aura_es.projection.presence import Beat
+from aura_es.projection.resilience import Progress
+from aura_es.projection.runner import Step
+from workers.hooks import Hook, WorkerView
+
+HEARTBEAT_SECONDS = 1.0
+#: How often a worker without a connection tries to open its side connection.
+SIDE_RETRY_SECONDS = 5.0
+#: events/s is averaged over this many seconds.
+RATE_SECONDS = 5.0
+
+
+class Presence(Hook):
+    def __init__(self, database_url: str, worker_id: str, projection: str) -> None:
+        self.database_url = database_url
+        self.worker_id = worker_id
+        self.projection = projection
+        self._last = 0.0
+        self._side: psycopg.Connection[Any] | None = None
+        self._side_tried = 0.0
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._error: str | None = None
+
+    # -- the worker's moments --------------------------------------------------------------
+
+    def on_role(self, worker: WorkerView) -> None:
+        self._beat(worker, force=True)
+
+    def on_batch_committed(self, worker: WorkerView, step: Step) -> None:
+        now = time.monotonic()
+        self._recent.append((now, step.applied))
+        while self._recent and self._recent[0][0] < now - RATE_SECONDS:
+            self._recent.popleft()
+        self._beat(worker)
+
+    def on_transient_failure(
+        self, worker: WorkerView, error: BaseException, retry_in: float,
+    ) -> None:
+        self._error = f"{type(error).__name__}: {first_line(error)}"
+        self._beat(worker, force=True)
+
+    def on_poison(self, worker: WorkerView, progress: Progress, error: BaseException) -> None:
+        if progress.dead_lettered is not None:
+            self._error = f"{type(error).__name__}: {first_line(error)}"
+            self._beat(worker, force=True)
+
+    def on_breaker_change(
+        self, worker: WorkerView, before: BreakerState, after: BreakerState,
+    ) -> None:
+        self._beat(worker, force=True)
+
+    def on_idle(self, worker: WorkerView) -> None:
+        self._beat(worker)
+
+    def on_stop(self, worker: WorkerView) -> None:
+        self.leave(worker.connection)
+
+    def error(self, message: str) -> None:
+        """A failure to show as the worker's last error (a pause, say)."""
+        self._error = message
+
+    def _beat(self, worker: WorkerView, *, force: bool = False) -> None:
+        if not self.due(force):
+            return
+        breaker = worker.breaker
+        conn = worker.connection
+        open_for = breaker.seconds_until_probe() if breaker.state == "open" else None
+        # Without its connection the worker holds no lock: it is waiting, not active.
+        role = worker.role if conn is not None and not conn.broken else "waiting"
+        written = self.beat(conn, Beat(
+            role=role, breaker=str(breaker.state), next_probe_seconds=open_for,
+            events_per_second=self._rate(), error=self._error,
+        ))
+        if written:
+            self._error = None
+
+    def _rate(self) -> float:
+        if not self._recent:
+            return 0.0
+        span = max(1.0, time.monotonic() - self._recent[0][0])
+        return sum(n for _, n in self._recent) / span
+
+    # -- the row ------------------------------------------------------------------------
+
+    def due(self, force: bool = False) -> bool:
+        return force or time.monotonic() - self._last >= HEARTBEAT_SECONDS
+
+    def beat(self, conn: psycopg.Connection[Any] | None, beat: Beat) -> bool:
+        """Writes the row; True when it was written (the caller's error is then kept)."""
+        target = conn if conn is not None and not conn.broken else self._side_connection()
+        if target is None:
+            return False
+        self._last = time.monotonic()
+        try:
+            presence.beat(target, self.worker_id, self.projection, beat)
+        except psycopg.Error:
+            if target is self._side:
+                self._close_side()
+                return False
+            raise
+        if target is conn:
+            self._close_side()  # the worker's own connection is back
+        return True
+
+    def leave(self, conn: psycopg.Connection[Any] | None) -> None:
+        target = conn if conn is not None and not conn.broken else self._side
+        if target is not None and not target.broken:
+            with contextlib.suppress(psycopg.Error):
+                presence.leave(target, self.worker_id)
+        self._close_side()
+
+    def _side_connection(self) -> psycopg.Connection[Any] | None:
+        if self._side is not None and not self._side.broken:
+            return self._side
+        if time.monotonic() - self._side_tried < SIDE_RETRY_SECONDS:
+            return None
+        self._side_tried = time.monotonic()
+        with contextlib.suppress(AuraError, psycopg.Error):
+            self._side = connect(self.database_url)
+        return self._side
+
+    def _close_side(self) -> None:
+        if self._side is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._side.close()
+            self._side = None
