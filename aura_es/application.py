@@ -207,26 +207,22 @@ class EventSourcedApp(Application[UUID]):
         # straight to the save, and a collision is answered from the key row. That
         # saves fresh creates a round trip. An update is looked up first, so a retried
         # update never takes the table lock.
-        if not isinstance(command, Create):
-            found = self._lookup([prepared.key_hash])
-            if prepared.key_hash in found:
-                return self._as_duplicate(prepared, found[prepared.key_hash])
+        if not isinstance(command, Create) and (earlier := self._stored_result(prepared)):
+            return earlier
         for attempt in range(self.max_attempts):
             try:
                 aggregate = self._decide(prepared)
             except (DomainError, AggregateNotFound):
                 # A concurrent duplicate may have committed since our lookup: then the
                 # command is not invalid, it is done (e.g. "complete" of a completed call).
-                found = self._lookup([prepared.key_hash])
-                if prepared.key_hash in found:
-                    return self._as_duplicate(prepared, found[prepared.key_hash])
+                if earlier := self._stored_result(prepared):
+                    return earlier
                 raise
             try:
                 recordings = self._save(aggregate, records=[prepared.record])
             except IntegrityError:
-                found = self._lookup([prepared.key_hash])
-                if prepared.key_hash in found:
-                    return self._as_duplicate(prepared, found[prepared.key_hash])
+                if earlier := self._stored_result(prepared):
+                    return earlier
                 if isinstance(command, Create):
                     # Its id comes from its key, so the aggregate was made by this very
                     # command, whose key has been pruned since: answer with it.
@@ -423,6 +419,11 @@ class EventSourcedApp(Application[UUID]):
     def _lookup(self, key_hashes: list[str]) -> dict[str, dict[str, Any]]:
         with self._cursor() as cur:
             return eventlog.stored_keys(cur, key_hashes)
+
+    def _stored_result(self, p: _Prepared) -> CommandResult | None:
+        """The original result when ``p``'s key is stored (a retry), else None."""
+        found = self._lookup([p.key_hash])
+        return self._as_duplicate(p, found[p.key_hash]) if p.key_hash in found else None
 
     def _as_duplicate(self, p: _Prepared, row: dict[str, Any]) -> CommandResult:
         if row["request_hash"] != p.request_hash:
