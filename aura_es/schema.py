@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 
 from aura_es.application import EventSourcedApp
+from aura_es.http import responses
 from aura_es.mirror import progress
 from aura_es.projection import checkpoints, dlq, outbox, presence, registry
 from aura_es.replay import claim, generations
@@ -25,6 +26,7 @@ OWNERS: list[tables.Owner] = [
     generations.OWNER,
     claim.OWNER,
     progress.OWNER,
+    responses.OWNER,
 ]
 
 

@@ -13,36 +13,27 @@ import pytest
 
 from aura_es import embedded, schema
 from aura_es.app import AuraApp
-from tests.support.services import PostgresServer, nats_server, postgres_server
+from aura_es.testing.servers import PostgresServer
 
-TEMPLATE_DB = "aura_test_template"
-
-
-@pytest.fixture(scope="session")
-def workdir() -> Iterator[Path]:
-    # Short path: Unix socket paths are limited to ~100 characters.
-    path = Path(tempfile.mkdtemp(prefix="aura-t-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+# The servers, the template and a fresh database per test come from the aura_es.testing
+# plugin that users get (aura_postgres, aura_template, aura_database_url, aura_nats_url):
+# the project's own suite is its first user.
 
 
 @pytest.fixture(scope="session")
-def pg_server(workdir: Path) -> Iterator[PostgresServer]:
-    with postgres_server(workdir) as server:
-        server.drop_database(TEMPLATE_DB)
-        with server.admin() as conn:
-            conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
-        schema.create_all(server.url_for(TEMPLATE_DB))
-        yield server
-        server.drop_database(TEMPLATE_DB)
+def workdir(aura_workdir: Path) -> Path:
+    return aura_workdir
+
+
+@pytest.fixture(scope="session")
+def pg_server(aura_postgres: PostgresServer) -> PostgresServer:
+    return aura_postgres
 
 
 @pytest.fixture
-def db_url(pg_server: PostgresServer) -> Iterator[str]:
+def db_url(aura_database_url: str) -> str:
     """A fresh database with every aura-es table, dropped after the test."""
-    name = pg_server.create_database(template=TEMPLATE_DB)
-    yield pg_server.url_for(name)
-    pg_server.drop_database(name)
+    return aura_database_url
 
 
 @pytest.fixture
@@ -61,9 +52,8 @@ def app(db_url: str) -> Iterator[AuraApp]:
 
 
 @pytest.fixture(scope="session")
-def nats_url(workdir: Path) -> Iterator[str]:
-    with nats_server(workdir) as url:
-        yield url
+def nats_url(aura_nats_url: str) -> str:
+    return aura_nats_url
 
 
 @pytest.fixture
@@ -89,13 +79,13 @@ BIG_LOG_COMMANDS = 50_000
 
 
 @pytest.fixture(scope="session")
-def big_log_template(pg_server: PostgresServer) -> Iterator[str]:
+def big_log_template(pg_server: PostgresServer, aura_template: str) -> Iterator[str]:
     """A template database holding a 50,000-event AURA log (made once per session)."""
     from aura_es.load import run_load
 
     pg_server.drop_database(BIG_LOG_DB)
     with pg_server.admin() as conn:
-        conn.execute(f'CREATE DATABASE "{BIG_LOG_DB}" TEMPLATE "{TEMPLATE_DB}"')
+        conn.execute(f'CREATE DATABASE "{BIG_LOG_DB}" TEMPLATE "{aura_template}"')
     app = AuraApp(pg_server.url_for(BIG_LOG_DB), pool_size=4)
     run_load(app, seed=11, commands=BIG_LOG_COMMANDS, concurrency=2, batch_size=250)
     app.close()

@@ -18,10 +18,10 @@ import pytest
 
 from aura_es.db import connect
 from aura_es.dsn import parse_database_url
+from aura_es.testing.servers import PostgresServer
 from tests.support import folds
 from tests.support.chaos import poisoned_catalog, quick_catalog, stop, stored_count, writer
 from tests.support.proxy import ChaosProxy
-from tests.support.services import PostgresServer
 from tests.support.workers import (
     ALL,
     ROOT,

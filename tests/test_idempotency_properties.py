@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from aura_es import AuraApp, CommandResult, ConcurrencyConflict, IdempotencyKeyConflict
 from aura_es.application import Command
-from tests.support.services import PostgresServer
+from aura_es.testing.servers import PostgresServer
 
 DB_SETTINGS = settings(
     max_examples=25,
@@ -216,11 +216,9 @@ def _load(url: str, seed: int, dup: float) -> Callable[[], subprocess.Popen[byte
 )
 @given(seed=st.integers(0, 10_000), dup=st.sampled_from([0.0, 0.3, 0.6]))
 def test_four_processes_with_one_seed_store_what_one_process_stores(
-    pg_server: PostgresServer, seed: int, dup: float
+    pg_server: PostgresServer, aura_template: str, seed: int, dup: float
 ) -> None:
-    from tests.conftest import TEMPLATE_DB
-
-    single, racing = (pg_server.create_database(template=TEMPLATE_DB) for _ in range(2))
+    single, racing = (pg_server.create_database(template=aura_template) for _ in range(2))
     try:
         assert _load(pg_server.url_for(single), seed, dup)().wait(timeout=120) == 0
         procs = [_load(pg_server.url_for(racing), seed, dup)() for _ in range(4)]

@@ -24,8 +24,8 @@ from aura_es.app import AuraApp
 from aura_es.catalog import load_catalog
 from aura_es.db import connect
 from aura_es.observability import tracing
+from aura_es.testing.servers import PostgresServer
 from tests.support.chaos import poisoned_catalog, quick_catalog, start_again, stop, writer
-from tests.support.services import PostgresServer
 from tests.support.workers import (
     ALL,
     CATALOG,

@@ -14,6 +14,8 @@ from aura_es import (
     IdempotencyKeyConflict,
     InvalidIdempotencyKey,
 )
+from aura_es.domain.debate import ArgumentAdded
+from aura_es.testing import event, scenario
 
 
 def test_debate_lifecycle_and_state(app: AuraApp) -> None:
@@ -28,6 +30,23 @@ def test_debate_lifecycle_and_state(app: AuraApp) -> None:
     assert debate.tenant_id == "acme"
     assert (result.from_version, result.to_version, result.duplicate) == (4, 4, False)
     assert result.positions == (4,)
+
+
+def test_a_concluded_debate_refuses_arguments_as_a_spec(app: AuraApp) -> None:
+    (scenario(app)
+     .given(app.start_debate_command("AI", ["a"], idempotency_key="s"),
+            lambda g: app.reach_consensus_command(g.last, "adopt", idempotency_key="c"))
+     .when(lambda g: app.add_argument_command(g.ids[0], "a", "for", "late", round=1,
+                                              idempotency_key="late"))
+     .then_error(DomainError, match="it is consensus"))
+
+
+def test_an_argument_records_its_round_as_a_spec(app: AuraApp) -> None:
+    (scenario(app)
+     .given(app.start_debate_command("AI", ["a"], idempotency_key="s"))
+     .when(lambda g: app.add_argument_command(g.last, "a", "for", "yes", round=3,
+                                              idempotency_key="a"))
+     .then(event(ArgumentAdded, agent_id="a", position="for", text="yes", round=3)))
 
 
 def test_retried_create_returns_the_same_id_and_stores_once(app: AuraApp) -> None:

@@ -9,12 +9,15 @@ import typer
 from psycopg import sql
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from aura_es import schema
 from aura_es.catalog import load_catalog
+from aura_es.cli import render
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
+from aura_es.cli.render import Format
 from aura_es.db import connect
 from aura_es.ops.status import mirror_status, projection_status
 from aura_es.projection.declarative import DeclarativeProjection
@@ -24,24 +27,49 @@ _COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": 
            "breaker_open": "red"}
 
 
-def _table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="aura-es projections")
-    for title in ("projection", "state", "checkpoint/head", "lag", "lag s", "ev/s", "worker",
-                  "breaker", "DLQ", "gen", "drift", "last error"):
+def _table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
+    """80 columns: state, lag, dead letters and what needs attention; ``wide``: all."""
+    table = Table(title="aura-es projections", title_justify="left")
+    titles = (
+        ("projection", "state", "checkpoint/head", "lag", "lag s", "ev/s", "worker",
+         "breaker", "DLQ", "gen", "drift", "last error") if wide
+        else ("projection", "state", "lag", "DLQ", "attention")
+    )
+    for title in titles:
         table.add_column(title, overflow="fold")
     for row in rows:
+        state = f"[{_COLOUR[row['state']]}]{row['state']}[/]"
+        if not wide:
+            table.add_row(row["projection"], state,
+                          f"{row['lag_events']} ({row['lag_seconds']:g} s)",
+                          _dead_letters(row), _attention(row))
+            continue
         worker = f"{row['pid']}@{row['host']}" if row["pid"] else ""
         if row["standbys"]:
             worker += f" +{row['standbys']} standby"
         table.add_row(
-            row["projection"], f"[{_COLOUR[row['state']]}]{row['state']}[/]",
+            row["projection"], state,
             f"{row['checkpoint']}/{row['head']}", str(row["lag_events"]),
             f"{row['lag_seconds']:g}", f"{row['events_per_second']:g}", worker,
             _breaker(row["breaker"], row["next_probe_seconds"]), _dead_letters(row),
             _generation(row),
-            "[red]yes[/]" if row["drift"] else "no", row["last_error"] or "",
+            "[red]yes[/]" if row["drift"] else "no", escape(row["last_error"] or ""),
         )
     return table
+
+
+def _attention(row: dict[str, Any]) -> str:
+    """What a narrow status must still say: breaker, rebuild, drift, last error."""
+    notes = []
+    if row["breaker"] and row["breaker"] != "closed":
+        notes.append(f"breaker {_breaker(row['breaker'], row['next_probe_seconds'])}")
+    if row["rebuild"] is not None:
+        notes.append(f"rebuilding gen {_generation(row)}")
+    if row["drift"]:
+        notes.append("[red]drift[/]")
+    if row["last_error"]:
+        notes.append(escape(row["last_error"]))
+    return "; ".join(notes) or "-"
 
 
 def _generation(row: dict[str, Any]) -> str:
@@ -63,7 +91,7 @@ def _breaker(state: str | None, next_probe: float | None = None) -> str:
 def _dead_letters(row: dict[str, Any]) -> str:
     if not row["dead_letters"]:
         return "0"
-    return f"[red]{row['dead_letters']}[/] (+{row['parked_events']} parked)"
+    return f"[red]{row['dead_letters']}[/] (+{row['parked_events']})"
 
 
 @handle_errors
@@ -74,29 +102,32 @@ def status(
         bool, typer.Option("--until-caught-up", help="With --watch: stop when no lag is left.")
     ] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="With --watch: give up after.")] = 0,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Every column: checkpoint, rate, worker, breaker, generation.")] = False,
     database_url: DatabaseUrl = None,
     json: Json = False,
 ) -> None:
-    """Per projection: checkpoint, head, lag, state, worker, events/s, last error."""
+    """Per projection: state, lag, dead letters and what needs attention (fits 80
+    columns); --wide adds checkpoint, events/s, worker, breaker, generation, drift."""
     specs = load_catalog(catalog).projections
     with connect(settings(database_url).resolved_database_url()) as conn:
         schema.require_all(conn)
         rows = projection_status(conn, specs)
         if watch:
             deadline = time.monotonic() + timeout if timeout else None
-            with Live(_table(rows), console=Console(), auto_refresh=False) as live:
+            with Live(_table(rows, wide), console=Console(), auto_refresh=False) as live:
                 while not (until_caught_up and all(r["lag_events"] == 0 for r in rows)):
                     if deadline and time.monotonic() > deadline:
                         raise fail(f"projections did not catch up within {timeout:g}s")
                     time.sleep(1)
                     rows = projection_status(conn, specs)
-                    live.update(_table(rows), refresh=True)
+                    live.update(_table(rows, wide), refresh=True)
         mirrors = mirror_status(conn)
     if json:
         emit_json({"projections": rows, "mirror": mirrors})
         return
     if not watch:
-        Console().print(_table(rows))
+        render.console().print(_table(rows, wide))
     for m in mirrors:
         Console().print(
             f"mirror {m['stream']}: position {m['position']} (stream seq {m['stream_seq']}),"
@@ -114,11 +145,14 @@ def query(
     window: Annotated[
         bool, typer.Option("--window", help="A sliding-window projection: the current window.")
     ] = False,
+    fmt: Annotated[Format, typer.Option(
+        "--format", help="auto: a table when it fits the width, records when not.",
+    )] = Format.AUTO,
     catalog: CatalogPath = DEFAULT_PATH,
     database_url: DatabaseUrl = None,
     json: Json = False,
 ) -> None:
-    """Print a projection's rows."""
+    """Print a projection's rows, whole (never cut to fit)."""
     (spec,) = select(load_catalog(catalog), [projection])
     handler = build(spec)
     if window and not (isinstance(handler, DeclarativeProjection) and handler.window_seconds):
@@ -148,18 +182,5 @@ def query(
             for r in cur.fetchall()
         ]
         names = [n for n in names if "__" not in n]
-    if json:
-        emit_json(rows)
-        return
-    table = Table(title=f"{projection} ({spec.storage})")
-    for name in names:
-        table.add_column(name)
-    for row in rows:
-        table.add_row(*(_cell(v) for v in row.values()))
-    Console().print(table)
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, list) and len(value) > 6:
-        return f"[{len(value)} values]"
-    return "" if value is None else str(value)
+    chosen = Format.JSON if json else fmt
+    render.rows(rows, names, title=f"{projection} ({spec.storage})", fmt=chosen)

@@ -20,9 +20,9 @@ LAYERS: list[tuple[str, list[str]]] = [
                "aura_es.application"]),
     ("catalog", ["aura_es.catalog"]),
     ("projection", ["aura_es.projection"]),
-    ("replay | mirror", ["aura_es.replay", "aura_es.mirror"]),
+    ("replay | mirror | http", ["aura_es.replay", "aura_es.mirror", "aura_es.http"]),
     ("ops | schema", ["aura_es.ops", "aura_es.schema"]),
-    ("workers", ["workers"]),
+    ("workers | testing", ["workers", "aura_es.testing"]),
     ("the AURA domain", ["aura_es.domain", "aura_es.app", "aura_es.load", "projections"]),
     ("cli", ["aura_es.cli"]),
 ]

@@ -1,0 +1,133 @@
+"""The pytest plugin (``pip install 'aura-es[testing]'``): real servers, a fresh database
+per test, an application for your aggregates, and your projections caught up on demand.
+
+    def test_an_order_is_shipped(aura_app, aura_caught_up):
+        aura_app.execute(...)
+        aura_caught_up(["OrdersProjection"])
+        ...
+
+Servers: the ones ``AURA_ES_DATABASE_URL`` / ``AURA_ES_NATS_URL`` name, else embedded ones
+started for the session (the ``embedded`` extra); ``--aura-servers=testcontainers`` (or
+``aura_servers = testcontainers`` in the ini file) starts containers instead, when Docker
+answers. A test that needs a server none of these can give is skipped, with the reason.
+Your application class: override the ``aura_app_class`` fixture. Your catalog:
+``--aura-catalog PATH`` or ``aura_catalog`` in the ini file (default: the project's
+``catalog/projection-catalog.yaml``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from aura_es import schema
+from aura_es.application import EventSourcedApp
+from aura_es.catalog import DEFAULT_CATALOG, load_catalog
+from aura_es.catalog.model import Catalog
+from aura_es.projection.loading import check_imports, select
+from aura_es.testing.catchup import CaughtUp, caught_up
+from aura_es.testing.servers import (
+    PostgresServer,
+    Source,
+    Unavailable,
+    nats_server,
+    postgres_server,
+)
+
+CatchUp = Callable[..., CaughtUp]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("aura-es")
+    group.addoption("--aura-servers", choices=[s.value for s in Source], default=None,
+                    help="where PostgreSQL and NATS come from (default: auto)")
+    group.addoption("--aura-catalog", default=None, help="the projection catalog to run")
+    parser.addini("aura_servers", "auto, embedded or testcontainers", default="auto")
+    parser.addini("aura_catalog", "the projection catalog", default=str(DEFAULT_CATALOG))
+
+
+def _source(config: pytest.Config) -> Source:
+    return Source(config.getoption("--aura-servers") or config.getini("aura_servers"))
+
+
+@pytest.fixture(scope="session")
+def aura_workdir() -> Iterator[Path]:
+    # Short: Unix socket paths are limited to about 100 characters.
+    path = Path(tempfile.mkdtemp(prefix="aura-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def aura_postgres(request: pytest.FixtureRequest, aura_workdir: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL server on which each test gets its own database."""
+    try:
+        with postgres_server(aura_workdir, _source(request.config)) as server:
+            yield server
+    except Unavailable as e:
+        pytest.skip(f"no PostgreSQL for aura-es tests: {e}")
+
+
+@pytest.fixture(scope="session")
+def aura_template(aura_postgres: PostgresServer) -> Iterator[str]:
+    """A database with every aura-es table, cloned for each test."""
+    name = aura_postgres.create_database()
+    schema.create_all(aura_postgres.url_for(name))
+    yield name
+    aura_postgres.drop_database(name)
+
+
+@pytest.fixture
+def aura_database_url(aura_postgres: PostgresServer, aura_template: str) -> Iterator[str]:
+    """A fresh database of this test's own, with every table; dropped afterwards."""
+    name = aura_postgres.create_database(template=aura_template)
+    yield aura_postgres.url_for(name)
+    aura_postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def aura_nats_url(request: pytest.FixtureRequest, aura_workdir: Path) -> Iterator[str]:
+    try:
+        with nats_server(aura_workdir, _source(request.config)) as url:
+            yield url
+    except Unavailable as e:
+        pytest.skip(f"no nats-server for aura-es tests: {e}")
+
+
+@pytest.fixture
+def aura_app_class() -> type[EventSourcedApp]:
+    """Override this fixture to return your application class."""
+    return EventSourcedApp
+
+
+@pytest.fixture
+def aura_app(
+    aura_app_class: type[EventSourcedApp], aura_database_url: str,
+) -> Iterator[EventSourcedApp]:
+    app = aura_app_class(aura_database_url, pool_size=4)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def aura_catalog(request: pytest.FixtureRequest) -> Catalog:
+    path = request.config.getoption("--aura-catalog") or request.config.getini("aura_catalog")
+    catalog = load_catalog(path)
+    check_imports(catalog.projections)
+    return catalog
+
+
+@pytest.fixture
+def aura_caught_up(aura_database_url: str, aura_catalog: Catalog) -> CatchUp:
+    """``aura_caught_up(names=None, timeout=30)``: runs those projections of the catalog
+    (all by default) in this process until they reach the head of the log, as a worker
+    would, side effects included."""
+
+    def run(names: Sequence[str] = (), timeout: float = 30.0) -> CaughtUp:
+        return caught_up(aura_database_url, select(aura_catalog, names), timeout=timeout)
+
+    return run

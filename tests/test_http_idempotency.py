@@ -1,0 +1,166 @@
+"""The Idempotency-Key header over real HTTP (uvicorn, httpx), against the store: a repeat
+gets the original response, another payload under the key is 422, a repeat while the
+original runs is 409, a missing or malformed key is 400; concurrent retries of one key
+from many clients start one debate."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aura_es import AuraApp
+from aura_es.http import IdempotencyKeyMiddleware, InvalidKeyHeader, idempotency_key, parse_key
+from tests.support.http import served
+from tests.support.workers import ROOT, wait_for
+
+
+def create_app(database_url: str) -> Any:
+    """The example service of docs/examples, as a user would run it."""
+    sys.path.insert(0, str(ROOT / "docs" / "examples"))
+    try:
+        return importlib.import_module("aura_service").create_app(database_url)
+    finally:
+        sys.path.pop(0)
+
+
+@pytest.fixture
+def service(db_url: str) -> Iterator[str]:
+    with served(create_app(db_url)) as base:
+        yield base
+
+
+def debates_stored(db_url: str) -> int:
+    app = AuraApp(db_url, pool_size=1)
+    with app.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM aura_events WHERE topic ="
+                           " 'aura.debate.started.v1'").fetchone()
+    app.close()
+    return int(row[0]) if row else 0
+
+
+def key(value: str) -> dict[str, str]:
+    return {"Idempotency-Key": f'"{value}"'}
+
+
+def test_a_repeat_gets_the_original_response_and_starts_nothing_twice(
+    service: str, db_url: str,
+) -> None:
+    body = {"topic": "AI ethics", "participants": ["a", "b"]}
+    with httpx.Client(base_url=service) as client:
+        first = client.post("/debates", json=body, headers=key("req-1"))
+        again = client.post("/debates", json=body, headers=key("req-1"))
+        assert first.status_code == again.status_code == 201
+        assert again.json() == first.json()
+        assert again.headers["idempotency-replayed"] == "true"
+        debate = first.json()["debate_id"]
+        argued = client.post(f"/debates/{debate}/arguments", headers=key("arg-1"), json={
+            "agent_id": "a", "position": "for", "text": "yes", "round": 1})
+        assert argued.status_code == 200
+        assert client.get(f"/debates/{debate}").json()["arguments"] == 1
+    assert debates_stored(db_url) == 1
+
+
+def test_the_answers_the_draft_defines(service: str) -> None:
+    body = {"topic": "AI ethics", "participants": ["a"]}
+    with httpx.Client(base_url=service) as client:
+        missing = client.post("/debates", json=body)
+        assert missing.status_code == 400 and "required" in missing.json()["error"]
+        for bad in ("req-1", '"unterminated', '"tab\there"', '"x" "y"', '""', '"\\n"'):
+            response = client.post("/debates", json=body, headers={"Idempotency-Key": bad})
+            assert response.status_code == 400, bad
+            assert "\n" not in response.json()["error"]
+        assert client.post("/debates", json=body, headers=key("k")).status_code == 201
+        other = client.post("/debates", json={**body, "topic": "other"}, headers=key("k"))
+        assert other.status_code == 422
+        assert client.get("/debates/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_concurrent_retries_of_one_key_start_one_debate(service: str, db_url: str) -> None:
+    body = {"topic": "raced", "participants": ["a", "b"]}
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(base_url=service, timeout=30) as client:
+            return client.post("/debates", json=body, headers=key("raced"))
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post, range(32)))
+    codes = {r.status_code for r in answers}
+    assert codes <= {201, 409}, codes
+    created = [r.json() for r in answers if r.status_code == 201]
+    assert created and all(c == created[0] for c in created)
+    assert debates_stored(db_url) == 1
+    with httpx.Client(base_url=service) as client:  # afterwards: the original, again
+        assert client.post("/debates", json=body, headers=key("raced")).json() == created[0]
+
+
+def slow_service(db_url: str, gate: threading.Event, calls: list[str]) -> Starlette:
+    async def slow(request: Request) -> Response:
+        calls.append(idempotency_key(request))
+        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
+        return JSONResponse({"ran": len(calls)}, status_code=201)
+
+    async def broken(request: Request) -> Response:
+        calls.append(idempotency_key(request))
+        return JSONResponse({"error": "down"}, status_code=503)
+
+    return Starlette(routes=[Route("/slow", slow, methods=["POST"]),
+                             Route("/broken", broken, methods=["POST"])],
+                     middleware=[Middleware(IdempotencyKeyMiddleware, database_url=db_url,
+                                            lease_seconds=0.5)])
+
+
+def test_in_flight_is_409_a_stuck_request_frees_its_key_and_5xx_is_not_kept(
+    db_url: str,
+) -> None:
+    gate, calls = threading.Event(), list[str]()
+    with served(slow_service(db_url, gate, calls)) as base, \
+            httpx.Client(base_url=base, timeout=30) as client, ThreadPoolExecutor(2) as pool:
+        original = pool.submit(client.post, "/slow", json={}, headers=key("slow"))
+        wait_for("the original to run", lambda: calls)
+        assert client.post("/slow", json={}, headers=key("slow")).status_code == 409
+        # Its lease (0.5 s here) runs out while it hangs: a retry may take the key over
+        # (a request that died in flight must not block its key for ever).
+        time.sleep(0.6)
+        retry = pool.submit(client.post, "/slow", json={}, headers=key("slow"))
+        wait_for("the retry to run", lambda: len(calls) == 2)
+        gate.set()
+        assert original.result().status_code == retry.result().status_code == 201
+        assert client.post("/slow", json={}, headers=key("slow")).status_code == 201
+        assert len(calls) == 2  # the third was answered from the stored response
+        # A 5xx is not stored: the retry runs the request again.
+        assert client.post("/broken", json={}, headers=key("b")).status_code == 503
+        assert client.post("/broken", json={}, headers=key("b")).status_code == 503
+        assert calls == ["slow", "slow", "b", "b"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.text(max_size=40))
+def test_any_header_value_is_a_key_or_a_one_line_refusal(raw: str) -> None:
+    try:
+        parsed = parse_key(raw)
+    except InvalidKeyHeader as e:
+        assert "\n" not in str(e)
+        return
+    assert parsed and all(0x20 <= ord(c) <= 0x7E for c in parsed)
+    assert raw.strip(" ").startswith('"') and raw.strip(" ").endswith('"')
+
+
+def test_keys_round_trip_escapes() -> None:
+    assert parse_key('"a\\"b\\\\c"') == 'a"b\\c'
+    assert parse_key('  "padded"  ') == "padded"
