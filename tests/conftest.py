@@ -112,6 +112,7 @@ def private_pg() -> Iterator[tuple[PostgresServer, Path]]:
         yield PostgresServer(uri), workdir / "pg"
     finally:
         embedded.stop_postgres(workdir / "pg")
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
