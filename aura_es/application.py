@@ -10,6 +10,7 @@ state a bounded number of times.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +48,9 @@ from aura_es.observability.tracing import span
 from aura_es.retry import Backoff
 from aura_es.settings import Settings
 from aura_es.store import eventlog, idempotency, identity, schema
-from aura_es.store.factory import AuraFactory
+from aura_es.store.factory import SERIAL_APPENDS, AuraFactory
 from aura_es.store.idempotency import IdempotencyRecord
+from aura_es.store.recorder import STATEMENT_TIMEOUT_SECONDS
 
 A = TypeVar("A", bound=AuraAggregate)
 #: After losing a version race: a short, random wait so the racers spread out.
@@ -118,6 +120,10 @@ class EventSourcedApp(Application[UUID]):
     max_attempts = 5
     #: The largest event this application stores (bytes of JSON); see ``aura_es.payload``.
     max_event_bytes = payload.MAX_EVENT_BYTES
+    #: Append under a table lock, so positions commit in order: only for the library's
+    #: own position readers (``select_notifications``, ``subscribe``); see
+    #: docs/guarantees.md. Also on when the environment sets AURA_ES_SERIAL_APPENDS=y.
+    serial_appends = False
 
     def __init__(
         self,
@@ -147,7 +153,7 @@ class EventSourcedApp(Application[UUID]):
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
         # Explicit, not os.environ: POSTGRES_ENABLE_DB_FUNCTIONS must stay off (its
-        # insert function skips our idempotency hook and the table lock).
+        # insert function skips our idempotency hook and the reserved positions).
         values = {
             "POSTGRES_DBNAME": self._pg.dbname,
             "POSTGRES_HOST": self._pg.host,
@@ -158,6 +164,7 @@ class EventSourcedApp(Application[UUID]):
             "POSTGRES_MAX_OVERFLOW": str(self._pool_size),
             "POSTGRES_CONNECT_TIMEOUT": "5",
             "CREATE_TABLE": "n",
+            SERIAL_APPENDS: "y" if self.serial_appends else os.environ.get(SERIAL_APPENDS, "n"),
             **self._extra_env,
             "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         }
@@ -170,6 +177,10 @@ class EventSourcedApp(Application[UUID]):
         pool_kwargs = factory.datastore.pool.kwargs
         assert isinstance(pool_kwargs, dict)
         pool_kwargs.update(self._pg.connect_kwargs())
+        # An append is one statement: bound it (a stalled client holds nothing long).
+        options = pool_kwargs.get("options", "")
+        pool_kwargs["options"] = (
+            f"{options} -c statement_timeout={STATEMENT_TIMEOUT_SECONDS * 1000}").strip()
         return factory
 
     def construct_mapper(self) -> Mapper[UUID]:
@@ -206,7 +217,7 @@ class EventSourcedApp(Application[UUID]):
         # be stored twice: its key row and its first event both collide. It goes
         # straight to the save, and a collision is answered from the key row. That
         # saves fresh creates a round trip. An update is looked up first, so a retried
-        # update never takes the table lock.
+        # update never reserves positions it then throws away.
         if not isinstance(command, Create) and (earlier := self._stored_result(prepared)):
             return earlier
         for attempt in range(self.max_attempts):

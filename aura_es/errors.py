@@ -18,11 +18,12 @@ class ServiceUnavailable(AuraError):
 
 
 class SchemaMissing(AuraError):
-    """The database has no aura-es tables yet."""
+    """The database has no aura-es tables yet, or tables of an older release."""
 
     def __init__(self, missing: list[str]) -> None:
         super().__init__(
-            f"tables missing: {', '.join(missing)}; run `aura-es db init` first"
+            f"schema missing or older than this release (lacks {', '.join(missing)});"
+            " run `aura-es db init` first"
         )
         self.missing = missing
 
@@ -38,6 +39,16 @@ class InvalidPayload(DomainError):
 
 class EventUndecodable(AuraError):
     """A stored event cannot be decoded (its bytes are not an event of its topic)."""
+
+
+class EventVersionUnknown(AuraError):
+    """A stored event was written by a newer version of its class than this code knows:
+    deploy the newer code. Systemic, never poison: every such event fails alike."""
+
+    def __init__(self, topic: str, version: int, known: int) -> None:
+        super().__init__(f"event {topic} is schema version {version}, but this code knows"
+                         f" versions up to {known}: deploy the code that writes it")
+        self.topic, self.version, self.known = topic, version, known
 
 
 class InvalidIdempotencyKey(DomainError):

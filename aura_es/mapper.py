@@ -25,7 +25,9 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import get_topic, resolve_topic
 
 from aura_es import payload
+from aura_es.errors import EventVersionUnknown
 from aura_es.payload import json_default
+from aura_es.schemas.validate import check_payload
 
 __all__ = ["JsonMapper", "dumps", "json_default"]
 
@@ -119,6 +121,9 @@ class JsonMapper(Mapper[UUID]):
         what = f"event {topic} v{originator_version}"
         state = payload.encode(event_state, what)
         payload.check_size(state, what, self.max_event_bytes or payload.MAX_EVENT_BYTES)
+        if "TOPIC" in type(domain_event).__dict__:
+            # An event of a registered type must fit its schema (docs/schemas.md).
+            check_payload(type(domain_event), state, what)
         return StoredEvent(
             originator_id=originator_id,
             originator_version=originator_version,
@@ -138,12 +143,16 @@ class JsonMapper(Mapper[UUID]):
             state["originator_version"] = stored_event.originator_version
             class_version = getattr(cls, "class_version", 1)
             from_version = state.pop("class_version", 1)
+            if from_version > class_version:
+                raise EventVersionUnknown(stored_event.topic, from_version, class_version)
             while from_version < class_version:
                 getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
                 from_version += 1
             for name, conv in _field_converters(cls):
                 if name in state:
                     state[name] = conv(state[name])
+        except EventVersionUnknown:
+            raise
         except Exception as e:
             raise MapperDeserialisationError(
                 f"cannot decode stored event {stored_event.topic!r} "

@@ -16,11 +16,11 @@ IMPORTED_AS = {
     "eventsourcing": "eventsourcing", "psycopg": "psycopg", "nats-py": "nats",
     "pydantic": "pydantic", "pydantic-settings": "pydantic_settings", "orjson": "orjson",
     "structlog": "structlog", "prometheus-client": "prometheus_client", "typer": "typer",
-    "rich": "rich", "pyyaml": "yaml",
+    "rich": "rich", "pyyaml": "yaml", "jsonschema": "jsonschema",
 }
 #: What only an extra brings: the base install must work without any of it.
 OPTIONAL = ["pgserver", "starlette", "uvicorn", "httpx", "pytest", "hypothesis",
-            "opentelemetry", "testcontainers", "docker"]
+            "opentelemetry", "testcontainers", "docker", "jsoncompat"]
 
 
 def _name(requirement: str) -> str:
@@ -49,7 +49,8 @@ def test_the_command_line_works_with_no_extra_installed(db_url: str) -> None:
     for args in (["--help"], ["db", "init", "--database-url", db_url, "--json"],
                  ["load", "--commands", "5", "--database-url", db_url, "--json"],
                  ["status", "--json", "--database-url", db_url, "--catalog",
-                  str(ROOT / "catalog" / "projection-catalog.yaml")]):
+                  str(ROOT / "catalog" / "projection-catalog.yaml")],
+                 ["schema", "list", "--json", "--dir", str(ROOT / "schemas")]):
         result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
                                 text=True, timeout=120, cwd=ROOT)
         assert result.returncode == 0, (args, result.stderr[-2000:])

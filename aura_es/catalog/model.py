@@ -212,10 +212,27 @@ class ProjectionSpec(_Strict):
         return self
 
 
+CompatibilityMode = Literal[
+    "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL",
+    "FULL_TRANSITIVE", "NONE",
+]
+
+
+class EventTypeSpec(_Strict):
+    """How one event type's schema may evolve (docs/schemas.md)."""
+
+    compatibility: CompatibilityMode | None = Field(
+        None, description="default: FULL_TRANSITIVE when published, else BACKWARD_TRANSITIVE")
+    published: bool = Field(
+        True, description="read by services on the mesh: its CloudEvents name their schema"
+                          " (dataschema) and the registry on JetStream holds it")
+
+
 class Catalog(_Strict):
-    """The file: ``projections: [...]``."""
+    """The file: ``projections: [...]`` and, optionally, ``events: {topic: ...}``."""
 
     projections: list[ProjectionSpec]
+    events: dict[str, EventTypeSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique(self) -> Catalog:

@@ -49,11 +49,11 @@ def settings(database_url: str | None = None, nats_url: str | None = None,
     return Settings(**{k: v for k, v in values.items() if v is not None})
 
 
-def fail(message: str) -> typer.Exit:
-    """Prints one line to stderr and returns the exit-2 exception to raise."""
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Prints one line to stderr and returns the exit exception to raise (2: bad input)."""
     line = " ".join(redact(message).split())  # one line, whatever the message quoted
     console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+    return typer.Exit(code)
 
 
 def handle_errors(func: Callable[P, R]) -> Callable[P, R]:

@@ -13,6 +13,7 @@ from aura_es.cli import load, replay, services, status
 from aura_es.cli.catalog import catalog_cli
 from aura_es.cli.dlq import dlq_cli
 from aura_es.cli.mirror import mirror_cli
+from aura_es.cli.schema import schema_cli
 from aura_es.cli.workers import workers_cli
 from aura_es.dsn import redact
 
@@ -34,6 +35,7 @@ app.add_typer(catalog_cli, name="catalog")
 app.add_typer(workers_cli, name="workers")
 app.add_typer(dlq_cli, name="dlq")
 app.add_typer(mirror_cli, name="mirror")
+app.add_typer(schema_cli, name="schema")
 app.command("status")(status.status)
 app.command("query")(status.query)
 app.command("replay")(replay.replay)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,6 +22,7 @@ from aura_es.cli.common import (
 )
 from aura_es.db import connect
 from aura_es.errors import AuraError, ServiceUnavailable
+from aura_es.mirror import schema_registry
 from aura_es.mirror.relay import Relay
 from aura_es.mirror.stream import StreamSettings
 from aura_es.mirror.verify import verify as verify_stream
@@ -47,6 +49,9 @@ def run(
         "--force-pipelined", help="Use publish_async even where atomic batches work.")] = False,
     database_url: DatabaseUrl = None,
     nats_url: NatsUrl = None,
+    schemas_dir: Annotated[Path, typer.Option(
+        "--schemas-dir", envvar="AURA_ES_SCHEMAS",
+        help="The event schema registry to publish to the AURA_SCHEMAS bucket.")] = Path("schemas"),
 ) -> None:
     """Relay every stored event to JetStream, in order, exactly once, until SIGTERM."""
     config = _settings(stream, subject_prefix, replicas, max_age)
@@ -54,7 +59,8 @@ def run(
     url = resolved.resolved_database_url()
     with connect(url) as conn:
         schema.require_all(conn)
-    relay = Relay(url, resolved.resolved_nats_url(), config, force_pipelined=force_pipelined)
+    relay = Relay(url, resolved.resolved_nats_url(), config, force_pipelined=force_pipelined,
+                  schemas=schema_registry.local_schemas(schemas_dir))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

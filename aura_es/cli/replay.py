@@ -42,6 +42,7 @@ from aura_es.projection.loading import build, select
 from aura_es.replay import Rebuild, plan_rebuild, replay_aggregates
 from aura_es.replay.partial import aggregates_in_range, events_of, refusal
 from aura_es.replay.rebuild import RebuildProgress
+from aura_es.store import eventlog
 
 
 @handle_errors
@@ -163,7 +164,7 @@ def _partial(conn: psycopg.Connection[Any], spec: ProjectionSpec, ids: list[UUID
              dry_run: bool, json: bool, explicit: bool) -> None:
     if explicit or dry_run:
         with conn.cursor() as cur:
-            events = events_of(cur, spec, ids, MAX_POSITION)
+            events = events_of(cur, spec, ids, eventlog.END)
     if explicit:
         known = {e.aggregate_id for e in events}
         missing = [str(i) for i in ids if i not in known]

@@ -19,7 +19,7 @@ from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
 from aura_es.cli.render import Format
 from aura_es.db import connect
-from aura_es.ops.status import mirror_status, projection_status
+from aura_es.ops.status import horizon_status, mirror_status, projection_status
 from aura_es.projection.declarative import DeclarativeProjection
 from aura_es.projection.loading import build, select
 
@@ -123,11 +123,19 @@ def status(
                     rows = projection_status(conn, specs)
                     live.update(_table(rows, wide), refresh=True)
         mirrors = mirror_status(conn)
+        horizon = horizon_status(conn)
     if json:
-        emit_json({"projections": rows, "mirror": mirrors})
+        emit_json({"projections": rows, "mirror": mirrors, "horizon": horizon})
         return
     if not watch:
         render.console().print(_table(rows, wide))
+    held = horizon["held_back"]
+    if held:
+        render.console().print(
+            f"[yellow]readers held back[/] {held['seconds']:g} s by the {held['kind']} of"
+            f" pid {held['pid']} (database {held['database']},"
+            f" application {held['application_name'] or '-'}, since {held['started_at']}):"
+            " nothing it could precede is read until it ends")
     for m in mirrors:
         Console().print(
             f"mirror {m['stream']}: position {m['position']} (stream seq {m['stream_seq']}),"

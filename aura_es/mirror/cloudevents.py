@@ -21,10 +21,14 @@ from uuid import UUID
 import orjson
 
 from aura_es.payload import json_default
+from aura_es.schemas import versions
+from aura_es.schemas.generate import schema_uri
 from aura_es.store.envelope import EventEnvelope
+from aura_es.store.eventlog import Cursor
 
 CONTENT_TYPE = "application/cloudevents+json"
 POSITION_HEADER = "Aura-Position"
+TRANSACTION_HEADER = "Aura-Transaction"
 STORE_HEADER = "Aura-Store"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _VERSION = re.compile(r"^v\d+$")
@@ -37,6 +41,12 @@ class Message:
     msg_id: str
     position: int
     store_id: UUID | None = None
+    transaction: int = 0
+
+    @property
+    def cursor(self) -> Cursor:
+        """Its place in the log's (and so the stream's) order."""
+        return Cursor(self.transaction, self.position)
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -46,6 +56,8 @@ class Message:
         }
         if self.store_id is not None:
             headers[STORE_HEADER] = str(self.store_id)
+        if self.store_id is not None and self.transaction:
+            headers[TRANSACTION_HEADER] = str(self.transaction)
         return headers
 
     def size(self) -> int:
@@ -68,9 +80,11 @@ def message_id(event: EventEnvelope) -> str:
     return event.event_id or f"{event.aggregate_id}:{event.version}"
 
 
-def to_message(event: EventEnvelope, prefix: str, store_id: UUID | None = None) -> Message:
+def to_message(event: EventEnvelope, prefix: str, store_id: UUID | None = None,
+               *, dataschema: bool = True) -> Message:
     """The CloudEvent of ``event``; ``store_id`` None gives the form published before
-    stores had ids (how ``verify`` recomputes those older messages)."""
+    stores had ids, ``dataschema`` False the form before schemas (how ``verify``
+    recomputes those older messages)."""
     aggregate, name = aggregate_and_event(event.topic)
     msg_id = message_id(event)
     cloud_event: dict[str, Any] = {
@@ -84,8 +98,12 @@ def to_message(event: EventEnvelope, prefix: str, store_id: UUID | None = None) 
         cloud_event |= {
             "time": event.occurred_at.isoformat(),
             "datacontenttype": "application/json",
-            "data": event.payload,
         }
+        # The registry version its data was written with (docs/schemas.md); a topic
+        # with no loaded class has no registered schema to name.
+        if dataschema and versions.known_version(event.topic) is not None:
+            cloud_event["dataschema"] = schema_uri(event.topic, event.schema_version)
+        cloud_event["data"] = event.payload
     else:
         # Mirrored as it is stored, so the stream still holds every event once, in order.
         cloud_event |= {
@@ -101,12 +119,17 @@ def to_message(event: EventEnvelope, prefix: str, store_id: UUID | None = None) 
     }
     if store_id is not None:
         cloud_event["aurastore"] = str(store_id)
+    # Events stored before lock-free appends have no transaction (0): their messages
+    # stay byte for byte what the earlier relay published, so verify still matches them.
+    if store_id is not None and event.transaction:
+        cloud_event["auratransaction"] = event.transaction
     return Message(
         subject=f"{prefix}.{aggregate}.{name}",
         body=orjson.dumps(cloud_event, default=json_default),
         msg_id=msg_id,
         position=event.position,
         store_id=store_id,
+        transaction=event.transaction,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +26,7 @@ from aura_es.db import connect_async
 from aura_es.dsn import nats_servers, redact
 from aura_es.errors import ConfigurationError
 from aura_es.log import get_logger
-from aura_es.mirror import progress
+from aura_es.mirror import progress, schema_registry
 from aura_es.mirror.cloudevents import Message, message_id, to_message
 from aura_es.mirror.publish import (
     MAX_ATOMIC_BATCH,
@@ -37,6 +38,7 @@ from aura_es.mirror.stream import StreamSettings, ensure_stream, resume_point
 from aura_es.observability.tracing import span
 from aura_es.retry import Backoff, Retrier
 from aura_es.store import eventlog, identity
+from aura_es.store.eventlog import Cursor
 
 #: Waits before reconnecting to an unreachable database or broker.
 RECONNECT = Backoff(base=1.0, cap=30.0)
@@ -57,7 +59,7 @@ class Relay:
     def __init__(
         self, database_url: str, nats_url: str, settings: StreamSettings, *,
         batch_size: int = MAX_ATOMIC_BATCH, force_pipelined: bool = False,
-        poll_seconds: float = 0.5,
+        poll_seconds: float = 0.5, schemas: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self.database_url = database_url
         self.nats_url = nats_url
@@ -70,6 +72,8 @@ class Relay:
         self.published = 0
         self.store_id = UUID(int=0)
         self.max_payload = 0
+        #: The event schemas to put in the registry bucket, by URI (docs/schemas.md).
+        self.schemas = dict(schemas or {})
 
     async def run(self) -> None:
         # Unreachable services are said, backed off and tried again for ever; a
@@ -98,6 +102,7 @@ class Relay:
                 await self._wait_for_lock(conn)
                 if self.stop.is_set():
                     return
+                await self._publish_schemas(nc)
                 await conn.execute(eventlog.LISTEN)
                 await self._relay(conn, nc, publisher)
             finally:
@@ -131,6 +136,18 @@ class Relay:
             return AtomicBatchPublisher(nc, self.settings.name)
         return PipelinedPublisher(js, self.settings.name)
 
+    async def _publish_schemas(self, nc: Client) -> None:
+        """Before any event that names a schema, the registry on the mesh holds it."""
+        if not self.schemas:
+            return
+        added, conflicts = await schema_registry.publish(nc.jetstream(), self.schemas)
+        self.log.info("schemas published", bucket=schema_registry.BUCKET, added=added,
+                      registered=len(self.schemas))
+        if conflicts:
+            self.log.error("schema registry conflict: these keys hold a different schema"
+                           " and were left as they are", bucket=schema_registry.BUCKET,
+                           keys=conflicts[:5], count=len(conflicts))
+
     async def _nats_error(self, error: Exception) -> None:
         # One line instead of nats-py's default traceback; reconnects are automatic.
         self.log.warning("nats connection", error=f"{type(error).__name__}: {error}")
@@ -154,27 +171,28 @@ class Relay:
     ) -> None:
         js = nc.jetstream()
         self.max_payload = nc.max_payload
-        last_seq, position = await self._resume(js, conn)
-        self.log.info("relaying", publisher=publisher.name, from_position=position,
+        last_seq, cursor = await self._resume(js, conn)
+        self.log.info("relaying", publisher=publisher.name, from_position=cursor.position,
+                      from_transaction=cursor.transaction,
                       stream_seq=last_seq, store=str(self.store_id))
         unconfirmed = Retrier(REPUBLISH, lambda e: True)
         recorded_at = 0.0
         prefetched: asyncio.Future[list[Message]] | None = None
         while not self.stop.is_set():
-            messages = await (prefetched or self._read(conn, position))
+            messages = await (prefetched or self._read(conn, cursor))
             prefetched = None
             if not messages:
-                await progress.record(conn, self.settings.name, position, last_seq)
+                await progress.record(conn, self.settings.name, cursor, last_seq)
                 await self._wait(conn)
                 continue
             # Read the next batch while this one is published: store and broker work in
             # parallel. It is used only if this batch is confirmed.
-            prefetched = asyncio.ensure_future(self._read(conn, messages[-1].position))
+            prefetched = asyncio.ensure_future(self._read(conn, messages[-1].cursor))
             try:
                 with span("aura.mirror.publish", stream=self.settings.name,
                           messages=len(messages), first_position=messages[0].position):
                     last_seq = await publisher.publish(messages, last_seq)
-                position = messages[-1].position
+                cursor = messages[-1].cursor
                 self.published += len(messages)
                 unconfirmed.succeeded()
             except Exception as e:
@@ -185,17 +203,17 @@ class Relay:
                                  error=f"{type(e).__name__}: {e}",
                                  retry_in_seconds=round(delay, 3))
                 await self._sleep(delay)
-                last_seq, position = await self._resume(js, conn)
+                last_seq, cursor = await self._resume(js, conn)
                 continue
             # Progress is for `status` only (the stream is the truth): twice a second is enough.
             if time.monotonic() - recorded_at > 0.5:
-                await progress.record(conn, self.settings.name, position, last_seq)
+                await progress.record(conn, self.settings.name, cursor, last_seq)
                 recorded_at = time.monotonic()
 
     async def _resume(
         self, js: JetStreamContext, conn: psycopg.AsyncConnection[Any]
-    ) -> tuple[int, int]:
-        """The stream's last sequence and this store's last mirrored position."""
+    ) -> tuple[int, Cursor]:
+        """The stream's last sequence and this store's last mirrored event's cursor."""
 
         async def is_own_legacy(position: int, msg_id: str) -> bool:
             event = await eventlog.read_one(conn, position)
@@ -214,9 +232,9 @@ class Relay:
                 foreign_messages=resume.foreign, example=resume.foreign_example,
                 subjects=f"{self.settings.subject_prefix}.>",
             )
-        return resume.last_seq, resume.position
+        return resume.last_seq, resume.cursor
 
-    async def _read(self, conn: psycopg.AsyncConnection[Any], after: int) -> list[Message]:
+    async def _read(self, conn: psycopg.AsyncConnection[Any], after: Cursor) -> list[Message]:
         # NOTIFYs received so far are for events this read sees; psycopg keeps later ones
         # (even those arriving during other queries) for the next wait, so none is lost.
         async for _ in conn.notifies(timeout=0):

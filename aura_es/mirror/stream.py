@@ -12,7 +12,8 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from aura_es.errors import ConfigurationError
-from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER
+from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER, TRANSACTION_HEADER
+from aura_es.store.eventlog import ORIGIN, Cursor
 
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -82,7 +83,7 @@ class Resume:
     last global position of this store's own messages."""
 
     last_seq: int
-    position: int
+    cursor: Cursor
     #: Messages after this store's last one that are not its own (skipped, reported).
     foreign: int = 0
     foreign_example: str | None = None
@@ -125,9 +126,10 @@ async def resume_point(
                     f" sequence {seq}); this store is {store_id}: mirror it into its own"
                     " stream (--stream)"
                 )
-            return Resume(last_seq, position, foreign, example)
+            transaction = _int(headers.get(TRANSACTION_HEADER)) or 0
+            return Resume(last_seq, Cursor(transaction, position), foreign, example)
         if position is not None and await is_own_legacy(position, headers.get("Nats-Msg-Id", "")):
-            return Resume(last_seq, position, foreign, example)
+            return Resume(last_seq, Cursor(0, position), foreign, example)
         if position is not None:
             raise ConfigurationError(
                 f"stream {name!r} holds an event at stream sequence {seq} that this store"
@@ -139,7 +141,7 @@ async def resume_point(
         if on_foreign is not None and foreign % 1000 == 0:
             on_foreign(foreign)
         seq -= 1
-    return Resume(last_seq, 0, foreign, example)
+    return Resume(last_seq, ORIGIN, foreign, example)
 
 
 def _int(value: str | None) -> int | None:

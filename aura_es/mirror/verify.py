@@ -16,12 +16,20 @@ from typing import Any
 from uuid import UUID
 
 import nats
+import orjson
 
 from aura_es.db import connect
 from aura_es.dsn import nats_servers
-from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER, body_hash, to_message
+from aura_es.mirror.cloudevents import (
+    POSITION_HEADER,
+    STORE_HEADER,
+    TRANSACTION_HEADER,
+    body_hash,
+    to_message,
+)
 from aura_es.mirror.stream import StreamSettings
 from aura_es.store import eventlog, identity
+from aura_es.store.eventlog import ORIGIN, Cursor
 
 
 @dataclass
@@ -57,6 +65,21 @@ class Mirrored:
     msg_id: str
     digest: str
     store: str | None
+    transaction: int = 0
+    #: Published with a ``dataschema`` (messages from before schemas have none).
+    dataschema: bool = False
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.transaction, self.position or 0)
+
+
+def _has_dataschema(body: bytes) -> bool:
+    try:
+        cloud_event = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False  # a foreign message: compared as different anyway
+    return isinstance(cloud_event, dict) and "dataschema" in cloud_event
 
 
 async def read_stream(nats_url: str, settings: StreamSettings) -> list[Mirrored]:
@@ -78,7 +101,9 @@ async def read_stream(nats_url: str, settings: StreamSettings) -> list[Mirrored]
                 headers = msg.headers or {}
                 out.append(Mirrored(_int(headers.get(POSITION_HEADER)),
                                     headers.get("Nats-Msg-Id", ""), body_hash(msg.data),
-                                    headers.get(STORE_HEADER)))
+                                    headers.get(STORE_HEADER),
+                                    _int(headers.get(TRANSACTION_HEADER)) or 0,
+                                    _has_dataschema(msg.data)))
         finally:
             await sub.unsubscribe()
         return out
@@ -112,15 +137,18 @@ def compare(settings: StreamSettings, database_url: str, messages: list[Mirrored
         positions = [m.position for m in own if m.position is not None]
         counts = Counter(positions)
         report.duplicated = sorted(p for p, n in counts.items() if n > 1)
-        report.out_of_order = [b for a, b in itertools.pairwise(positions) if b < a]
-        report.mirrored_up_to = max(positions, default=0)
+        # The stream's order is the log's order: (transaction, position).
+        report.out_of_order = [b.position or 0 for a, b in itertools.pairwise(own)
+                               if b.cursor < a.cursor]
+        last = max((m.cursor for m in own), default=ORIGIN)
+        report.mirrored_up_to = last.position
         first: dict[int, Mirrored] = {}
         for m in own:
             assert m.position is not None
             first.setdefault(m.position, m)
         for event in eventlog.read_everything(conn):
             report.stored_events += 1
-            if event.position > report.mirrored_up_to:
+            if Cursor.of(event) > last:
                 report.not_yet_mirrored += 1
                 continue
             found = first.pop(event.position, None)
@@ -129,7 +157,8 @@ def compare(settings: StreamSettings, database_url: str, messages: list[Mirrored
                 continue
             # Messages from before stores had ids are compared in their own form.
             expected = to_message(event, settings.subject_prefix,
-                                  UUID(store) if found.store else None)
+                                  UUID(store) if found.store else None,
+                                  dataschema=found.dataschema)
             if (found.msg_id, found.digest) != (expected.msg_id, body_hash(expected.body)):
                 report.different.append(event.position)
     # Messages whose position no stored event has are differences too.

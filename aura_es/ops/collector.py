@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.ops.health import Health, assess, database_down
-from aura_es.ops.status import mirror_status, projection_status
+from aura_es.ops.status import horizon_status, mirror_status, projection_status
 from aura_es.projection.loading import build
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -30,6 +30,7 @@ class DatabaseCollector(Collector):
         self.connect = connect
         self.specs = list(specs)
         self.max_lag_seconds = max_lag_seconds
+        self._horizon: dict[str, Any] = {}
 
     def health(self) -> Health:
         health, _, _, conn = self._observe()
@@ -46,10 +47,11 @@ class DatabaseCollector(Collector):
         try:
             rows = projection_status(conn, self.specs)
             mirrors = mirror_status(conn)
+            self._horizon = horizon_status(conn, at_least_seconds=0)
         except Exception as e:
             conn.close()
             return database_down(e), [], [], None
-        return assess(rows, self.max_lag_seconds), rows, mirrors, conn
+        return assess(rows, self.max_lag_seconds, self._horizon), rows, mirrors, conn
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         health, rows, mirrors, conn = self._observe()
@@ -59,6 +61,11 @@ class DatabaseCollector(Collector):
         if conn is None:
             return
         try:
+            held = self._horizon.get("held_back")
+            yield _gauge("aura_read_horizon_held_back_seconds",
+                         "Age of the oldest writing transaction on the server: readers read"
+                         " nothing it could precede until it ends.", [],
+                         [([], held["seconds"] if held else 0.0)])
             yield from self._projections(rows)
             yield from self._mirror(mirrors)
             yield from self._read_models(conn)

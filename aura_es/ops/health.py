@@ -30,11 +30,22 @@ def database_down(error: BaseException) -> Health:
     return Health(False, 0.0, [f"database does not answer: {first_line}"])
 
 
+#: Readers held back longer than this make /health unready, naming who holds them.
+MAX_HELD_BACK_SECONDS = 60.0
+
+
 def assess(
-    projections: Sequence[dict[str, Any]], max_lag_seconds: float = DEFAULT_MAX_LAG_SECONDS
+    projections: Sequence[dict[str, Any]], max_lag_seconds: float = DEFAULT_MAX_LAG_SECONDS,
+    horizon: dict[str, Any] | None = None,
 ) -> Health:
-    """From ``projection_status`` rows."""
+    """From ``projection_status`` rows (and ``horizon_status``)."""
     reasons: list[str] = []
+    held = (horizon or {}).get("held_back")
+    if held and held["seconds"] > MAX_HELD_BACK_SECONDS:
+        reasons.append(
+            f"readers held back {held['seconds']:.0f} s by the {held['kind']} of pid"
+            f" {held['pid']} (database {held['database']},"
+            f" application {held['application_name'] or '-'})")
     lost = 0.0
     share = 100.0 / max(1, len(projections))
     for p in projections:

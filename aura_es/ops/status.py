@@ -57,8 +57,9 @@ def _one(
     dead: tuple[int, int, datetime | None] | None,
 ) -> dict[str, Any]:
     position = checkpoint.position if checkpoint else 0
-    lag_events = eventlog.pending(conn, spec.source_events, position, cap=_LAG_CAP)
-    oldest = eventlog.oldest_time_after(conn, position, spec.source_events)
+    cursor = checkpoint.cursor if checkpoint else eventlog.ORIGIN
+    lag_events = eventlog.pending(conn, spec.source_events, cursor, cap=_LAG_CAP)
+    oldest = eventlog.oldest_time_after(conn, cursor, spec.source_events)
     alive = [w for w in workers if w.alive]
     active = next((w for w in alive if w.role in ("active", "paused")), None)
     # A worker whose breaker is open and whose connection is gone is waiting for its
@@ -114,15 +115,36 @@ def _one(
     }
 
 
+#: A horizon held back longer than this is reported (readers wait for it).
+HELD_BACK_SECONDS = 5.0
+
+
+def horizon_status(
+    conn: psycopg.Connection[Any], at_least_seconds: float = HELD_BACK_SECONDS,
+) -> dict[str, Any]:
+    """Whether readers are held back, and by whom: the oldest writing transaction on the
+    server (any database), when it is older than ``at_least_seconds``."""
+    holder = eventlog.held_back(conn, at_least_seconds)
+    return {
+        "horizon": eventlog.horizon(conn),
+        "held_back": None if holder is None else {
+            "pid": holder.pid, "database": holder.database,
+            "application_name": holder.application_name,
+            "started_at": holder.started_at.isoformat() if holder.started_at else None,
+            "seconds": holder.seconds, "kind": holder.kind,
+        },
+    }
+
+
 def mirror_status(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """Per mirrored stream: the last position the relay confirmed, and its lag."""
     now = _now(conn)
     out = []
     for p in progress.every(conn):
-        oldest = eventlog.oldest_time_after(conn, p.position)
+        oldest = eventlog.oldest_time_after(conn, p.cursor)
         out.append({
             "stream": p.stream, "position": p.position, "stream_seq": p.stream_seq,
-            "lag_events": eventlog.pending(conn, None, p.position),
+            "lag_events": eventlog.pending(conn, None, p.cursor),
             "lag_seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
             "updated_at": p.updated_at.isoformat(),
         })

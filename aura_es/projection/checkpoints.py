@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from aura_es.store import schema
+from aura_es.store.eventlog import ORIGIN, Cursor
 
 TABLE = "aura_projection_checkpoints"
 _T = sql.Identifier(TABLE)
@@ -36,15 +37,26 @@ def ddl() -> list[sql.Composed | sql.SQL]:
             "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS generation integer NOT NULL DEFAULT 1"
         ).format(t=_T),
         sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS storage text").format(t=_T),
+        # The reader's cursor in the log's order (transaction, position); ``position``
+        # stays the highest position covered, for people. A checkpoint from before
+        # lock-free appends is the cursor (0, position): every old event has transaction 0.
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS cursor_transaction bigint"
+                " NOT NULL DEFAULT 0").format(t=_T),
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS cursor_position bigint").format(
+            t=_T),
+        sql.SQL("UPDATE {t} SET cursor_position = position WHERE cursor_position IS NULL")
+        .format(t=_T),
     ]
 
 
-OWNER = schema.Owner("checkpoints", ddl, (TABLE,))
+OWNER = schema.Owner("checkpoints", ddl, (TABLE,),
+                     columns=(f"{TABLE}.cursor_transaction", f"{TABLE}.cursor_position"))
 
 
 @dataclass(frozen=True)
 class Checkpoint:
     name: str
+    #: The highest log position the read model covers (for people: lag, status).
     position: int
     events_applied: int
     fingerprint: str | None
@@ -52,14 +64,17 @@ class Checkpoint:
     #: The physical table it writes (None: the catalog's ``storage`` itself).
     storage: str | None
     updated_at: datetime | None = None
+    #: Where its reader goes on from, in the log's order.
+    cursor: Cursor = ORIGIN
 
 
 _COLUMNS = sql.SQL("projection, position, events_applied, fingerprint, generation, storage,"
-                   " updated_at")
+                   " updated_at, cursor_transaction, coalesce(cursor_position, position)")
 
 
 def _of(row: Any) -> Checkpoint:
-    return Checkpoint(row[0], int(row[1]), int(row[2]), row[3], int(row[4]), row[5], row[6])
+    return Checkpoint(row[0], int(row[1]), int(row[2]), row[3], int(row[4]), row[5], row[6],
+                      Cursor(int(row[7]), int(row[8])))
 
 
 def get(cur: psycopg.Cursor[Any], name: str, *, lock: bool = False) -> Checkpoint | None:
@@ -87,8 +102,9 @@ def ensure(
     worker with another definition is drift, which `status` shows.
     """
     cur.execute(
-        sql.SQL("INSERT INTO {t} (projection, fingerprint, generation, storage)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (projection) DO NOTHING").format(t=_T),
+        sql.SQL("INSERT INTO {t} (projection, fingerprint, generation, storage,"
+                " cursor_position) VALUES (%s, %s, %s, %s, 0)"
+                " ON CONFLICT (projection) DO NOTHING").format(t=_T),
         (name, fingerprint, generation, storage),
     )
     found = get(cur, name)
@@ -107,11 +123,14 @@ def lock_for_batch(cur: psycopg.Cursor[Any], name: str) -> Checkpoint | None:
     return get(cur, name, lock=True)
 
 
-def advance(cur: psycopg.Cursor[Any], name: str, position: int, applied: int) -> None:
+def advance(
+    cur: psycopg.Cursor[Any], name: str, cursor: Cursor, covered: int, applied: int,
+) -> None:
     cur.execute(
-        sql.SQL("UPDATE {t} SET position = %s, events_applied = events_applied + %s,"
+        sql.SQL("UPDATE {t} SET cursor_transaction = %s, cursor_position = %s,"
+                " position = greatest(position, %s), events_applied = events_applied + %s,"
                 " updated_at = now() WHERE projection = %s").format(t=_T),
-        (position, applied, name),
+        (cursor.transaction, cursor.position, covered, applied, name),
     )
 
 
@@ -131,14 +150,16 @@ def take_over(cur: psycopg.Cursor[Any], name: str, shadow: Checkpoint) -> None:
     cur.execute(
         sql.SQL(
             "INSERT INTO {t} (projection, position, events_applied, fingerprint,"
-            " generation, storage) VALUES (%s, %s, %s, %s, %s, %s)"
+            " generation, storage, cursor_transaction, cursor_position)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (projection) DO UPDATE SET position = EXCLUDED.position,"
             " events_applied = EXCLUDED.events_applied,"
             " fingerprint = EXCLUDED.fingerprint, generation = EXCLUDED.generation,"
-            " storage = EXCLUDED.storage, updated_at = now()"
+            " storage = EXCLUDED.storage, cursor_transaction = EXCLUDED.cursor_transaction,"
+            " cursor_position = EXCLUDED.cursor_position, updated_at = now()"
         ).format(t=_T),
         (name, shadow.position, shadow.events_applied, shadow.fingerprint, shadow.generation,
-         shadow.storage),
+         shadow.storage, shadow.cursor.transaction, shadow.cursor.position),
     )
     delete(cur, shadow.name)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from aura_es.catalog.model import ErrorHandling
-from aura_es.errors import ConfigurationError, ServiceUnavailable
+from aura_es.errors import ConfigurationError, EventVersionUnknown, ServiceUnavailable
 from aura_es.retry import FIXED, IMMEDIATE, Backoff
 
 MAX_DELAY_SECONDS = 30.0
@@ -30,6 +30,9 @@ _ALWAYS: tuple[type[BaseException], ...] = (
     # Every event fails alike on a configuration that cannot work (an unregistered
     # side-effect action): dead-lettering them one by one would flood the queue.
     ConfigurationError,
+    # An event written by a newer version of its class: every one fails alike until the
+    # newer code is deployed.
+    EventVersionUnknown,
 )
 
 

@@ -21,9 +21,10 @@ from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError, EventUndecodable
 from aura_es.projection import checkpoints, dlq, registry
 from aura_es.projection.api import Projection, Tx
+from aura_es.schemas import versions
 from aura_es.store import eventlog
 from aura_es.store.envelope import EventEnvelope
-from aura_es.store.eventlog import Batch
+from aura_es.store.eventlog import ORIGIN, Batch, Cursor
 
 
 class LostOwnership(AuraError):
@@ -37,8 +38,12 @@ class GenerationChanged(LostOwnership):
 @dataclass(frozen=True)
 class Step:
     applied: int
+    #: The reader's cursor after this step.
+    cursor: Cursor
+    #: The highest log position the read model now covers (for people).
     position: int
-    head: int
+    #: No more events of the projection's topics below the horizon.
+    caught_up: bool
     seconds: float
     parked: int = 0
     #: Events applied, and parked, per topic (for metrics).
@@ -48,10 +53,6 @@ class Step:
     dead_lettered_type: str | None = None
     #: Side effects the batch recorded, for the worker's dispatcher to run.
     side_effects: int = 0
-
-    @property
-    def caught_up(self) -> bool:
-        return self.position >= self.head
 
 
 class BatchRunner:
@@ -74,13 +75,12 @@ class BatchRunner:
         self.replaying = replaying
         self.generation = generation
         self.topics = list(spec.source_events)
-        # Scan ahead in position windows, so a projection of rare topics still moves its
-        # checkpoint (and its lag reads true) without scanning the whole log per batch.
-        self.window = max(spec.batch_size * 20, 10_000)
-        self.position = self.setup()
+        self.cursor = ORIGIN
+        self.position = 0
+        self.setup()
 
-    def setup(self) -> int:
-        """Creates the read model's tables and the checkpoint row; returns the position."""
+    def setup(self) -> None:
+        """Creates the read model's tables and the checkpoint row, and reads where it is."""
         with self.conn.transaction(), self.conn.cursor() as cur:
             resuming = checkpoints.get(cur, self.checkpoint_name) is not None
             # Tables are registered to this read model before they are created, so a
@@ -96,7 +96,7 @@ class BatchRunner:
                 generation=self.generation, storage=self.projection.storage,
             )
         self._check_generation(checkpoint.generation)
-        return checkpoint.position
+        self.cursor, self.position = checkpoint.cursor, checkpoint.position
 
     def _check_generation(self, stored: int) -> None:
         if stored != self.generation:
@@ -117,7 +117,7 @@ class BatchRunner:
         with self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
             batch = _up_to_undecodable(eventlog.read_batch(
-                cur, self.position, self.topics, limit or self.spec.batch_size, self.window
+                cur, self.cursor, self.topics, limit or self.spec.batch_size
             ))
             events = list(batch.events)
             parked = 0
@@ -135,13 +135,14 @@ class BatchRunner:
                     events = [e for e in events if e.aggregate_id not in blocked]
                     parked = len(held)
             if events:
+                versions.require_known(events)  # systemic: deploy the newer code
                 tx = self._tx(cur)
                 self.projection.handle(events, tx)
-            self._advance(cur, batch.scanned_to, len(events))
-        self.position = batch.scanned_to
+            moved = self._advance(cur, batch.scanned_to, batch.covered, len(events))
+        self.cursor, self.position = moved  # only now: the batch has committed
         return Step(
-            applied=len(events), position=batch.scanned_to, head=batch.head,
-            seconds=time.perf_counter() - started, parked=parked,
+            applied=len(events), cursor=self.cursor, position=self.position,
+            caught_up=batch.caught_up, seconds=time.perf_counter() - started, parked=parked,
             by_type=Counter(e.topic for e in events),
             parked_by_type=Counter(e.topic for e in held),
             dead_lettered_type=dead_lettered,
@@ -165,7 +166,7 @@ class BatchRunner:
     def peek(self) -> EventEnvelope | None:
         """The next event this runner would apply (for logging a failure)."""
         with self.conn.cursor() as cur:
-            batch = eventlog.read_batch(cur, self.position, self.topics, 1, self.window)
+            batch = eventlog.read_batch(cur, self.cursor, self.topics, 1)
         return batch.events[0] if batch.events else None
 
     def dead_letter_next(
@@ -174,15 +175,15 @@ class BatchRunner:
         """Moves the next event to the DLQ and the checkpoint past it; returns its position."""
         with self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
-            batch = eventlog.read_batch(cur, self.position, self.topics, 1, self.window)
+            batch = eventlog.read_batch(cur, self.cursor, self.topics, 1)
             if not batch.events:
                 raise LookupError(f"projection {self.checkpoint_name!r}: no event to dead-letter")
             event = batch.events[0]
             dlq.dead_letter(cur, self.checkpoint_name, event,
                             dlq.Failure.of(error, attempts, first_failed_at),
                             rebuild=self.replaying)
-            self._advance(cur, event.position, 0)
-        self.position = event.position
+            moved = self._advance(cur, Cursor.of(event), event.position, 0)
+        self.cursor, self.position = moved
         return event.position
 
     def retry_dead_letter(self, dead_letter_id: int) -> bool:
@@ -220,16 +221,21 @@ class BatchRunner:
         checkpoint = checkpoints.lock_for_batch(cur, self.checkpoint_name)
         if checkpoint is not None:
             self._check_generation(checkpoint.generation)
-        stored = checkpoint.position if checkpoint else -1
-        if stored != self.position:
+        stored = checkpoint.cursor if checkpoint else None
+        if stored != self.cursor:
             raise LostOwnership(
                 f"projection {self.checkpoint_name!r}: checkpoint is {stored}, this worker "
-                f"expected {self.position}; another worker has taken over"
+                f"expected {self.cursor}; another worker has taken over"
             )
 
-    def _advance(self, cur: psycopg.Cursor[Any], position: int, applied: int) -> None:
-        if position != self.position:
-            checkpoints.advance(cur, self.checkpoint_name, position, applied)
+    def _advance(
+        self, cur: psycopg.Cursor[Any], cursor: Cursor, covered: int, applied: int,
+    ) -> tuple[Cursor, int]:
+        """Moves the checkpoint in the batch's transaction; returns where the runner is
+        once that commits (a rolled-back batch leaves it where its checkpoint is)."""
+        if cursor != self.cursor or covered > self.position:
+            checkpoints.advance(cur, self.checkpoint_name, cursor, covered, applied)
+        return cursor, max(self.position, covered)
 
     def run_until_caught_up(self) -> int:
         """Steps until the head seen at the last step is reached; returns events applied."""
@@ -248,7 +254,9 @@ def _up_to_undecodable(batch: Batch) -> Batch:
     if cut is None:
         return batch
     if cut == 0:
-        return Batch(events=batch.events[:1], scanned_to=batch.events[0].position,
-                     head=batch.head)
-    return Batch(events=batch.events[:cut], scanned_to=batch.events[cut].position - 1,
-                 head=batch.head)
+        first = batch.events[0]
+        return Batch(events=batch.events[:1], scanned_to=Cursor.of(first), caught_up=False,
+                     covered=first.position)
+    last = batch.events[cut - 1]
+    return Batch(events=batch.events[:cut], scanned_to=Cursor.of(last), caught_up=False,
+                 covered=last.position)

@@ -12,6 +12,7 @@ from aura_es.catalog.model import ProjectionSpec
 from aura_es.projection import checkpoints
 from aura_es.projection.loading import build
 from aura_es.projection.runner import BatchRunner, GenerationChanged
+from aura_es.store.eventlog import ORIGIN, Cursor
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Live:
     events_applied: int
     fingerprint: str | None
     exists: bool
+    cursor: Cursor = ORIGIN
 
 
 def current(cur: psycopg.Cursor[Any], spec: ProjectionSpec, *, lock: bool = False) -> Live:
@@ -31,7 +33,7 @@ def current(cur: psycopg.Cursor[Any], spec: ProjectionSpec, *, lock: bool = Fals
     if found is None:
         return Live(1, spec.storage, 0, 0, None, exists=False)
     return Live(found.generation, found.storage or spec.storage, found.position,
-                found.events_applied, found.fingerprint, True)
+                found.events_applied, found.fingerprint, True, found.cursor)
 
 
 def attach(

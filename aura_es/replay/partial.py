@@ -69,7 +69,8 @@ def aggregates_in_range(
 
 
 def events_of(
-    cur: psycopg.Cursor[Any], spec: ProjectionSpec, aggregate_ids: Sequence[UUID], upto: int
+    cur: psycopg.Cursor[Any], spec: ProjectionSpec, aggregate_ids: Sequence[UUID],
+    upto: eventlog.Cursor,
 ) -> list[EventEnvelope]:
     return eventlog.events_of_aggregates(cur, aggregate_ids, spec.source_events, upto)
 
@@ -110,7 +111,7 @@ def _replay_chunk(
             f"projection {spec.name!r} has no read model yet: run `aura-es workers run`"
         )
     projection = build(spec, live.storage)
-    events = events_of(cur, spec, ids, live.position)
+    events = events_of(cur, spec, ids, live.cursor)
     # An aggregate with an event that does not decode keeps its rows and its dead
     # letter: its events cannot all be folded, so its rows are left as the live worker
     # made them.

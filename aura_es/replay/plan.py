@@ -63,11 +63,11 @@ def plan_rebuild(
         resume = unfinished if unfinished and unfinished[2] == current else None
         generation = resume[0] if resume else generations.next_generation(cur, spec)
         storage = resume[1] if resume else generations.physical_storage(spec, generation)
-        resume_from = _shadow_position(cur, spec, generation) if resume else None
+        resume_cursor = _shadow_cursor(cur, spec, generation) if resume else None
+        resume_from = resume_cursor.position if resume_cursor else None
         old_tables = old_generation_tables(cur, spec, live)
         rate = generations.last_rate(cur, spec)
-    upto = eventlog.head(conn)
-    events = eventlog.pending(conn, spec.source_events, resume_from or 0, upto)
+    events = eventlog.pending(conn, spec.source_events, resume_cursor or eventlog.ORIGIN)
     basis = "the last rebuild of this projection"
     if rate is None:
         rate = _trial_rate(conn, spec)
@@ -85,9 +85,11 @@ def plan_rebuild(
     )
 
 
-def _shadow_position(cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation: int) -> int:
+def _shadow_cursor(
+    cur: psycopg.Cursor[Any], spec: ProjectionSpec, generation: int,
+) -> eventlog.Cursor:
     found = checkpoints.get(cur, generations.shadow_checkpoint(spec, generation))
-    return found.position if found else 0
+    return found.cursor if found else eventlog.ORIGIN
 
 
 def _trial_rate(conn: psycopg.Connection[Any], spec: ProjectionSpec) -> float | None:

@@ -120,7 +120,7 @@ class Rebuild:
         again resumes from the rebuild's checkpoint."""
         started = time.perf_counter()
         done = self._applied()
-        counted_to, total = self._count(self.runner.position, done)
+        counted_to, total = self._count(self.runner.cursor, done)
         # A transient failure is retried on this connection as the catalog says; a lost
         # connection or takeover ends the run (running again resumes).
         retrier = Retrier(
@@ -145,13 +145,16 @@ class Rebuild:
             if step is None:
                 continue
             done += step.applied
-            if step.head > counted_to:
-                more = eventlog.pending(self.conn, self.spec.source_events, counted_to,
-                                        step.head)
-                counted_to, total = step.head, total + more
+            head = eventlog.head(self.conn)
+            if head > counted_to:  # events stored since: more to do
+                total += eventlog.pending(self.conn, self.spec.source_events, eventlog.ORIGIN,
+                                          cap=None, above=counted_to)
+                counted_to = head
             if on_progress is not None:
-                on_progress(RebuildProgress(done, max(total, done), step.position, step.head))
-            if step.head - step.position <= SWITCH_WITHIN_EVENTS:
+                on_progress(RebuildProgress(done, max(total, done), step.position, head))
+            remaining = 0 if step.caught_up else eventlog.pending(
+                self.conn, self.spec.source_events, step.cursor, cap=SWITCH_WITHIN_EVENTS + 1)
+            if remaining <= SWITCH_WITHIN_EVENTS:
                 if not snapshots_cleared:
                     # Wait out older snapshots first, then catch up again (see below).
                     self._wait_for_older_snapshots()
@@ -203,7 +206,7 @@ class Rebuild:
             time.sleep(0.05)
 
     def _try_switch(self, started: float) -> RebuildResult | None:
-        before = self.runner.position
+        before = self.runner.cursor, self.runner.position
         try:
             with self.conn.transaction(), self.conn.cursor() as cur:
                 live = serving.current(cur, self.spec, lock=True)
@@ -216,7 +219,7 @@ class Rebuild:
         except Exception as e:
             # The tail failed inside the switch: everything rolled back. Go back to the
             # catch-up loop, whose poison handling deals with the event.
-            self.runner.position = before
+            self.runner.cursor, self.runner.position = before
             if is_transient(e, self.transient) or self.conn.broken:
                 raise
             self._log("warning", "switch postponed: the last events failed",
@@ -299,9 +302,10 @@ class Rebuild:
             found = checkpoints.get(cur, self.shadow)
         return found.events_applied if found else 0
 
-    def _count(self, position: int, done: int) -> tuple[int, int]:
+    def _count(self, cursor: eventlog.Cursor, done: int) -> tuple[int, int]:
         upto = eventlog.head(self.conn)
-        return upto, done + eventlog.pending(self.conn, self.spec.source_events, position, upto)
+        return upto, done + eventlog.pending(self.conn, self.spec.source_events, cursor,
+                                             upto=upto)
 
     def close(self) -> None:
         claim.release(self.conn, self.spec.name)

@@ -31,16 +31,23 @@ class EventEnvelope:
     #: Why the stored bytes are not an event (None for every event that decodes). Such
     #: an event never reaches a handler: it is dead-lettered with its raw bytes.
     undecodable: str | None = None
+    #: The id of the transaction that stored it (0 for events from before lock-free
+    #: appends): with ``position``, its place in the log's order.
+    transaction: int = 0
+    #: The version of its type's schema the payload was written with (``class_version``).
+    schema_version: int = 1
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> EventEnvelope:
-        """From ``(notification_id, originator_id, originator_version, topic, state)``.
+        """From ``(notification_id, originator_id, originator_version, topic, state
+        [, transaction_id])``.
 
         Never raises for a row of the events table: a row whose state does not decode
         (written by another program, or damaged) comes back with ``undecodable`` set,
         so one bad row is isolated instead of stopping every reader.
         """
-        position, aggregate_id, version, topic, state = row
+        position, aggregate_id, version, topic, state = row[:5]
+        transaction = int(row[5]) if len(row) > 5 and row[5] is not None else 0
         raw = bytes(state)
         try:
             data = orjson.loads(raw)
@@ -52,11 +59,14 @@ class EventEnvelope:
             occurred_at = datetime.fromisoformat(data["timestamp"])
             if occurred_at.tzinfo is None:
                 raise ValueError("its timestamp has no time zone")
+            schema_version = data.get("class_version", 1)
+            if type(schema_version) is not int or schema_version < 1:
+                raise ValueError(f"its class_version {schema_version!r} is not a version")
         except Exception as e:
             return cls(
                 position=position, topic=topic, aggregate_id=aggregate_id, version=version,
                 payload={}, meta={}, occurred_at=_EPOCH, _raw=raw,
-                undecodable=f"{type(e).__name__}: {e}",
+                undecodable=f"{type(e).__name__}: {e}", transaction=transaction,
             )
         payload = {k: v for k, v in data.items() if k not in _NOT_PAYLOAD}
         return cls(
@@ -68,6 +78,8 @@ class EventEnvelope:
             meta=meta,
             occurred_at=occurred_at,
             _raw=raw,
+            transaction=transaction,
+            schema_version=schema_version,
         )
 
     @property

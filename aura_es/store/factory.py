@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.postgres import PostgresFactory
+from eventsourcing.utils import strtobool
 
+from aura_es.errors import ConfigurationError
 from aura_es.store.recorder import EVENTS_TABLE, AuraRecorder
+
+#: Positions commit in order (the table lock), for the library's own position readers.
+SERIAL_APPENDS = "AURA_ES_SERIAL_APPENDS"
 
 
 class AuraFactory(PostgresFactory):
     application_recorder_class = AuraRecorder
+    _recorders: list[AuraRecorder]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._recorders = []
+
+    def close(self) -> None:
+        for recorder in self._recorders:
+            recorder.close()
+        super().close()
 
     def application_recorder(self) -> ApplicationRecorder:
         # One events table per database whatever the application class is called,
         # so projections and the mirror read a single, totally ordered log.
-        recorder = AuraRecorder(self.datastore, events_table_name=EVENTS_TABLE)
+        recorder = AuraRecorder(
+            self.datastore, events_table_name=EVENTS_TABLE, serial=self._serial_appends())
+        self._recorders.append(recorder)
         if self.env_create_table():
             recorder.create_table()
         return recorder
+
+    def _serial_appends(self) -> bool:
+        value = self.env.get(SERIAL_APPENDS) or "no"
+        try:
+            return strtobool(value)
+        except ValueError:
+            raise ConfigurationError(
+                f"{SERIAL_APPENDS}={value!r} is not a yes/no value") from None

@@ -1,61 +1,119 @@
-"""The library's PostgreSQL recorder, extended to write idempotency keys with the events."""
+"""The library's PostgreSQL recorder, appending without a table lock.
+
+One append is ONE statement in its own transaction (autocommit): the idempotency key
+rows and the events; the NOTIFY that wakes readers follows the commit (``wakeup.py``
+says why it is not inside). A duplicate key aborts the whole statement, so the events
+are never half-written; the IntegrityError it raises is turned by the application into
+"duplicate, here is the original result".
+
+No lock serialises writers, so concurrent appends commit in parallel and PostgreSQL
+groups their WAL flushes. Two columns keep the log well ordered without it:
+
+- ``transaction_id``: the appending transaction's id (``pg_current_xact_id()``). Readers
+  order by ``(transaction_id, notification_id)`` and read only transactions older than
+  every running one (``store/eventlog.py``): gap-safe whatever the commit order.
+- ``notification_id``: each append reserves a contiguous block of positions (a
+  microsecond-long session lock around the sequence, released before the insert), so
+  one append's events never interleave with another's.
+
+Events stored before this change keep ``transaction_id = 0``: they stay ahead of every
+new one, in their old order.
+
+``serial=True`` (``EventSourcedApp.serial_appends``, env ``AURA_ES_SERIAL_APPENDS``)
+takes the table lock again, for users of the library's own readers (notification logs,
+``subscribe``, its ``ProjectionRunner``): they read in position order, which is only
+gap-safe when positions commit in order. Every writer of the store must then use it.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
-from aura_es.store import idempotency
+from aura_es.store import idempotency, wakeup
 
 EVENTS_TABLE = "aura_events"
-#: How long an append waits for the events table's lock before it gives up (and is
-#: retried): another writer holds it this long only if it is stuck.
-LOCK_TIMEOUT_SECONDS = 10
-#: No append statement runs longer than this, so no writer holds the lock unbounded.
+RESERVE_FUNCTION = "aura_reserve_positions"
+#: No append statement runs longer than this (a stalled client cannot hold rows it
+#: inserted, nor its keys, for ever).
 STATEMENT_TIMEOUT_SECONDS = 30
+# The session lock that makes a block reservation atomic (a constant key of ours).
+_RESERVE_LOCK_KEY = 0x61757261_706F73  # "aurapos"
+
+
+def log_ddl(table: str) -> list[sql.Composed | sql.SQL]:
+    """The columns, indexes and function the lock-free append and readers need; each
+    statement can run again, and upgrades a log written with the table lock in place."""
+    t = sql.Identifier(table)
+    sequence = sql.Literal(f"{table}_notification_id_seq")
+    return [
+        # Existing rows read as 0 (no table rewrite), so they stay first, in order.
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS transaction_id bigint"
+                " NOT NULL DEFAULT 0").format(t=t),
+        sql.SQL("ALTER TABLE {t} ALTER COLUMN transaction_id"
+                " SET DEFAULT (pg_current_xact_id()::text::bigint)").format(t=t),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (transaction_id, notification_id)")
+        .format(i=sql.Identifier(f"{table}_cursor_idx"), t=t),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t}"
+                " (topic, transaction_id, notification_id)")
+        .format(i=sql.Identifier(f"{table}_topic_cursor_idx"), t=t),
+        # The session lock is held only around nextval/setval, never to the commit; a
+        # cancel (statement_timeout) inside releases it before the error goes on.
+        sql.SQL(
+            "CREATE OR REPLACE FUNCTION {f}(n integer) RETURNS bigint LANGUAGE plpgsql"
+            " VOLATILE AS $body$ DECLARE first bigint; BEGIN"
+            " BEGIN"
+            "  PERFORM pg_advisory_lock({k});"
+            "  first := nextval({s});"
+            "  IF n > 1 THEN PERFORM setval({s}, first + n - 1); END IF;"
+            " EXCEPTION WHEN OTHERS OR QUERY_CANCELED THEN"
+            "  PERFORM pg_advisory_unlock_all(); RAISE;"
+            " END;"
+            " PERFORM pg_advisory_unlock({k});"
+            " RETURN first; END $body$"
+        ).format(f=sql.Identifier(RESERVE_FUNCTION), k=sql.Literal(_RESERVE_LOCK_KEY),
+                 s=sequence),
+    ]
 
 
 class AuraRecorder(PostgresApplicationRecorder):
-    """Writes the ``KeyRows`` given to ``app.save`` in the transaction of its events.
+    """Writes the ``KeyRows`` given to ``app.save`` in the statement of its events."""
 
-    Events and key rows go in as ONE statement (a data-modifying CTE) after the table
-    lock and NOTIFY: a duplicate key aborts the whole statement, so the events are never
-    half-written. The IntegrityError it raises is turned by the application into
-    "duplicate, here is the original result". Plain typed arrays replace the library's
-    composite type, whose client-side encoding is slower.
-
-    The library sends the append in psycopg's pipeline mode, which deadlocks with
-    large parameters (an event of a few hundred KB over a Unix socket never returned,
-    holding the table lock). Here the lock and NOTIFY go as one simple-protocol round
-    trip and the INSERT as a second: as fast on a local server (the commit's WAL flush
-    dominates), and no size hangs. Lock and statement timeouts bound how long any
-    writer can hold or wait for the lock.
-    """
-
-    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = EVENTS_TABLE):
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str = EVENTS_TABLE,
+        serial: bool = False,
+    ):
         super().__init__(datastore, events_table_name=events_table_name)
+        self.serial = serial
+        self._lock = sql.SQL("LOCK TABLE {t} IN EXCLUSIVE MODE").format(
+            t=sql.Identifier(events_table_name))
         self.sql_create_statements.extend(idempotency.DDL)
+        self.sql_create_statements.extend(log_ddl(events_table_name))  # type: ignore[arg-type]
         events = sql.SQL(
-            "INSERT INTO {events} (originator_id, originator_version, topic, state)"
-            " SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
-            " RETURNING notification_id"
-        ).format(events=sql.Identifier(events_table_name))
-        self._insert_plain = events
-        self._insert_with_keys = sql.SQL("WITH keys AS ({keys}) {events}").format(
+            "first AS (SELECT {reserve}(%s) AS first),"
+            " ev AS (INSERT INTO {events}"
+            " (notification_id, originator_id, originator_version, topic, state)"
+            " SELECT first.first + e.n - 1, e.id, e.v, e.t, e.s FROM first,"
+            " unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
+            " WITH ORDINALITY AS e(id, v, t, s, n) RETURNING notification_id)"
+            " SELECT notification_id FROM ev ORDER BY notification_id"
+        ).format(reserve=sql.Identifier(RESERVE_FUNCTION),
+                 events=sql.Identifier(events_table_name))
+        self._notify = sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel_name))
+        self._notifier: psycopg.Connection[Any] | None = None
+        self._notifier_pid = 0
+        self.waker = wakeup.register(wakeup.Waker(self._send_notify, self._close_notifier))
+        self._insert_plain = sql.SQL("WITH {events}").format(events=events)
+        self._insert_with_keys = sql.SQL("WITH keys AS ({keys}), {events}").format(
             keys=idempotency.INSERT, events=events
-        )
-        self._lock_and_notify = sql.SQL(
-            "SET LOCAL lock_timeout = '{lock}s'; SET LOCAL statement_timeout = '{stmt}s';"
-            " LOCK TABLE {events} IN EXCLUSIVE MODE; NOTIFY {channel}"
-        ).format(
-            lock=sql.Literal(LOCK_TIMEOUT_SECONDS), stmt=sql.Literal(STATEMENT_TIMEOUT_SECONDS),
-            events=sql.Identifier(events_table_name), channel=sql.Identifier(self.channel_name),
         )
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
@@ -64,10 +122,43 @@ class AuraRecorder(PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         if not stored_events:
             return []
-        with self.datastore.get_connection() as conn, conn.transaction(), \
-                conn.cursor() as curs:
-            self._insert_stored_events(curs, stored_events, **kwargs)
-            return [row["notification_id"] for row in curs.fetchall()]
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            assert conn.autocommit  # one statement, one transaction
+            if self.serial:
+                with conn.transaction():
+                    curs.execute(self._lock)
+                    self._insert_stored_events(curs, stored_events, **kwargs)
+            else:
+                self._insert_stored_events(curs, stored_events, **kwargs)
+            positions = [row["notification_id"] for row in curs.fetchall()]
+        self.waker.committed()
+        return positions
+
+    def _send_notify(self) -> None:
+        pool = self.datastore.pool
+        if pool.closed:  # the application was closed: nobody to wake for
+            self._close_notifier()
+            return
+        if self._notifier is None or self._notifier.closed or self._notifier_pid != os.getpid():
+            conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
+            kwargs = (pool.kwargs() if callable(pool.kwargs) else pool.kwargs) or {}
+            self._notifier = psycopg.connect(conninfo, **{**kwargs, "autocommit": True})
+            self._notifier_pid = os.getpid()
+        try:
+            self._notifier.execute(self._notify)
+        except psycopg.Error:
+            self._close_notifier()  # the next NOTIFY reconnects
+            raise
+
+    def close(self) -> None:
+        """Sends the last NOTIFY still owed, then closes the waker's connection."""
+        self.waker.flush(timeout=1.0)
+        self._close_notifier()
+
+    def _close_notifier(self) -> None:
+        if self._notifier is not None and self._notifier_pid == os.getpid():
+            self._notifier.close()
+            self._notifier = None
 
     def _insert_stored_events(
         self,
@@ -75,9 +166,8 @@ class AuraRecorder(PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         **kwargs: Any,
     ) -> None:
-        # No parameters: psycopg sends it with the simple protocol, all in one round trip.
-        curs.execute(self._lock_and_notify)
         columns = (
+            len(stored_events),
             [e.originator_id for e in stored_events],
             [e.originator_version for e in stored_events],
             [e.topic for e in stored_events],

@@ -28,6 +28,9 @@ class Owner:
     ddl: Ddl
     tables: tuple[str, ...]
     functions: tuple[str, ...] = field(default=())
+    #: Columns added to existing tables since they were first made ("table.column"):
+    #: a store from an older release lacks them until `aura-es db init` upgrades it.
+    columns: tuple[str, ...] = field(default=())
 
 
 def create(conn: psycopg.Connection[Any], owners: Sequence[Owner]) -> None:
@@ -39,16 +42,22 @@ def create(conn: psycopg.Connection[Any], owners: Sequence[Owner]) -> None:
 
 
 def missing(conn: psycopg.Connection[Any], owners: Sequence[Owner]) -> list[str]:
-    """Tables (and functions, named with "()") the owners need and the database lacks."""
+    """Tables, functions (named with "()") and columns ("table.column", of tables that
+    exist) the owners need and the database lacks."""
     tables = [t for o in owners for t in o.tables]
     functions = [f for o in owners for f in o.functions]
+    columns = [c.split(".", 1) for o in owners for c in o.columns]
     with conn.cursor() as cur:
         cur.execute(
             "SELECT t FROM unnest(%s::text[]) WITH ORDINALITY AS x(t, i)"
             " WHERE to_regclass(quote_ident(t)) IS NULL"
             " UNION ALL SELECT f || '()' FROM unnest(%s::text[]) AS f"
-            " WHERE to_regproc(quote_ident(f)) IS NULL",
-            (tables, functions),
+            " WHERE to_regproc(quote_ident(f)) IS NULL"
+            " UNION ALL SELECT t || '.' || c FROM unnest(%s::text[], %s::text[]) AS x(t, c)"
+            " WHERE to_regclass(quote_ident(t)) IS NOT NULL AND NOT EXISTS ("
+            "  SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(quote_ident(t))"
+            "  AND attname = c AND NOT attisdropped)",
+            (tables, functions, [t for t, _ in columns], [c for _, c in columns]),
         )
         return [row[0] for row in cur.fetchall()]
 

@@ -41,7 +41,7 @@ def caught_up(
         for spec in specs:
             resilient = ResilientRunner(serving.attach(conn, spec), spec)
             applied[spec.name] = dead[spec.name] = 0
-            while resilient.runner.position < head:
+            while True:
                 if time.monotonic() > deadline:
                     raise NotCaughtUp(
                         f"projection {spec.name!r} reached position"
@@ -49,6 +49,8 @@ def caught_up(
                 progress = resilient.advance()
                 if progress.step is not None:
                     applied[spec.name] += progress.step.applied
+                    if progress.step.caught_up and resilient.runner.position >= head:
+                        break
                 if progress.dead_lettered is not None or progress.dead_lettered_type:
                     dead[spec.name] += 1
             if side_effects:

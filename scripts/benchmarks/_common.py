@@ -81,15 +81,16 @@ def report(title: str, rows: list[dict[str, Any]], *, as_json: bool) -> None:
         print(orjson.dumps({"benchmark": title, "rows": rows}, option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title=title)
-    for column in rows[0]:
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
+        table.add_row(*(str(row.get(column, "")) for column in columns))
     Console().print(table)
 
 
 def paced_appends(
-    app: AuraApp, rate: int, seconds: float, key_prefix: str, committed: dict[int, float]
+    app: AuraApp, rate: float, seconds: float, key_prefix: str, committed: dict[int, float]
 ) -> None:
     """Starts one debate every 1/rate s, recording position -> commit time as it goes
     (a watcher thread reads ``committed`` meanwhile)."""

@@ -22,6 +22,7 @@ from eventsourcing.domain import Aggregate, event
 from aura_es import AuraAggregate, AuraCreated, AuraEvent, Create, payload
 from aura_es.app import AuraApp
 from aura_es.dsn import parse_database_url
+from scripts.benchmarks import writers
 from scripts.benchmarks._common import fresh_database, percentile, postgres, report
 
 
@@ -66,14 +67,14 @@ class UsageBatch(AuraAggregate):
         return batch
 
 
-def plain_app(url: str, pool_size: int) -> Application[Any]:
+def plain_app(url: str, pool_size: int, *, create_table: bool = True) -> Application[Any]:
     pg = parse_database_url(url)
     return Application(env={
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": pg.dbname, "POSTGRES_HOST": pg.host, "POSTGRES_PORT": pg.port,
         "POSTGRES_USER": pg.user, "POSTGRES_PASSWORD": pg.password,
         "POSTGRES_POOL_SIZE": str(pool_size), "POSTGRES_MAX_OVERFLOW": str(pool_size),
-        "CREATE_TABLE": "y",
+        "CREATE_TABLE": "y" if create_table else "n",
     })
 
 
@@ -197,15 +198,51 @@ def payload_check(n: int) -> dict[str, Any]:
     }
 
 
+def schema_check(n: int) -> dict[str, Any]:
+    """What checking an event against its JSON Schema costs on a write: the mapper's
+    checked encoding, next to the same plus the schema check it now makes."""
+    from aura_es.domain.debate import DebateStarted
+    from aura_es.schemas.validate import check_payload
+
+    state = {
+        "topic": "AI ethics policy", "participants": ["agent-1", "agent-2", "agent-3"],
+        "tenant_id": "default", "timestamp": datetime.now(UTC),
+        "originator_topic": "aura.debate",
+        "meta": {"event_id": str(uuid4()), "tenant_id": "default"},
+    }
+
+    def encoded_and_checked() -> None:
+        check_payload(DebateStarted, payload.encode(state, "event"), "event")
+
+    encoded_and_checked()  # the validator is built once per class, not per event
+    plain = min(timeit.repeat(lambda: payload.encode(state, "event"), number=n,
+                              repeat=5)) / n
+    checked = min(timeit.repeat(encoded_and_checked, number=n, repeat=5)) / n
+    return {
+        "case": "encode one event and check it against its JSON Schema, µs",
+        "baseline": "encode (checked) without the schema",
+        "baseline events/s": round(plain * 1e6, 2),
+        "aura-es events/s": round(checked * 1e6, 2),
+        "ratio": round(checked / plain, 2),
+    }
+
+
+def writer_processes(admin: str, n: int, pgbench_seconds: int) -> list[dict[str, Any]]:
+    with fresh_database(admin) as url:
+        plain_app(url, 1).close()  # its table, before the writer processes race to make it
+        return writers.rows(url, n, pgbench_seconds)
+
+
 def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
     n = 300 if quick else 3000
     with postgres() as admin:
         rows = [
             single_and_concurrent(admin, n, 1),
-            single_and_concurrent(admin, n, 8),
+            *writer_processes(admin, n * 2, 2 if quick else 8),
             batches(admin, n * 10, 100, one_command=True),
             batches(admin, n * 10, 100),
             duplicates(admin, n // 3),
             payload_check(n * 10),
+            schema_check(n * 10),
         ]
     report("append: aura-es next to its baselines (same run, same server)", rows, as_json=as_json)

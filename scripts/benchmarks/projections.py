@@ -55,35 +55,50 @@ def write_log(url: str, events: int) -> None:
     app.close()
 
 
-def log_size(conn: psycopg.Connection[Any]) -> tuple[int, int]:
-    """The head position and how many of the events are debate events."""
-    head = int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0])
+def log_size(conn: psycopg.Connection[Any]) -> tuple[tuple[int, int], int]:
+    """The head of the log as a reader's cursor (transaction, position), and how many of
+    the events are debate events."""
+    row = conn.execute("SELECT transaction_id, notification_id FROM aura_events"
+                       " ORDER BY transaction_id DESC, notification_id DESC LIMIT 1").fetchone()
     debate_events = int(conn.execute(
         "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)", (list(DEBATE_TOPICS),)
     ).fetchone()[0])
-    return head, debate_events
+    return (int(row[0]), int(row[1])), debate_events
 
 
 def watch_checkpoint(url: str, committed: dict[int, float], visible: dict[int, float],
                      stop: threading.Event) -> None:
-    """Records when the live checkpoint first covers each committed position."""
+    """Records when the live checkpoint's cursor first covers each committed position.
+
+    Appends commit out of position order, so "covered" is the log's order, not the
+    position: (transaction, position) at or before the checkpoint's cursor."""
+    cursors: dict[int, tuple[int, int]] = {}
     with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as watcher:
         while not stop.is_set():
             now_at = checkpoint(watcher)
             stamp = time.perf_counter()
             # Positions are registered after their commit returns, so a position may
             # be covered before it is known here: check every unseen one each poll.
-            for position in [p for p in list(committed) if p not in visible]:
-                if position <= now_at:
+            unseen = [p for p in list(committed) if p not in visible]
+            unknown = [p for p in unseen if p not in cursors]
+            if unknown:
+                cursors.update((int(pos), (int(txn), int(pos))) for txn, pos in watcher.execute(
+                    "SELECT transaction_id, notification_id FROM aura_events"
+                    " WHERE notification_id = ANY(%s)", (unknown,)))
+            for position in unseen:
+                if cursors[position] <= now_at:
                     visible[position] = stamp
             time.sleep(0.0005)
 
 
-def checkpoint(conn: psycopg.Connection[Any], name: str = "DebateStateProjection") -> int:
+def checkpoint(conn: psycopg.Connection[Any],
+               name: str = "DebateStateProjection") -> tuple[int, int]:
+    """The projection's cursor (transaction, position); (-1, -1) before it exists."""
     row = conn.execute(
-        "SELECT position FROM aura_projection_checkpoints WHERE projection = %s", (name,)
+        "SELECT cursor_transaction, cursor_position FROM aura_projection_checkpoints"
+        " WHERE projection = %s", (name,)
     ).fetchone()
-    return int(row[0]) if row else -1
+    return (int(row[0] or 0), int(row[1] or 0)) if row else (-1, -1)
 
 
 def start_worker(url: str, env: dict[str, str | None] | None = None) -> subprocess.Popen[bytes]:
@@ -96,14 +111,14 @@ def start_worker(url: str, env: dict[str, str | None] | None = None) -> subproce
     )
 
 
-def catch_up(url: str, conn: psycopg.Connection[Any], head: int, debate_events: int,
+def catch_up(url: str, conn: psycopg.Connection[Any], head: tuple[int, int], debate_events: int,
              env: dict[str, str | None] | None = None) -> dict:
     started = time.perf_counter()
     worker = start_worker(url, env)
     memory: list[float] = []
     first = started
-    while (position := checkpoint(conn)) < head:
-        if first == started and position > 0:
+    while (cursor := checkpoint(conn)) < head:
+        if first == started and cursor[1] > 0:
             first = time.perf_counter()
         memory.append(rss_mb(worker.pid))
         time.sleep(0.05)
@@ -177,20 +192,29 @@ def baseline(url: str, conn: psycopg.Connection[Any], up_to_debate_events: int) 
     return {"seconds": seconds, "events_per_second": up_to_debate_events / seconds}
 
 
-def live_latency(url: str, conn: psycopg.Connection[Any], rate: int, seconds: float) -> dict:
-    """Append at ``rate`` events/s; time from commit to the checkpoint covering the event."""
+def live_latency(url: str, conn: psycopg.Connection[Any], rate: int, seconds: float,
+                 writers: int = 1) -> dict:
+    """Append at ``rate`` events/s in all, from ``writers`` threads (each its own
+    connection, at rate/writers); time from commit to the checkpoint covering the event."""
     worker = start_worker(url)
     while not conn.execute(
         "SELECT 1 FROM aura_projection_workers WHERE pid = %s AND role = 'active'", (worker.pid,)
     ).fetchone():
         time.sleep(0.05)
-    app = AuraApp(url, pool_size=2)
+    app = AuraApp(url, pool_size=writers + 1)
     committed: dict[int, float] = {}
     visible: dict[int, float] = {}
     stop = threading.Event()
     watcher = threading.Thread(target=watch_checkpoint, args=(url, committed, visible, stop))
     watcher.start()
-    paced_appends(app, rate, seconds, "live", committed)
+    appenders = [threading.Thread(target=paced_appends,
+                                  args=(app, rate / writers, seconds, f"live{writers}-{n}",
+                                        committed))
+                 for n in range(writers)]
+    for appender in appenders:
+        appender.start()
+    for appender in appenders:
+        appender.join()
     time.sleep(1.0)
     stop.set()
     watcher.join()
@@ -256,8 +280,11 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
                 ours = catch_up(url, conn, head, debate_events)
             with console.status("eventsourcing ProjectionRunner catching up…"):
                 lib = baseline(url, conn, baseline_events)
-            with console.status("live latency at 200 events/s…"):
-                live = live_latency(url, conn, rate=200, seconds=5 if quick else 15)
+            live: dict[int, dict] = {}
+            for writers in (1, 8):
+                with console.status(f"live latency at 200 events/s from {writers} writers…"):
+                    live[writers] = live_latency(url, conn, rate=200,
+                                                 seconds=5 if quick else 15, writers=writers)
     rows = [
         {"measure": f"catch-up, DebateStateProjection ({debate_events:,} of {events:,} events)",
          "eventsourcing ProjectionRunner": f"{lib['events_per_second']:,.0f} events/s "
@@ -269,10 +296,14 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
          "eventsourcing ProjectionRunner": "",
          "aura-es worker": f"{ours['rss_mb_at_25pct']} MB / {ours['rss_mb_at_end']} MB",
          "ratio": ""},
-        {"measure": f"append-to-visible at 200 events/s ({live['seen']}/{live['events']} seen)",
+    ]
+    rows += [
+        {"measure": f"append-to-visible at 200 events/s from {writers} writer"
+                    f"{'s' if writers > 1 else ''} ({run['seen']}/{run['events']} seen)",
          "eventsourcing ProjectionRunner": "",
-         "aura-es worker": f"p50 {live['p50_ms']:.1f} ms / p95 {live['p95_ms']:.1f} ms",
-         "ratio": ""},
+         "aura-es worker": f"p50 {run['p50_ms']:.1f} ms / p95 {run['p95_ms']:.1f} ms",
+         "ratio": ""}
+        for writers, run in live.items()
     ]
     report("projections: aura-es next to its baseline (same run, same server)", rows,
            as_json=as_json)

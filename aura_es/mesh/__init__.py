@@ -1,0 +1,7 @@
+"""The consumer kit for services on the mesh: read the JetStream stream aura-es mirrors,
+validated against the schema registry, upcast to the version the service was built for,
+and applied to the service's own PostgreSQL tables exactly once. docs/mesh.md."""
+
+from aura_es.mesh.consumer import Delivery, MeshConsumer, Subscription
+
+__all__ = ["Delivery", "MeshConsumer", "Subscription"]

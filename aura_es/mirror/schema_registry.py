@@ -1,0 +1,81 @@
+"""The event schema registry on JetStream: a key-value bucket services fetch schemas from.
+
+Each version is one key, ``<topic>.v<N>`` (see ``key_of``), holding the schema's JSON;
+its ``$id`` is the ``dataschema`` URI the version's CloudEvents carry. Entries never
+change: a key that already holds a different schema is reported, never overwritten (two
+registries disagree about a published version, which a consumer must not guess about).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+
+from aura_es.errors import ConfigurationError
+from aura_es.schemas import registry
+from aura_es.schemas.generate import URI_PREFIX, current_schema, event_classes
+
+BUCKET = "AURA_SCHEMAS"
+
+
+def key_of(uri: str) -> str:
+    """``urn:aura-es:schema:<topic>:v<N>`` -> ``<topic>.v<N>`` (a KV key)."""
+    if not uri.startswith(URI_PREFIX):
+        raise ConfigurationError(f"dataschema {uri!r} is not an aura-es schema URI")
+    topic, _, version = uri.removeprefix(URI_PREFIX).rpartition(":")
+    if not topic or not version.startswith("v") or not version[1:].isdigit():
+        raise ConfigurationError(f"dataschema {uri!r} is not an aura-es schema URI")
+    return f"{topic}.{version}"
+
+
+def local_schemas(root: Path) -> dict[str, dict[str, Any]]:
+    """Every version the registry directory holds, plus the current version of each
+    loaded event class it lacks (a project without a committed registry), by URI."""
+    found = {entry.uri: entry.schema
+             for versions in registry.load(root).values() for entry in versions.values()}
+    for cls in event_classes().values():
+        schema = current_schema(cls)
+        found.setdefault(schema["$id"], schema)
+    return found
+
+
+async def publish(js: JetStreamContext, schemas: Mapping[str, dict[str, Any]]
+                  ) -> tuple[int, list[str]]:
+    """Puts every schema missing from the bucket; returns (added, conflicting keys)."""
+    kv = await js.create_key_value(config=KeyValueConfig(
+        bucket=BUCKET, history=1, storage=StorageType.FILE,
+        description="aura-es event schemas, by <topic>.v<N>"))
+    added, conflicts = 0, []
+    for uri, schema in sorted(schemas.items()):
+        key = key_of(uri)
+        value = registry.render(schema).encode()
+        try:
+            existing = await kv.get(key)
+        except KeyNotFoundError:
+            existing = None
+        if existing is None or existing.value is None:
+            await kv.create(key, value)
+            added += 1
+        elif json.loads(existing.value) != schema:
+            conflicts.append(key)
+    return added, conflicts
+
+
+async def fetch(js: JetStreamContext, uri: str) -> dict[str, Any]:
+    """The schema ``uri`` names, from the bucket (ConfigurationError if absent)."""
+    try:
+        kv = await js.key_value(BUCKET)
+        entry = await kv.get(key_of(uri))
+    except (BucketNotFoundError, KeyNotFoundError):
+        raise ConfigurationError(f"schema {uri} is not in the {BUCKET} bucket") from None
+    if entry.value is None:
+        raise ConfigurationError(f"schema {uri} is not in the {BUCKET} bucket")
+    schema: dict[str, Any] = json.loads(entry.value)
+    return schema
+
