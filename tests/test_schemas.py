@@ -396,7 +396,8 @@ def test_a_write_that_does_not_fit_its_schema_is_refused_and_nothing_is_stored(
 _any_json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
     | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
-    | st.sampled_from(["1.5", "-2E+3", "NaN", "1_000", " 1", str(uuid4()),
+    | st.sampled_from(["1.5", "-2E+3", "NaN", "1_000", " 1", str(uuid4()), uuid4().hex,
+                       f"{{{uuid4()}}}", f"urn:uuid:{uuid4()}", str(uuid4()).upper(),
                        "2026-11-25T00:00:00+00:00"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
                                                                  max_size=3),
@@ -407,7 +408,8 @@ _any_json = st.recursive(
 @pytest.mark.parametrize("topic", sorted(registry.load(REGISTRY)))
 def test_the_write_check_says_what_the_registry_schema_says(topic: str) -> None:
     """Writes are checked with pydantic (fast); services check with the JSON Schema.
-    Both must refuse and accept the same payloads, valid ones and broken ones alike."""
+    Both must refuse and accept the same payloads, valid ones and broken ones alike, but
+    for one documented difference: writes refuse 1.0 for an integer."""
     from aura_es.schemas.validate import check_payload
 
     cls = event_classes()[topic]
@@ -425,9 +427,20 @@ def test_the_write_check_says_what_the_registry_schema_says(topic: str) -> None:
             accepted = True
         except InvalidPayload:
             accepted = False
-        assert accepted == reference.is_valid(payload), payload
+        expected = reference.is_valid(payload)
+        if mutate and expected and not accepted and _integral_float_for_integer(
+                schema["properties"][field], value):
+            return  # the one place writes are stricter, on purpose (docs/schemas.md)
+        assert accepted == expected, payload
 
     same_verdict()
+
+
+def _integral_float_for_integer(field_schema: dict[str, Any], value: Any) -> bool:
+    """JSON Schema counts 1.0 as an integer; a write of 1.0 to an ``int`` field is
+    refused (it would read back as a float)."""
+    return (field_schema.get("type") == "integer" and isinstance(value, float)
+            and value.is_integer())
 
 
 def test_a_projection_stops_at_an_unknown_version_without_dead_lettering(

@@ -132,7 +132,9 @@ def list_(directory: SchemaDir = registry.DEFAULT_DIR, catalog: CatalogPath = DE
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("event type", "versions", "writes", "mode", "published")
+    table = Table()
+    for column in ("event type", "versions", "writes", "mode", "published"):
+        table.add_column(column, overflow="fold")  # whole names at any width
     for row in rows:
         table.add_row(row["topic"], ", ".join(f"v{v}" for v in row["versions"]) or "-",
                       f"v{row['writes']}", row["mode"], "yes" if row["published"] else "no")

@@ -20,6 +20,7 @@ import re
 import types
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Union, get_args, get_origin, get_type_hints
+from uuid import UUID
 
 from pydantic import BeforeValidator, ConfigDict, TypeAdapter, WithJsonSchema, create_model
 
@@ -90,10 +91,28 @@ _DECIMAL = Annotated[Decimal, BeforeValidator(_decimal_string),
                      WithJsonSchema({"type": "string", "pattern": DECIMAL_PATTERN})]
 
 
+def _canonical_uuid(value: Any) -> Any:
+    # JSON Schema's "uuid" format is the hyphenated form (RFC 4122), which the mapper
+    # writes; pydantic alone would also take 32 bare digits, braces or a urn: prefix.
+    if isinstance(value, str) and len(value) == 36 and all(
+            value[i] == "-" for i in (8, 13, 18, 23)):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise ValueError("must be a UUID in its hyphenated form")
+
+
+_UUID = Annotated[UUID, BeforeValidator(_canonical_uuid),
+                  WithJsonSchema({"type": "string", "format": "uuid"})]
+
+
 def _stored_form(hint: Any) -> Any:
-    """``hint`` with every Decimal replaced by its stored form's schema."""
+    """``hint`` with every Decimal and UUID replaced by its stored form's schema."""
     if hint is Decimal:
         return _DECIMAL
+    if hint is UUID:
+        return _UUID
     args = get_args(hint)
     origin = get_origin(hint)
     if not args or origin is None or origin is Annotated:
