@@ -224,6 +224,12 @@ def test_a_hand_edited_schema_file_is_named(tmp_path: Path, content: str, needle
     assert_one_line_error(result, "aura.debate.failed.v1/v1.json", needle)
 
 
+def test_a_registry_directory_that_is_not_there_is_bad_input(tmp_path: Path) -> None:
+    for command in ("check", "list"):
+        result = aura("schema", command, "--dir", str(tmp_path / "schemaz"))
+        assert_one_line_error(result, "schemaz: no such directory")
+
+
 def test_a_gap_in_the_versions_is_bad_input(tmp_path: Path) -> None:
     shutil.copytree(REGISTRY, tmp_path, dirs_exist_ok=True)
     (tmp_path / "aura.llm_call.completed.v1/v1.json").unlink()

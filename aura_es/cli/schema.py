@@ -36,6 +36,14 @@ def _classes(modules: list[str] | None) -> dict[str, type]:
     return event_classes()
 
 
+def _existing(directory: Path) -> Path:
+    """The registry to read: a directory that is not there is a typo, not an empty one."""
+    if not directory.is_dir():
+        raise ConfigurationError(f"schema registry {directory}: no such directory (`aura-es"
+                                 " schema export --dir` creates it)")
+    return directory
+
+
 def _modes(catalog: Path, classes: dict[str, type]) -> dict[str, Mode]:
     """Every loaded type's mode, from the catalog's ``events:`` (defaults for the rest)."""
     specs = load_catalog(catalog).events
@@ -92,7 +100,7 @@ def check(directory: SchemaDir = registry.DEFAULT_DIR, catalog: CatalogPath = DE
           module: Modules = None, json: Json = False) -> None:
     """Exit 1 when a change breaks the registry's rules or a compatibility mode."""
     classes = _classes(module)
-    report = checking.check(directory, classes, _modes(catalog, classes))
+    report = checking.check(_existing(directory), classes, _modes(catalog, classes))
     if json:
         emit_json({"ok": report.ok, "findings": [str(f) for f in report.findings],
                    "checked": report.checked, "notes": report.notes})
@@ -115,7 +123,7 @@ def list_(directory: SchemaDir = registry.DEFAULT_DIR, catalog: CatalogPath = DE
           module: Modules = None, json: Json = False) -> None:
     """Each event type: its versions, compatibility mode and whether it is published."""
     specs = load_catalog(catalog).events
-    committed = registry.load(directory)
+    committed = registry.load(_existing(directory))
     classes = _classes(module)
     modes = _modes(catalog, classes)
     rows: list[dict[str, Any]] = []
