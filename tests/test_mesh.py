@@ -33,6 +33,19 @@ from tests.support.mesh_consumer import TOPICS
 from tests.support.mirror import start_relay, verify
 from tests.support.workers import ROOT, env_for, wait_for
 
+#: What a foreign publisher can put in a CloudEvent that names a subscribed type.
+HOSTILE: list[dict[str, Any]] = [
+    {"dataschema": "urn:somebody-else:schema:x:v1"},  # not our URI
+    {"dataschema": "urn:aura-es:schema:aura.llm_call.completed.v1:v99"},  # not registered
+    {"dataschema": "urn:aura-es:schema:aura.debate.failed.v1:v1"},  # another type's
+    {"data": [1, 2]},  # not an object
+    {"data": None, "data_base64": "AAE="},  # how an undecodable event is mirrored
+    {"subject": "not-a-uuid"},
+    {"auraposition": "1e999"},
+    {"data": {"completion_tokens": "\u0000", "cost_usd": "0.1"}},  # a NUL
+    {"data": {"completion_tokens": 1, "cost_usd": "x" * 100_000}},  # huge, not a decimal
+]
+
 
 def billing_example() -> Any:
     """docs/examples/mesh_billing.py, imported as a user would run it."""
@@ -133,15 +146,22 @@ def test_data_is_validated_and_brought_to_the_services_version(
     async def scenario() -> dict[str, list[Delivery]]:
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
-        # Published by someone else: a v1 event (upcast for v2 readers) and one whose
-        # data does not fit its schema (rejected, recorded, never applied).
-        await js.publish(f"{prefix}.llm_call.completed",
-                         cloud_event(1, {"completion_tokens": 3, "cost_usd": "0.1"}))
+        # Published by someone else, first messages no consumer may apply: each is
+        # recorded as rejected and the consumer goes on (none may stall it in retries).
+        good_v1 = json.loads(cloud_event(1, {"completion_tokens": 3, "cost_usd": "0.1"}))
+        for hostile in HOSTILE:
+            await js.publish(f"{prefix}.llm_call.completed",
+                             json.dumps({**good_v1, **hostile}).encode())
+        await js.publish(f"{prefix}.llm_call.completed", b"\x00 not json")
+        # Then a v1 event (upcast for v2 readers) and one whose data does not fit its
+        # schema (rejected, recorded, never applied).
+        await js.publish(f"{prefix}.llm_call.completed", json.dumps(good_v1).encode())
         await js.publish(f"{prefix}.llm_call.completed",
                          cloud_event(2, {"completion_tokens": "x", "cost_usd": "0.1",
                                          "latency_ms": 1.0}))
         registered = await schema_registry.fetch(js, schema_uri(completed, 2))
-        assert registered["$id"] == schema_uri(completed, 2)
+        assert registered is not None and registered["$id"] == schema_uri(completed, 2)
+        assert await schema_registry.fetch(js, schema_uri(completed, 9)) is None
         await nc.close()
         got: dict[str, list[Delivery]] = {"v1": [], "v2": []}
 
@@ -180,9 +200,13 @@ def test_data_is_validated_and_brought_to_the_services_version(
         (2, {"completion_tokens": 7, "cost_usd": "0.5", "latency_ms": 120.0}),
         (2, {"completion_tokens": 3, "cost_usd": "0.1", "latency_ms": 0.0})]
     rejected = rows(empty_db_url, "SELECT consumer, reason FROM aura_mesh_rejected"
-                                  " ORDER BY consumer")
-    assert [r[0] for r in rejected] == ["billing", "built_for_v1", "built_for_v2"]
+                                  " ORDER BY consumer, stream_seq")
+    per_consumer = len(HOSTILE) + 2  # the hostile ones, the non-JSON one, the misfit
+    assert [r[0] for r in rejected] == [
+        name for name in ("billing", "built_for_v1", "built_for_v2")
+        for _ in range(per_consumer)]
     # The documented example: the relay's v2 event and the upcast v1 one, once each.
     assert rows(empty_db_url, "SELECT tenant, calls, tokens, cost_usd::text, latency_ms"
                               " FROM billing_spend") == [("acme", 2, 10, "0.6", 120.0)]
-    assert all("field completion_tokens" in r[1] for r in rejected)
+    misfits = rejected[per_consumer - 1::per_consumer]
+    assert all("field completion_tokens" in r[1] for r in misfits)

@@ -230,6 +230,22 @@ def test_a_registry_directory_that_is_not_there_is_bad_input(tmp_path: Path) -> 
         assert_one_line_error(result, "schemaz: no such directory")
 
 
+@pytest.mark.parametrize(("edit", "needle"), [
+    ({"minLength": 1_000_000_000}, "minLength 1000000000 is beyond"),
+    ({"format": "email"}, "format 'email' is not supported"),
+    ({"not": {"type": "null"}}, "keyword 'not' is not supported"),
+])
+def test_a_schema_the_check_cannot_sample_is_named_not_hung_on(
+        tmp_path: Path, edit: dict[str, Any], needle: str) -> None:
+    shutil.copytree(REGISTRY, tmp_path, dirs_exist_ok=True)
+    file = tmp_path / "aura.llm_call.completed.v1/v1.json"
+    schema = json.loads(file.read_text())
+    schema["properties"]["cost_usd"] = {"type": "string", **edit}
+    file.write_text(registry.render(schema))
+    result = aura("schema", "check", "--dir", str(tmp_path), timeout=60)
+    assert_one_line_error(result, "aura.llm_call.completed.v1/v1.json", needle)
+
+
 def test_a_gap_in_the_versions_is_bad_input(tmp_path: Path) -> None:
     shutil.copytree(REGISTRY, tmp_path, dirs_exist_ok=True)
     (tmp_path / "aura.llm_call.completed.v1/v1.json").unlink()

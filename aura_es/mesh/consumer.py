@@ -37,7 +37,7 @@ from aura_es.log import get_logger
 from aura_es.mesh import checkpoint, rejected
 from aura_es.mirror import schema_registry
 from aura_es.retry import Backoff
-from aura_es.schemas.generate import schema_uri
+from aura_es.schemas.generate import parse_schema_uri, schema_uri
 
 Upcaster = Callable[[dict[str, Any]], None]
 #: Waits after a failed batch (handler error, database or broker unwell).
@@ -178,21 +178,36 @@ class MeshConsumer:
         return applied
 
     async def _prepare(self, nc: Client, msg: Msg) -> Delivery | Rejected | None:
-        """The message as its handler's Delivery; None when nothing subscribes to it."""
+        """The message as its handler's Delivery; None when nothing subscribes to it.
+
+        Whatever a message holds (anyone allowed to publish on the subjects can put one
+        there), it is a Delivery, None or Rejected: content never raises, so one bad
+        message cannot stall the consumer in retries. Only the service's own setup (a
+        missing upcaster or bucket) raises, and is retried."""
         try:
             cloud_event = orjson.loads(msg.data)
         except orjson.JSONDecodeError:
             return Rejected("not JSON")
         if not isinstance(cloud_event, dict):
-            return Rejected("not a CloudEvent")
+            return Rejected("not a CloudEvent (not a JSON object)")
         sub = self.subscriptions.get(str(cloud_event.get("type")))
-        if sub is None or "data" not in cloud_event:
+        if sub is None:
             return None
-        data = cloud_event["data"]
-        uri = cloud_event.get("dataschema")
+        data = cloud_event.get("data")
+        if not isinstance(data, dict):
+            return Rejected("its data is not a JSON object (an undecodable event?)")
+        try:
+            aggregate_id = UUID(str(cloud_event.get("subject")))
+            position = int(cloud_event.get("auraposition") or 0)
+        except (ValueError, TypeError):
+            return Rejected("its subject is not a UUID or its auraposition not an integer")
         version = sub.version
+        uri = cloud_event.get("dataschema")
         if uri is not None:
-            version = int(str(uri).rsplit(":v", 1)[-1])
+            parsed = parse_schema_uri(str(uri))
+            if parsed is None or parsed[0] != sub.topic:
+                return Rejected(f"dataschema {str(uri)[:100]!r} is not a schema of {sub.topic}")
+            version = parsed[1]
             problem = await self._invalid(nc, str(uri), data)
             if problem:
                 return Rejected(f"data does not fit {uri}: {problem}")
@@ -206,21 +221,28 @@ class MeshConsumer:
                 upcast(data)
         elif version > sub.version:
             # FULL compatibility: the newer data is valid at the version the service knows.
-            problem = await self._invalid(nc, schema_uri(sub.topic, sub.version), data)
+            problem = await self._invalid(nc, schema_uri(sub.topic, sub.version), data,
+                                          own=True)
             if problem:
                 return Rejected(f"v{version} data does not fit v{sub.version}: {problem}")
         return Delivery(
-            topic=sub.topic, version=sub.version, data=data,
-            aggregate_id=UUID(str(cloud_event.get("subject"))),
-            position=int(cloud_event.get("auraposition") or 0),
-            stream_seq=msg.metadata.sequence.stream, event_id=str(cloud_event.get("id")),
-            cloud_event=cloud_event,
+            topic=sub.topic, version=sub.version, data=data, aggregate_id=aggregate_id,
+            position=position, stream_seq=msg.metadata.sequence.stream,
+            event_id=str(cloud_event.get("id")), cloud_event=cloud_event,
         )
 
-    async def _invalid(self, nc: Client, uri: str, data: Any) -> str | None:
+    async def _invalid(self, nc: Client, uri: str, data: Any, *, own: bool = False
+                       ) -> str | None:
+        """Why ``data`` does not fit the schema ``uri`` names (None: it fits). A schema
+        the registry lacks is the message's fault, unless it is the subscription's own
+        version (``own``): then the service is set up wrong, and it is raised."""
         validator = self._schemas.get(uri)
         if validator is None:
             schema = await schema_registry.fetch(nc.jetstream(), uri)
+            if schema is None:
+                if own:
+                    raise ConfigurationError(f"schema {uri} is not in the registry bucket")
+                return f"{uri} is not in the registry"
             validator = self._schemas[uri] = Draft202012Validator(schema)
         error = best_match(validator.iter_errors(data))
         if error is None:

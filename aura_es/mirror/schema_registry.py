@@ -19,19 +19,18 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from aura_es.errors import ConfigurationError
 from aura_es.schemas import registry
-from aura_es.schemas.generate import URI_PREFIX, current_schema, event_classes
+from aura_es.schemas.generate import current_schema, event_classes, parse_schema_uri
 
 BUCKET = "AURA_SCHEMAS"
 
 
 def key_of(uri: str) -> str:
     """``urn:aura-es:schema:<topic>:v<N>`` -> ``<topic>.v<N>`` (a KV key)."""
-    if not uri.startswith(URI_PREFIX):
+    parsed = parse_schema_uri(uri)
+    if parsed is None:
         raise ConfigurationError(f"dataschema {uri!r} is not an aura-es schema URI")
-    topic, _, version = uri.removeprefix(URI_PREFIX).rpartition(":")
-    if not topic or not version.startswith("v") or not version[1:].isdigit():
-        raise ConfigurationError(f"dataschema {uri!r} is not an aura-es schema URI")
-    return f"{topic}.{version}"
+    topic, version = parsed
+    return f"{topic}.v{version}"
 
 
 def local_schemas(root: Path) -> dict[str, dict[str, Any]]:
@@ -67,15 +66,21 @@ async def publish(js: JetStreamContext, schemas: Mapping[str, dict[str, Any]]
     return added, conflicts
 
 
-async def fetch(js: JetStreamContext, uri: str) -> dict[str, Any]:
-    """The schema ``uri`` names, from the bucket (ConfigurationError if absent)."""
+async def fetch(js: JetStreamContext, uri: str) -> dict[str, Any] | None:
+    """The schema ``uri`` names, from the bucket; None when the bucket lacks it (the
+    relay publishes every schema before the first event naming it). No bucket at all is
+    ConfigurationError: a setup problem, not a property of one message."""
     try:
         kv = await js.key_value(BUCKET)
+    except BucketNotFoundError:
+        raise ConfigurationError(f"no {BUCKET} bucket on this server: run `aura-es mirror"
+                                 " run`, which publishes the schemas") from None
+    try:
         entry = await kv.get(key_of(uri))
-    except (BucketNotFoundError, KeyNotFoundError):
-        raise ConfigurationError(f"schema {uri} is not in the {BUCKET} bucket") from None
+    except KeyNotFoundError:
+        return None
     if entry.value is None:
-        raise ConfigurationError(f"schema {uri} is not in the {BUCKET} bucket")
+        return None
     schema: dict[str, Any] = json.loads(entry.value)
     return schema
 

@@ -124,11 +124,16 @@ def _compatibility(topic: str, cls: type, versions: Mapping[int, registry.Entry]
     if mode is Mode.NONE:
         return findings
     try:  # the `schemas` extra: a base install can run the application without it
-        from aura_es.schemas import compat
+        from aura_es.schemas import compat, sampling
     except ImportError as e:
         raise ConfigurationError(f"aura-es schema check needs the 'schemas' extra"
                                  f" ({e.name} is missing): pip install 'aura-es[schemas]'"
                                  ) from None
+    for entry in versions.values():  # a schema the check cannot sample: exit 2
+        try:
+            sampling.from_schema(entry.schema)
+        except ConfigurationError as e:
+            raise ConfigurationError(f"{entry.path}: {e}") from None
     for new in range(2, len(versions) + 1):
         olds = range(1, new) if mode.transitive else [new - 1]
         for old in olds:

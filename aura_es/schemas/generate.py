@@ -41,6 +41,16 @@ def schema_uri(topic: str, version: int) -> str:
     return f"{URI_PREFIX}{topic}:v{version}"
 
 
+def parse_schema_uri(uri: str) -> tuple[str, int] | None:
+    """``(topic, version)`` of an aura-es schema URI; None for anything else."""
+    if not uri.startswith(URI_PREFIX):
+        return None
+    topic, _, version = uri.removeprefix(URI_PREFIX).rpartition(":")
+    if not TOPIC_PATTERN.match(topic) or not re.fullmatch(r"v[1-9][0-9]{0,5}", version):
+        return None
+    return topic, int(version[1:])
+
+
 def payload_version(cls: type) -> int:
     """The schema version the class writes (the library's ``class_version``)."""
     return int(getattr(cls, "class_version", 1))

@@ -19,6 +19,9 @@ from hypothesis import strategies as st
 from aura_es.errors import ConfigurationError
 
 _INT64 = 2**63 - 1
+#: Lower bounds above this are refused: a hand-edited ``minLength: 1000000000`` would
+#: otherwise have the check build gigabyte strings.
+MAX_MIN_SIZE = 1_000
 #: Keywords that only annotate: they never change which values are valid.
 _ANNOTATIONS = frozenset({"$schema", "$id", "title", "description", "examples", "default",
                           "$comment", "deprecated", "readOnly", "writeOnly"})
@@ -57,6 +60,11 @@ def from_schema(schema: Any, where: str = "") -> st.SearchStrategy[Any]:
     if unsupported:
         raise ConfigurationError(f"schema{where}: keyword {sorted(unsupported)[0]!r} is not"
                                  " supported by aura-es's compatibility check")
+    for bound in ("minLength", "minItems"):
+        value = schema.get(bound, 0)
+        if not isinstance(value, int) or value > MAX_MIN_SIZE:
+            raise ConfigurationError(f"schema{where}: {bound} {value!r} is beyond what the"
+                                     f" compatibility check samples ({MAX_MIN_SIZE:,})")
     strategy: st.SearchStrategy[Any] = _BUILDERS[kind](schema, where)
     return strategy
 
@@ -114,8 +122,9 @@ def _array(schema: dict[str, Any], where: str) -> st.SearchStrategy[Any]:
             return head
         tail = st.lists(from_schema(items, f"{where}[]"), max_size=3)
         return st.builds(lambda a, b: a + b, head, tail)
-    return st.lists(from_schema(items, f"{where}[]"), min_size=schema.get("minItems", 0),
-                    max_size=min(schema.get("maxItems", 4), 4))
+    low = schema.get("minItems", 0)
+    return st.lists(from_schema(items, f"{where}[]"), min_size=low,
+                    max_size=max(low, min(schema.get("maxItems", 4), 4)))
 
 
 _KEYWORDS: dict[Any, set[str]] = {

@@ -227,6 +227,32 @@ def schema_check(n: int) -> dict[str, Any]:
     }
 
 
+def schema_validators(n: int) -> dict[str, Any]:
+    """The write check (pydantic, strict, over the stored JSON) next to a JSON Schema
+    interpreter (jsonschema) on the same event and the same schema."""
+    from jsonschema import Draft202012Validator
+
+    from aura_es.domain.debate import DebateStarted
+    from aura_es.schemas.generate import current_schema
+    from aura_es.schemas.validate import check_payload
+
+    state = payload.encode({"topic": "AI ethics policy", "tenant_id": "default",
+                            "participants": ["agent-1", "agent-2", "agent-3"]}, "event")
+    interpreter = Draft202012Validator(current_schema(DebateStarted))
+    check_payload(DebateStarted, state, "event")  # built once per class
+    reference = min(timeit.repeat(lambda: interpreter.is_valid(orjson.loads(state)),
+                                  number=n, repeat=5)) / n
+    ours = min(timeit.repeat(lambda: check_payload(DebateStarted, state, "event"),
+                             number=n, repeat=5)) / n
+    return {
+        "case": "check one event against its schema, µs",
+        "baseline": "jsonschema Draft202012Validator",
+        "baseline events/s": round(reference * 1e6, 2),
+        "aura-es events/s": round(ours * 1e6, 2),
+        "ratio": round(ours / reference, 2),
+    }
+
+
 def writer_processes(admin: str, n: int, pgbench_seconds: int) -> list[dict[str, Any]]:
     with fresh_database(admin) as url:
         plain_app(url, 1).close()  # its table, before the writer processes race to make it
@@ -244,5 +270,6 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
             duplicates(admin, n // 3),
             payload_check(n * 10),
             schema_check(n * 10),
+            schema_validators(n * 10),
         ]
     report("append: aura-es next to its baselines (same run, same server)", rows, as_json=as_json)
