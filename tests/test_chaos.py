@@ -25,6 +25,7 @@ from tests.support.proxy import ChaosProxy
 from tests.support.workers import (
     ALL,
     ROOT,
+    active_workers,
     assert_read_models_equal_fold,
     caught_up,
     env_for,
@@ -43,6 +44,11 @@ def test_postgres_restart_under_writers_and_workers(
 
     log = tmp_path / "workers.log"
     supervisor = start_supervisor(chaos_db, *ALL, catalog=quick_catalog(tmp_path), log=log)
+    with connect(chaos_db) as conn:
+        # The restart must hit running workers: one that hits the supervisor's own start
+        # is an unreachable server, which `workers run` refuses at once (exit 2).
+        wait_for("every worker active", lambda: all(
+            active_workers(conn, name) for name in ALL), timeout=60)
     writers = [writer(chaos_db, seed, 120) for seed in (1, 2)]
     wait_for("some events", lambda: stored_count(chaos_db) > 150, timeout=60)
     user = "pgserver" if os.geteuid() == 0 else None
@@ -52,7 +58,10 @@ def test_postgres_restart_under_writers_and_workers(
     assert [w.returncode for w in writers] == [0, 0]
     commands = sum(int(out.strip()) for out in outputs)
     with connect(chaos_db) as conn:
-        wait_for("the catch-up", lambda: caught_up(conn), timeout=90)
+        try:
+            wait_for("the catch-up", lambda: caught_up(conn), timeout=90)
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {positions(conn)}\n{log.read_text()[-6000:]}") from e
         stop(supervisor)
         # Every command the writers retried through the restart is stored exactly once.
         assert stored_count(chaos_db) == commands

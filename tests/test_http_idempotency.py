@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +26,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from aura_es import AuraApp
+from aura_es.dsn import parse_database_url
 from aura_es.http import IdempotencyKeyMiddleware, InvalidKeyHeader, idempotency_key, parse_key
+from aura_es.http.responses import key_hash
 from tests.support.http import served
 from tests.support.workers import ROOT, wait_for
 
@@ -147,6 +150,43 @@ def test_in_flight_is_409_a_stuck_request_frees_its_key_and_5xx_is_not_kept(
         assert client.post("/broken", json={}, headers=key("b")).status_code == 503
         assert client.post("/broken", json={}, headers=key("b")).status_code == 503
         assert calls == ["slow", "slow", "b", "b"]
+
+
+def test_a_response_is_stored_before_the_client_sees_any_of_it(db_url: str) -> None:
+    """A client that retries the moment it has the response gets it again, never 409:
+    at the first byte sent, the key's state in the database must already be done."""
+    async def created(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"part,", "more_body": True})
+        await send({"type": "http.response.body", "body": b"end"})
+
+    async def run() -> tuple[list[str | None], bytes]:
+        middleware = IdempotencyKeyMiddleware(created, db_url)
+        seen: list[str | None] = []
+        sent = bytearray()
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                row = await (await conn.execute(
+                    "SELECT state FROM aura_http_idempotency WHERE key_hash = %s",
+                    (key_hash("early"),))).fetchone()
+                seen.append(row[0] if row else None)
+            sent.extend(message.get("body", b""))
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/x", "raw_path": b"/x",
+                 "query_string": b"", "headers": [(b"idempotency-key", b'"early"')]}
+        async with await psycopg.AsyncConnection.connect(
+                parse_database_url(db_url).conninfo(), autocommit=True) as conn:
+            await middleware(scope, receive, send)
+        await middleware.aclose()
+        return seen, bytes(sent)
+
+    seen, body = asyncio.run(run())
+    assert seen == ["done"]
+    assert body == b"part,end"
 
 
 @settings(max_examples=300, deadline=None)

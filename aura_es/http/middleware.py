@@ -13,6 +13,9 @@ ASGI framework (Starlette, FastAPI, …):
 
 A 5xx response or an exception is not stored: the key is released, and a retry runs the
 request again (safe, because the command is idempotent by the same key).
+
+A keyed response is held back until it is stored, so a client that retries the moment it
+has it gets it again; streaming responses are therefore sent whole, at the end.
 """
 
 from __future__ import annotations
@@ -108,19 +111,21 @@ class IdempotencyKeyMiddleware:
             await _respond(send, stored, replayed=True)
             return
         scope.setdefault("state", {})["idempotency_key"] = key
-        captured = _Captured(send)
+        captured = _Captured()
         try:
             await self.app(scope, _replay_body(body), captured.send)
         except BaseException:
             async with self.pool.connection() as conn:
                 await responses.release(conn, key)
             raise
+        # Stored before the client sees a byte of it: a client that retries the moment
+        # it has the response must get it again, not "still running" (409).
         async with self.pool.connection() as conn:
             if captured.status is not None and captured.status < 500:
-                await responses.complete(conn, key, Stored(
-                    captured.status, captured.headers, bytes(captured.body)))
+                await responses.complete(conn, key, captured.stored())
             else:
                 await responses.release(conn, key)
+        await captured.forward(send)
 
     async def _open(self) -> None:
         if not self._opened:
@@ -137,25 +142,33 @@ _TRANSPORT = frozenset({"content-length", "date", "server", "transfer-encoding",
 
 
 class _Captured:
-    """Passes the response on while keeping a copy of it to store."""
+    """Holds the whole response back until it is stored; then ``forward`` sends it on
+    as the application sent it."""
 
-    def __init__(self, send: Send) -> None:
-        self._send = send
+    def __init__(self) -> None:
         self.status: int | None = None
-        self.headers: list[tuple[str, str]] = []
-        self.body = bytearray()
+        self.messages: list[Message] = []
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
-            self.headers = [
-                (name.decode("latin-1").lower(), value.decode("latin-1"))
-                for name, value in message.get("headers", [])
-                if name.decode("latin-1").lower() not in _TRANSPORT
-            ]
-        elif message["type"] == "http.response.body":
-            self.body.extend(message.get("body", b""))
-        await self._send(message)
+        self.messages.append(message)
+
+    def stored(self) -> Stored:
+        assert self.status is not None
+        start = self.messages[0]
+        headers = [
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
+            for name, value in start.get("headers", [])
+            if name.decode("latin-1").lower() not in _TRANSPORT
+        ]
+        body = b"".join(m.get("body", b"") for m in self.messages
+                        if m["type"] == "http.response.body")
+        return Stored(self.status, headers, body)
+
+    async def forward(self, send: Send) -> None:
+        for message in self.messages:
+            await send(message)
 
 
 def _fingerprint(scope: Scope, body: bytes) -> str:
