@@ -13,6 +13,7 @@ from psycopg import sql
 
 from aura_es import payload
 from aura_es.errors import InvalidIdempotencyKey
+from aura_es.store.arrays import BigInts, Texts, Uuids
 
 TABLE = "aura_idempotency"
 MAX_KEY_LENGTH = 255
@@ -111,13 +112,13 @@ SAVE_KWARG = "aura_key_rows"
 
 def insert_params(records: tuple[IdempotencyRecord, ...]) -> tuple[list[Any], ...]:
     return (
-        [r.key_hash for r in records],
-        [r.command_type for r in records],
-        [r.idempotency_key for r in records],
-        [r.aggregate_id for r in records],
-        [r.request_hash for r in records],
-        [r.from_version for r in records],
-        [r.to_version for r in records],
+        Texts(r.key_hash for r in records),
+        Texts(r.command_type for r in records),
+        Texts(r.idempotency_key for r in records),
+        Uuids(r.aggregate_id for r in records),
+        Texts(r.request_hash for r in records),
+        BigInts(r.from_version for r in records),
+        BigInts(r.to_version for r in records),
     )
 
 

@@ -39,6 +39,7 @@ from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
 from aura_es.store import idempotency, wakeup
+from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids
 
 EVENTS_TABLE = "aura_events"
 RESERVE_FUNCTION = "aura_reserve_positions"
@@ -111,10 +112,10 @@ class AuraRecorder(PostgresApplicationRecorder):
         self._notifier: psycopg.Connection[Any] | None = None
         self._notifier_pid = 0
         self.waker = wakeup.register(wakeup.Waker(self._send_notify, self._close_notifier))
-        self._insert_plain = sql.SQL("WITH {events}").format(events=events)
-        self._insert_with_keys = sql.SQL("WITH keys AS ({keys}), {events}").format(
-            keys=idempotency.INSERT, events=events
-        )
+        # Rendered once: psycopg would compose the statement again on every append.
+        self._insert_plain = sql.SQL(sql.SQL("WITH {events}").format(events=events).as_string())
+        self._insert_with_keys = sql.SQL(sql.SQL("WITH keys AS ({keys}), {events}").format(
+            keys=idempotency.INSERT, events=events).as_string())
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
     def insert_events(
@@ -168,10 +169,10 @@ class AuraRecorder(PostgresApplicationRecorder):
     ) -> None:
         columns = (
             len(stored_events),
-            [e.originator_id for e in stored_events],
-            [e.originator_version for e in stored_events],
-            [e.topic for e in stored_events],
-            [e.state for e in stored_events],
+            Uuids(e.originator_id for e in stored_events),
+            BigInts(e.originator_version for e in stored_events),
+            Texts(e.topic for e in stored_events),
+            Blobs(e.state for e in stored_events),
         )
         keys = idempotency.KeyRows.from_save_kwargs(kwargs)
         if keys is not None and keys.records:

@@ -1,0 +1,118 @@
+"""Array parameters of the append statement, dumped straight to PostgreSQL's binary
+array format.
+
+psycopg dumps a plain list by inspecting every element to choose an element type, in
+Python, on every execute: a third of an append's client CPU (profiled: ~80 µs of a
+keyed single-event command). The append's arrays have one known element type each, so
+they are wrapped in these typed lists and written with ``struct`` in one pass.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, ClassVar
+from uuid import UUID
+
+import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+
+_HEADER = struct.Struct(">iiIii")  # ndim, has-null flag, element oid, length, lower bound
+_EMPTY = struct.Struct(">iiI")
+_LENGTH = struct.Struct(">i")
+_INT8 = struct.Struct(">iq")  # its length (8), then the value
+
+
+class _Typed(list[Any]):
+    """A list whose elements all have one PostgreSQL type."""
+
+
+class Texts(_Typed):
+    """``text[]``"""
+
+
+class Uuids(_Typed):
+    """``uuid[]``"""
+
+
+class BigInts(_Typed):
+    """``bigint[]``"""
+
+
+class Blobs(_Typed):
+    """``bytea[]``"""
+
+
+class _ArrayDumper(Dumper):
+    format = Format.BINARY
+    element_oid: ClassVar[int]
+
+    def __init__(self, cls: type, context: Any = None) -> None:
+        super().__init__(cls, context)
+        connection = self.connection
+        self._encoding = connection.info.encoding if connection is not None else "utf-8"
+
+    def element(self, value: Any) -> bytes:
+        """One element: its length, then its binary value."""
+        raise NotImplementedError
+
+    def dump(self, obj: Any) -> bytes:
+        if not obj:  # an empty array has no dimension
+            return _EMPTY.pack(0, 0, self.element_oid)
+        parts = [_HEADER.pack(1, 0, self.element_oid, len(obj), 1)]
+        element = self.element
+        for value in obj:
+            if value is None:
+                raise TypeError(f"{type(obj).__name__} holds None: the append writes no NULL")
+            parts.append(element(value))
+        return b"".join(parts)
+
+
+class _TextsDumper(_ArrayDumper):
+    oid = 1009
+    element_oid = 25
+
+    def element(self, value: Any) -> bytes:
+        data = _text(value).encode(self._encoding)
+        return _LENGTH.pack(len(data)) + data
+
+
+class _UuidsDumper(_ArrayDumper):
+    oid = 2951
+    element_oid = 2950
+
+    def element(self, value: Any) -> bytes:
+        return b"\x00\x00\x00\x10" + _uuid(value).bytes
+
+
+class _BigIntsDumper(_ArrayDumper):
+    oid = 1016
+    element_oid = 20
+
+    def element(self, value: Any) -> bytes:
+        return _INT8.pack(8, value)
+
+
+class _BlobsDumper(_ArrayDumper):
+    oid = 1001
+    element_oid = 17
+
+    def element(self, value: Any) -> bytes:
+        data = bytes(value)
+        return _LENGTH.pack(len(data)) + data
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    if "\x00" in text:  # as psycopg's own text dumper: PostgreSQL text holds no NUL
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    return text
+
+
+def _uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+for _cls, _dumper in ((Texts, _TextsDumper), (Uuids, _UuidsDumper),
+                      (BigInts, _BigIntsDumper), (Blobs, _BlobsDumper)):
+    psycopg.adapters.register_dumper(_cls, _dumper)

@@ -1,0 +1,60 @@
+"""The append statement's typed arrays (``store/arrays.py``) are written in PostgreSQL's
+binary format by hand: whatever they hold, the server must read back exactly what
+psycopg's own (slower) list adaptation gives it, and refuse what it would refuse."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aura_es.dsn import parse_database_url
+from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids
+
+TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"),
+               max_size=40)
+INT8 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@pytest.fixture
+def conn(empty_db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(parse_database_url(empty_db_url).conninfo(), autocommit=True) as c:
+        yield c
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(TEXT, max_size=6), uuids=st.lists(st.uuids(), max_size=6),
+       ints=st.lists(INT8, max_size=6), blobs=st.lists(st.binary(max_size=40), max_size=6))
+def test_typed_arrays_read_back_as_psycopgs_own_lists(
+    conn: psycopg.Connection[Any], texts: list[str], uuids: list[Any], ints: list[int],
+    blobs: list[bytes],
+) -> None:
+    values = "SELECT %s::text[], %s::uuid[], %s::bigint[], %s::bytea[]"
+    # As the server prints them: bounds and element types show, not only the elements.
+    printed = "SELECT %s::text[]::text, %s::uuid[]::text, %s::bigint[]::text, %s::bytea[]::text"
+    typed = (Texts(texts), Uuids(uuids), BigInts(ints), Blobs(blobs))
+    plain = (texts, uuids, ints, blobs)
+    for query in (values, printed):
+        ours = conn.execute(query, typed, binary=True).fetchone()
+        assert ours == conn.execute(query, plain).fetchone()
+    assert list(map(list, conn.execute(values, typed).fetchone() or ())) == list(plain)
+
+
+def test_an_empty_array_unnests_to_no_row(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute("SELECT count(*) FROM unnest(%s::text[], %s::uuid[])",
+                       (Texts(), Uuids())).fetchone()
+    assert row == (0,)
+
+
+def test_what_the_append_never_writes_is_refused_before_the_server(
+    conn: psycopg.Connection[Any],
+) -> None:
+    with pytest.raises(TypeError, match="holds None"):
+        conn.execute("SELECT %s::text[]", (Texts(["a", None]),))
+    with pytest.raises(psycopg.DataError, match="NUL"):
+        conn.execute("SELECT %s::text[]", (Texts(["a\x00b"]),))
