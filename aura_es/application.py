@@ -18,11 +18,17 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
 import psycopg
-from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    project_aggregate,
+)
 from eventsourcing.persistence import (
     IntegrityError,
     Mapper,
     MapperDeserialisationError,
+    Recording,
     StoredEvent,
 )
 from eventsourcing.persistence import InterfaceError as PersistenceInterfaceError
@@ -316,12 +322,32 @@ class EventSourcedApp(Application[UUID]):
     ) -> list[Any]:
         try:
             keys = idempotency.KeyRows(tuple(r for r in records if r is not None))
-            recordings = self.save(*aggregates, **keys.as_save_kwargs())
+            recordings = self._save_aggregates(aggregates, keys.as_save_kwargs())
         except (PersistenceOperationalError, PersistenceInterfaceError) as e:
             raise ServiceUnavailable(
                 f"the event store did not take the append: {redact(first_line(e))}"
             ) from None
         _count_appended(recordings)
+        return recordings
+
+    def _save_aggregates(
+        self, aggregates: Sequence[AuraAggregate], kwargs: dict[str, Any]
+    ) -> list[Recording[UUID]]:
+        """The library's ``save``, collecting our own aggregates' events directly.
+
+        Its ``collect_events`` checks every object against two runtime Protocols, which
+        Python 3.11 evaluates attribute by attribute: 22% of the client CPU of a
+        100-command ``execute_many`` (profiled). The steps after it are the library's.
+        """
+        processing_event = ProcessingEvent[UUID]()
+        for aggregate in aggregates:
+            processing_event.events.extend(aggregate.collect_events())
+            processing_event.aggregates[aggregate.id] = aggregate
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # the library's deprecated hook
         return recordings
 
     def _created_earlier(self, p: _Prepared) -> CommandResult:
