@@ -144,6 +144,9 @@ class AuraRecorder(PostgresApplicationRecorder):
             conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
             kwargs = (pool.kwargs() if callable(pool.kwargs) else pool.kwargs) or {}
             self._notifier = psycopg.connect(conninfo, **{**kwargs, "autocommit": True})
+            # Its commit would wait for a WAL flush under the server-wide notify lock; a
+            # wake-up lost in a crash only delays readers until they poll.
+            self._notifier.execute("SET synchronous_commit = off")
             self._notifier_pid = os.getpid()
         try:
             self._notifier.execute(self._notify)
