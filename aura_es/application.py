@@ -54,7 +54,7 @@ from aura_es.observability.tracing import span
 from aura_es.retry import Backoff
 from aura_es.settings import Settings
 from aura_es.store import eventlog, idempotency, identity, schema
-from aura_es.store.factory import SERIAL_APPENDS, AuraFactory
+from aura_es.store.factory import SERIAL_APPENDS, WAKE_INTERVAL_MS, AuraFactory
 from aura_es.store.idempotency import IdempotencyRecord
 from aura_es.store.recorder import STATEMENT_TIMEOUT_SECONDS
 
@@ -171,6 +171,7 @@ class EventSourcedApp(Application[UUID]):
             "POSTGRES_CONNECT_TIMEOUT": "5",
             "CREATE_TABLE": "n",
             SERIAL_APPENDS: "y" if self.serial_appends else os.environ.get(SERIAL_APPENDS, "n"),
+            WAKE_INTERVAL_MS: os.environ.get(WAKE_INTERVAL_MS, ""),
             **self._extra_env,
             "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         }

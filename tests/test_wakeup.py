@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 from uuid import uuid4
 
 import psycopg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp
+from aura_es.errors import ConfigurationError
 from aura_es.store import eventlog
-from aura_es.store.wakeup import Waker
+from aura_es.store.factory import wake_interval
+from aura_es.store.recorder import AuraRecorder
+from aura_es.store.wakeup import MIN_INTERVAL_SECONDS, Waker
 
 
 class _Recorder:
@@ -93,3 +98,33 @@ def test_an_idle_waker_closes_its_connection_and_starts_again_on_the_next_commit
     recorder.commit(waker)
     assert waker.flush(timeout=5)
     assert recorder.seen == [1, 2]
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.text(max_size=12), st.floats().map(str), st.integers().map(str)))
+def test_any_wake_interval_setting_is_used_as_given_or_refused_in_one_line(value: str) -> None:
+    try:
+        seconds = wake_interval(value)
+    except ConfigurationError as e:
+        message = str(e)
+        assert message.startswith(f"AURA_ES_WAKE_INTERVAL_MS={value!r} ") and "\n" not in message
+        return
+    if value:
+        assert seconds * 1000 == pytest.approx(float(value))
+        assert 0 <= seconds <= 1
+    else:
+        assert seconds == MIN_INTERVAL_SECONDS
+
+
+def test_the_environment_sets_each_writers_wake_interval(db_url: str, monkeypatch: Any) -> None:
+    monkeypatch.setenv("AURA_ES_WAKE_INTERVAL_MS", "2.5")
+    app = AuraApp(db_url)
+    try:
+        recorder = app.recorder
+        assert isinstance(recorder, AuraRecorder)
+        assert recorder.waker.min_interval == 0.0025
+    finally:
+        app.close()
+    monkeypatch.setenv("AURA_ES_WAKE_INTERVAL_MS", "soon")
+    with pytest.raises(ConfigurationError, match="AURA_ES_WAKE_INTERVAL_MS='soon'"):
+        AuraApp(db_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder
@@ -9,10 +10,15 @@ from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import strtobool
 
 from aura_es.errors import ConfigurationError
+from aura_es.store import wakeup
 from aura_es.store.recorder import EVENTS_TABLE, AuraRecorder
 
 #: Positions commit in order (the table lock), for the library's own position readers.
 SERIAL_APPENDS = "AURA_ES_SERIAL_APPENDS"
+#: The least time between two wake-ups (NOTIFY) from one process, in milliseconds:
+#: lower wakes readers sooner under a steady stream, higher leaves the server more.
+WAKE_INTERVAL_MS = "AURA_ES_WAKE_INTERVAL_MS"
+MAX_WAKE_INTERVAL_MS = 1000.0
 
 
 class AuraFactory(PostgresFactory):
@@ -32,7 +38,8 @@ class AuraFactory(PostgresFactory):
         # One events table per database whatever the application class is called,
         # so projections and the mirror read a single, totally ordered log.
         recorder = AuraRecorder(
-            self.datastore, events_table_name=EVENTS_TABLE, serial=self._serial_appends())
+            self.datastore, events_table_name=EVENTS_TABLE, serial=self._serial_appends(),
+            wake_interval=self._wake_interval())
         self._recorders.append(recorder)
         if self.env_create_table():
             recorder.create_table()
@@ -45,3 +52,21 @@ class AuraFactory(PostgresFactory):
         except ValueError:
             raise ConfigurationError(
                 f"{SERIAL_APPENDS}={value!r} is not a yes/no value") from None
+
+    def _wake_interval(self) -> float:
+        return wake_interval(self.env.get(WAKE_INTERVAL_MS) or "")
+
+
+def wake_interval(value: str) -> float:
+    """Seconds between wake-ups, from ``AURA_ES_WAKE_INTERVAL_MS`` (empty: the default)."""
+    if not value:
+        return wakeup.MIN_INTERVAL_SECONDS
+    try:
+        milliseconds = float(value)
+    except ValueError:
+        milliseconds = math.nan
+    if not 0 <= milliseconds <= MAX_WAKE_INTERVAL_MS:  # also refuses NaN
+        raise ConfigurationError(
+            f"{WAKE_INTERVAL_MS}={value!r} is not a number of milliseconds from 0 to"
+            f" {MAX_WAKE_INTERVAL_MS:g}")
+    return milliseconds / 1000

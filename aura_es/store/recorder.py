@@ -90,7 +90,7 @@ class AuraRecorder(PostgresApplicationRecorder):
 
     def __init__(
         self, datastore: PostgresDatastore, *, events_table_name: str = EVENTS_TABLE,
-        serial: bool = False,
+        serial: bool = False, wake_interval: float = wakeup.MIN_INTERVAL_SECONDS,
     ):
         super().__init__(datastore, events_table_name=events_table_name)
         self.serial = serial
@@ -111,7 +111,8 @@ class AuraRecorder(PostgresApplicationRecorder):
         self._notify = sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel_name))
         self._notifier: psycopg.Connection[Any] | None = None
         self._notifier_pid = 0
-        self.waker = wakeup.register(wakeup.Waker(self._send_notify, self._close_notifier))
+        self.waker = wakeup.register(wakeup.Waker(
+            self._send_notify, self._close_notifier, min_interval=wake_interval))
         # Rendered once: psycopg would compose the statement again on every append.
         self._insert_plain = sql.SQL(sql.SQL("WITH {events}").format(events=events).as_string())
         self._insert_with_keys = sql.SQL(sql.SQL("WITH keys AS ({keys}), {events}").format(

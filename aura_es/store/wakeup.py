@@ -59,6 +59,10 @@ class Waker:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
+    @property
+    def min_interval(self) -> float:
+        return self._min_interval
+
     def committed(self) -> None:
         """An append has committed: readers are woken soon, without this caller waiting."""
         with self._lock:
