@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg.rows import tuple_row
 
 from aura_es import AuraApp
 from aura_es.errors import ConfigurationError
@@ -86,6 +87,25 @@ def test_a_listening_reader_is_woken_by_each_append(app: AuraApp, db_url: str) -
             app.start_debate("t", ["a"], idempotency_key=str(uuid4()))
             woken = list(listener.notifies(timeout=5, stop_after=1))
             assert [n.channel for n in woken] == [eventlog.CHANNEL]
+
+
+def test_a_wake_up_does_not_wait_for_the_disk_nor_leave_its_session_changed(
+    app: AuraApp, db_url: str,
+) -> None:
+    """Through a transaction-pooling proxy a session-wide SET would reach other clients
+    (their appends would stop waiting for the disk): the NOTIFY's setting is SET LOCAL."""
+    app.start_debate("t", ["a"], idempotency_key=str(uuid4()))
+    recorder = app.recorder
+    assert isinstance(recorder, AuraRecorder)
+    assert recorder.waker.flush(timeout=5)
+    notifier = recorder._notifier
+    assert notifier is not None
+    with psycopg.connect(db_url, autocommit=True) as fresh:
+        default = fresh.execute("SHOW synchronous_commit").fetchone()
+    with notifier.cursor(row_factory=tuple_row) as cur:
+        assert cur.execute("SHOW synchronous_commit").fetchone() == default
+    assert notifier.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert b"SET LOCAL synchronous_commit = off" in recorder._notify.as_bytes(notifier)
 
 
 def test_an_idle_waker_closes_its_connection_and_starts_again_on_the_next_commit() -> None:

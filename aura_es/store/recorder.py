@@ -108,7 +108,13 @@ class AuraRecorder(PostgresApplicationRecorder):
             " SELECT notification_id FROM ev ORDER BY notification_id"
         ).format(reserve=sql.Identifier(RESERVE_FUNCTION),
                  events=sql.Identifier(events_table_name))
-        self._notify = sql.SQL("NOTIFY {}").format(sql.Identifier(self.channel_name))
+        # A NOTIFY takes a transaction id, and its commit would wait for a WAL flush under
+        # the server-wide notify lock. It is only a hint (readers also poll), so it need
+        # not wait for the disk. SET LOCAL, in one round trip: a session-wide SET would
+        # leak to other clients through a transaction-pooling proxy (pgbouncer).
+        self._notify = sql.SQL(
+            "BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {}; COMMIT"
+        ).format(sql.Identifier(self.channel_name))
         self._notifier: psycopg.Connection[Any] | None = None
         self._notifier_pid = 0
         self.waker = wakeup.register(wakeup.Waker(
@@ -145,9 +151,6 @@ class AuraRecorder(PostgresApplicationRecorder):
             conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
             kwargs = (pool.kwargs() if callable(pool.kwargs) else pool.kwargs) or {}
             self._notifier = psycopg.connect(conninfo, **{**kwargs, "autocommit": True})
-            # Its commit would wait for a WAL flush under the server-wide notify lock; a
-            # wake-up lost in a crash only delays readers until they poll.
-            self._notifier.execute("SET synchronous_commit = off")
             self._notifier_pid = os.getpid()
         try:
             self._notifier.execute(self._notify)
