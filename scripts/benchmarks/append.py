@@ -175,6 +175,22 @@ def duplicates(admin: str, n: int) -> dict[str, Any]:
     }
 
 
+def _seconds_per_call(call: Callable[[], object], n: int) -> float:
+    """The best of five timings of ``n`` calls, per call."""
+    return min(timeit.repeat(call, number=n, repeat=5)) / n
+
+
+def _microseconds_row(case: str, baseline: str, reference: float, ours: float) -> dict[str, Any]:
+    """A row of per-call costs (the columns keep their names across benchmarks)."""
+    return {
+        "case": case,
+        "baseline": baseline,
+        "baseline events/s": round(reference * 1e6, 2),
+        "aura-es events/s": round(ours * 1e6, 2),
+        "ratio": round(ours / reference, 2),
+    }
+
+
 def payload_check(n: int) -> dict[str, Any]:
     """What refusing NUL, NaN, surrogates and oversized events costs per event: the
     checked encoding next to the plain one, on a typical debate event's state."""
@@ -185,17 +201,12 @@ def payload_check(n: int) -> dict[str, Any]:
                  "correlation_id": str(uuid4()), "causation_id": None,
                  "idempotency_key": "req-42"},
     }
-    plain = min(timeit.repeat(lambda: orjson.dumps(state, default=payload.json_default),
-                              number=n, repeat=5)) / n
-    checked = min(timeit.repeat(lambda: payload.encode(state, "event"), number=n,
-                                repeat=5)) / n
-    return {
-        "case": "encode one event (checked: NUL, surrogates, NaN, 64-bit, size), µs",
-        "baseline": "orjson.dumps, unchecked",
-        "baseline events/s": round(plain * 1e6, 2),
-        "aura-es events/s": round(checked * 1e6, 2),
-        "ratio": round(checked / plain, 2),
-    }
+    return _microseconds_row(
+        "encode one event (checked: NUL, surrogates, NaN, 64-bit, size), µs",
+        "orjson.dumps, unchecked",
+        _seconds_per_call(lambda: orjson.dumps(state, default=payload.json_default), n),
+        _seconds_per_call(lambda: payload.encode(state, "event"), n),
+    )
 
 
 def schema_check(n: int) -> dict[str, Any]:
@@ -215,16 +226,12 @@ def schema_check(n: int) -> dict[str, Any]:
         check_payload(DebateStarted, payload.encode(state, "event"), "event")
 
     encoded_and_checked()  # the validator is built once per class, not per event
-    plain = min(timeit.repeat(lambda: payload.encode(state, "event"), number=n,
-                              repeat=5)) / n
-    checked = min(timeit.repeat(encoded_and_checked, number=n, repeat=5)) / n
-    return {
-        "case": "encode one event and check it against its JSON Schema, µs",
-        "baseline": "encode (checked) without the schema",
-        "baseline events/s": round(plain * 1e6, 2),
-        "aura-es events/s": round(checked * 1e6, 2),
-        "ratio": round(checked / plain, 2),
-    }
+    return _microseconds_row(
+        "encode one event and check it against its JSON Schema, µs",
+        "encode (checked) without the schema",
+        _seconds_per_call(lambda: payload.encode(state, "event"), n),
+        _seconds_per_call(encoded_and_checked, n),
+    )
 
 
 def schema_validators(n: int) -> dict[str, Any]:
@@ -240,17 +247,12 @@ def schema_validators(n: int) -> dict[str, Any]:
                             "participants": ["agent-1", "agent-2", "agent-3"]}, "event")
     interpreter = Draft202012Validator(current_schema(DebateStarted))
     check_payload(DebateStarted, state, "event")  # built once per class
-    reference = min(timeit.repeat(lambda: interpreter.is_valid(orjson.loads(state)),
-                                  number=n, repeat=5)) / n
-    ours = min(timeit.repeat(lambda: check_payload(DebateStarted, state, "event"),
-                             number=n, repeat=5)) / n
-    return {
-        "case": "check one event against its schema, µs",
-        "baseline": "jsonschema Draft202012Validator",
-        "baseline events/s": round(reference * 1e6, 2),
-        "aura-es events/s": round(ours * 1e6, 2),
-        "ratio": round(ours / reference, 2),
-    }
+    return _microseconds_row(
+        "check one event against its schema, µs",
+        "jsonschema Draft202012Validator",
+        _seconds_per_call(lambda: interpreter.is_valid(orjson.loads(state)), n),
+        _seconds_per_call(lambda: check_payload(DebateStarted, state, "event"), n),
+    )
 
 
 def writer_processes(admin: str, n: int, pgbench_seconds: int) -> list[dict[str, Any]]:
