@@ -47,11 +47,6 @@ class _ArrayDumper(Dumper):
     format = Format.BINARY
     element_oid: ClassVar[int]
 
-    def __init__(self, cls: type, context: Any = None) -> None:
-        super().__init__(cls, context)
-        connection = self.connection
-        self._encoding = connection.info.encoding if connection is not None else "utf-8"
-
     def element(self, value: Any) -> bytes:
         """One element: its length, then its binary value."""
         raise NotImplementedError
@@ -71,6 +66,11 @@ class _ArrayDumper(Dumper):
 class _TextsDumper(_ArrayDumper):
     oid = 1009
     element_oid = 25
+
+    def __init__(self, cls: type, context: Any = None) -> None:
+        super().__init__(cls, context)
+        connection = self.connection
+        self._encoding = connection.info.encoding if connection is not None else "utf-8"
 
     def element(self, value: Any) -> bytes:
         data = _text(value).encode(self._encoding)
