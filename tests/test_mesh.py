@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import json
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from aura_es.db import connect
 from aura_es.mesh import Delivery, MeshConsumer, Subscription
 from aura_es.mirror import schema_registry
 from aura_es.schemas.generate import schema_uri
+from aura_es.store import identity
 from tests.support.chaos import writer
 from tests.support.cli import aura
 from tests.support.mesh_consumer import TOPICS
@@ -42,6 +44,7 @@ HOSTILE: list[dict[str, Any]] = [
     {"data": None, "data_base64": "AAE="},  # how an undecodable event is mirrored
     {"subject": "not-a-uuid"},
     {"auraposition": "1e999"},
+    {"auraposition": 2**70},  # beyond bigint, and not the header's position
     {"data": {"completion_tokens": "\u0000", "cost_usd": "0.1"}},  # a NUL
     {"data": {"completion_tokens": 1, "cost_usd": "x" * 100_000}},  # huge, not a decimal
 ]
@@ -67,6 +70,25 @@ def start_consumer(service_db: str, nats_url: str, stream: str, name: str,
 def rows(url: str, query: str) -> list[tuple[Any, ...]]:
     with connect(url) as conn:
         return list(conn.execute(query).fetchall())
+
+
+def stream_last_seq(nats_url: str, stream: str) -> int:
+    async def last() -> int:
+        nc = await nats.connect(nats_url)
+        try:
+            return int((await nc.jetstream().stream_info(stream)).state.last_seq)
+        finally:
+            await nc.close()
+    return asyncio.run(last())
+
+
+def checkpoint_seq(service_db: str, consumer: str) -> int:
+    try:
+        found = rows(service_db, "SELECT stream_seq FROM aura_mesh_checkpoints"
+                                 f" WHERE consumer = '{consumer}'")
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return int(found[0][0]) if found else 0
 
 
 def applied_count(service_db: str) -> int:
@@ -103,7 +125,10 @@ def test_each_event_is_applied_once_in_order_across_kills_and_a_broker_restart(
                             f" WHERE topic IN ({', '.join(repr(t) for t in TOPICS)})")
     wait_for("every debate event applied", lambda: applied_count(empty_db_url) >= len(expected),
              timeout=120)
-    time.sleep(3)  # an ack_wait: a double would have been redelivered and applied by now
+    # Read to the stream's end: anything it would apply twice it has applied by now.
+    last = stream_last_seq(nats_url, stream)
+    wait_for("the consumer at the stream's end",
+             lambda: checkpoint_seq(empty_db_url, "billing") >= last, timeout=60)
     for process in (consumer, relay):
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
@@ -137,28 +162,45 @@ def test_data_is_validated_and_brought_to_the_services_version(
     relay.communicate(timeout=30)
     completed = "aura.llm_call.completed.v1"
 
-    def cloud_event(version: int, data: dict[str, Any]) -> bytes:
-        return json.dumps({"specversion": "1.0", "id": str(uuid4()), "type": completed,
-                           "source": "/aura/llm_call", "subject": str(call),
-                           "dataschema": schema_uri(completed, version), "data": data,
-                           "auraposition": 0}).encode()
+    with connect(db_url) as conn:
+        store = str(identity.store_id(conn))
+    published = itertools.count(1)
+
+    def ours(**overrides: str) -> dict[str, str]:
+        """Headers as this store's relay sets them, after every event it published."""
+        n = next(published)
+        return {"Aura-Store": store, "Aura-Position": str(10**12 + n),
+                "Aura-Transaction": str(10**12 + n), "Nats-Msg-Id": str(uuid4()), **overrides}
+
+    def cloud_event(version: int, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"specversion": "1.0", "id": str(uuid4()), "type": completed,
+                "source": "/aura/llm_call", "subject": str(call),
+                "dataschema": schema_uri(completed, version), "data": data, **extra}
 
     async def scenario() -> dict[str, list[Delivery]]:
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
-        # Published by someone else, first messages no consumer may apply: each is
+        subject = f"{prefix}.llm_call.completed"
+
+        async def publish(body: dict[str, Any] | bytes, headers: dict[str, str]) -> None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            await js.publish(subject, data, headers=headers)
+
+        # First messages no consumer may apply, with this store's headers: each is
         # recorded as rejected and the consumer goes on (none may stall it in retries).
-        good_v1 = json.loads(cloud_event(1, {"completion_tokens": 3, "cost_usd": "0.1"}))
+        good_v1 = cloud_event(1, {"completion_tokens": 3, "cost_usd": "0.1"})
         for hostile in HOSTILE:
-            await js.publish(f"{prefix}.llm_call.completed",
-                             json.dumps({**good_v1, **hostile}).encode())
-        await js.publish(f"{prefix}.llm_call.completed", b"\x00 not json")
+            await publish({**good_v1, **hostile}, ours())
+        await publish(b"\x00 not json", ours())
+        # Headers no store writes: a position beyond 64 bits (it stalled the consumer).
+        await publish(good_v1, ours(**{"Aura-Position": str(2**70)}))
+        # A schema-valid CloudEvent that no store published: foreign, never applied.
+        await publish(good_v1, {})
         # Then a v1 event (upcast for v2 readers) and one whose data does not fit its
         # schema (rejected, recorded, never applied).
-        await js.publish(f"{prefix}.llm_call.completed", json.dumps(good_v1).encode())
-        await js.publish(f"{prefix}.llm_call.completed",
-                         cloud_event(2, {"completion_tokens": "x", "cost_usd": "0.1",
-                                         "latency_ms": 1.0}))
+        await publish(good_v1, ours())
+        await publish(cloud_event(2, {"completion_tokens": "x", "cost_usd": "0.1",
+                                      "latency_ms": 1.0}), ours())
         registered = await schema_registry.fetch(js, schema_uri(completed, 2))
         assert registered is not None and registered["$id"] == schema_uri(completed, 2)
         assert await schema_registry.fetch(js, schema_uri(completed, 9)) is None
@@ -201,7 +243,8 @@ def test_data_is_validated_and_brought_to_the_services_version(
         (2, {"completion_tokens": 3, "cost_usd": "0.1", "latency_ms": 0.0})]
     rejected = rows(empty_db_url, "SELECT consumer, reason FROM aura_mesh_rejected"
                                   " ORDER BY consumer, stream_seq")
-    per_consumer = len(HOSTILE) + 2  # the hostile ones, the non-JSON one, the misfit
+    # The hostile ones, the non-JSON one, the bad header, the foreign one, the misfit.
+    per_consumer = len(HOSTILE) + 4
     assert [r[0] for r in rejected] == [
         name for name in ("billing", "built_for_v1", "built_for_v2")
         for _ in range(per_consumer)]
@@ -210,3 +253,8 @@ def test_data_is_validated_and_brought_to_the_services_version(
                               " FROM billing_spend") == [("acme", 2, 10, "0.6", 120.0)]
     misfits = rejected[per_consumer - 1::per_consumer]
     assert all("field completion_tokens" in r[1] for r in misfits)
+    kinds = rows(empty_db_url, "SELECT kind, reason FROM aura_mesh_rejected"
+                               " WHERE consumer = 'billing' ORDER BY stream_seq")
+    assert kinds[len(HOSTILE) + 1][1].startswith("its Aura-Position header")
+    assert kinds[len(HOSTILE) + 2][0] == "foreign"
+    assert [k for k, _ in kinds].count("foreign") == 1
