@@ -92,6 +92,21 @@ class _MetaAccessors:
 KNOWN_TOPICS: set[str] = set()
 
 
+def missing_topic(cls: type) -> str | None:
+    """Why events of ``cls`` may not be written (it has no ``TOPIC`` of its own), or
+    None. An inherited topic is as bad as none: two classes would share one schema."""
+    if cls.__dict__.get("TOPIC"):
+        return None
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    for base in cls.__mro__[1:]:
+        inherited = base.__dict__.get("TOPIC")
+        if inherited:
+            return (f"event class {where} inherits TOPIC {inherited!r} from"
+                    f" {base.__qualname__}: give it a TOPIC of its own")
+    return (f"event class {where} has no TOPIC: give it a stable one, e.g."
+            ' TOPIC = "shop.order.placed.v1"')
+
+
 def _register(cls: type) -> None:
     topic = cls.__dict__.get("TOPIC")
     if not topic:

@@ -25,7 +25,8 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import get_topic, resolve_topic
 
 from aura_es import payload
-from aura_es.errors import EventVersionUnknown
+from aura_es.errors import ConfigurationError, EventVersionUnknown
+from aura_es.events import missing_topic
 from aura_es.payload import json_default
 from aura_es.schemas.validate import check_payload
 
@@ -112,18 +113,22 @@ class JsonMapper(Mapper[UUID]):
         event_state = dict(vars(domain_event))
         originator_id = event_state.pop("originator_id")
         originator_version = event_state.pop("originator_version")
-        class_version = getattr(type(domain_event), "class_version", 1)
+        cls = type(domain_event)
+        # A stored event without its own topic would be stored under its Python path,
+        # with no schema to check it against: refused before anything is written.
+        if (problem := missing_topic(cls)) is not None:
+            raise ConfigurationError(problem)
+        class_version = getattr(cls, "class_version", 1)
         if class_version > 1:
             event_state["class_version"] = class_version
-        topic = get_topic(type(domain_event))
+        topic = get_topic(cls)
         # Refused here, before anything is written: a value JSON or PostgreSQL would
-        # change (NaN to null) or refuse (NUL) and an event too large to mirror.
-        what = f"event {topic} v{originator_version}"
+        # change (NaN to null) or refuse (NUL) and an event too large to mirror. Named
+        # by the schema version a reader expects (not the aggregate's version).
+        what = f"event {topic} (schema v{class_version})"
         state = payload.encode(event_state, what)
         payload.check_size(state, what, self.max_event_bytes or payload.MAX_EVENT_BYTES)
-        if "TOPIC" in type(domain_event).__dict__:
-            # An event of a registered type must fit its schema (docs/schemas.md).
-            check_payload(type(domain_event), state, what)
+        check_payload(cls, state, what)
         return StoredEvent(
             originator_id=originator_id,
             originator_version=originator_version,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -270,6 +272,39 @@ def test_an_event_class_without_a_stable_topic_is_refused() -> None:
                   "tests.support.bad_topic_events")
     assert_one_line_error(result, "tests.support.bad_topic_events.WidgetAdded",
                           "'Widget Added'")
+
+
+@pytest.mark.parametrize(("which", "problem"), [
+    ("removed", "WidgetRemoved has no TOPIC"),
+    ("renamed", "WidgetRenamedAgain inherits TOPIC 'test.widget.renamed.v1' from"
+                " WidgetRenamed"),
+])
+def test_an_event_without_a_topic_of_its_own_is_refused_and_nothing_written(
+    db_url: str, which: str, problem: str,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.support.topicless_events", db_url, which],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    refusal, aggregate = result.stdout.splitlines()
+    assert refusal.startswith("ConfigurationError: ") and problem in refusal
+    app = EventSourcedApp(db_url, pool_size=1)
+    try:
+        with app.connect() as conn:
+            topics = [row[0] for row in conn.execute(
+                "SELECT topic FROM aura_events WHERE originator_id = %s"
+                " ORDER BY originator_version", (UUID(aggregate.split()[1]),))]
+    finally:
+        app.close()
+    assert topics == ["test.widget.opened.v1"]
+
+
+def test_schema_check_flags_every_event_class_without_a_topic_of_its_own() -> None:
+    result = aura("schema", "check", "--dir", str(REGISTRY), "--module",
+                  "tests.support.topicless_events")
+    assert_one_line_error(result, "tests.support.topicless_events.WidgetRemoved has no TOPIC",
+                          "WidgetRenamedAgain inherits TOPIC")
+    assert "WidgetEvent" not in result.stderr  # a base of other classes needs none
 
 
 # -- the static rules next to cases written by hand ----------------------------------------

@@ -14,13 +14,22 @@ ASGI framework (Starlette, FastAPI, …):
 A 5xx response or an exception is not stored: the key is released, and a retry runs the
 request again (safe, because the command is idempotent by the same key).
 
+A client that disconnects before its body is complete runs nothing and stores nothing, so
+its retry with the whole body runs. A running request renews its claim's lease every third
+of ``lease_seconds``; one whose process stalls past its lease loses the key to a retry, and
+when it finishes it stores nothing over the retry's response (its own client still gets
+its own answer, with a warning in the log).
+
 A keyed response is held back until it is stored, so a client that retries the moment it
 has it gets it again; streaming responses are therefore sent whole, at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable, Container, MutableMapping
 from typing import Any
 
@@ -30,7 +39,7 @@ from psycopg_pool import AsyncConnectionPool
 from aura_es.dsn import parse_database_url
 from aura_es.http import responses
 from aura_es.http.keys import InvalidKeyHeader, parse_key
-from aura_es.http.responses import Claim, Stored
+from aura_es.http.responses import Claim, Lease, Stored
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,6 +51,12 @@ HEADER = b"idempotency-key"
 REPLAYED = b"idempotency-replayed"
 #: Request bodies up to this size are fingerprinted; larger ones are refused (413).
 MAX_BODY_BYTES = 1_048_576
+
+log = logging.getLogger("aura_es.http")
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request's body was complete."""
 
 
 def idempotency_key(request: Any) -> str:
@@ -87,18 +102,23 @@ class IdempotencyKeyMiddleware:
         except InvalidKeyHeader as e:
             await _error(send, 400, str(e))
             return
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive)
+        except _ClientGone:
+            return  # nobody to answer, and a truncated body must not run
         if body is None:
             await _error(send, 413, f"request bodies with an Idempotency-Key are limited"
                          f" to {MAX_BODY_BYTES:,} bytes")
             return
-        await self._once(scope, send, key, body)
+        await self._once(scope, receive, send, key, body)
 
-    async def _once(self, scope: Scope, send: Send, key: str, body: bytes) -> None:
+    async def _once(self, scope: Scope, receive: Receive, send: Send, key: str,
+                    body: bytes) -> None:
         fingerprint = _fingerprint(scope, body)
         await self._open()
         async with self.pool.connection() as conn:
-            outcome, stored = await responses.claim(conn, key, fingerprint, self.lease_seconds)
+            claimed = await responses.claim(conn, key, fingerprint, self.lease_seconds)
+        outcome, stored = claimed.outcome, claimed.stored
         if outcome is Claim.MISMATCH:
             await _error(send, 422, "this Idempotency-Key was used for another request")
             return
@@ -110,22 +130,43 @@ class IdempotencyKeyMiddleware:
             assert stored is not None
             await _respond(send, stored, replayed=True)
             return
+        assert claimed.lease is not None
+        lease = claimed.lease
         scope.setdefault("state", {})["idempotency_key"] = key
         captured = _Captured()
+        renewal = asyncio.create_task(self._renew(lease))
         try:
-            await self.app(scope, _replay_body(body), captured.send)
+            await self.app(scope, _replay_body(body, receive), captured.send)
         except BaseException:
+            renewal.cancel()
             async with self.pool.connection() as conn:
-                await responses.release(conn, key)
+                await responses.release(conn, lease)
             raise
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
         # Stored before the client sees a byte of it: a client that retries the moment
         # it has the response must get it again, not "still running" (409).
         async with self.pool.connection() as conn:
             if captured.status is not None and captured.status < 500:
-                await responses.complete(conn, key, captured.stored())
+                if not await responses.complete(conn, lease, captured.stored()):
+                    log.warning("a request outlived its Idempotency-Key lease and a retry"
+                                " took the key over; its response was not stored")
             else:
-                await responses.release(conn, key)
+                await responses.release(conn, lease)
         await captured.forward(send)
+
+    async def _renew(self, lease: Lease) -> None:
+        """Keeps the claim alive while its request runs; stops once the key is lost."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                async with self.pool.connection() as conn:
+                    if not await responses.renew(conn, lease, self.lease_seconds):
+                        return
+            except Exception as e:  # a blip: the next renewal may succeed in time
+                log.warning("could not renew an Idempotency-Key lease: %s",
+                            type(e).__name__)
 
     async def _open(self) -> None:
         if not self._opened:
@@ -181,30 +222,33 @@ def _fingerprint(scope: Scope, body: bytes) -> str:
 
 
 async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body; None when it is over the limit. Raises ``_ClientGone`` when the
+    client leaves before its last chunk."""
     body = bytearray()
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break
+            raise _ClientGone
         body.extend(message.get("body", b""))
         if len(body) > MAX_BODY_BYTES:
             return None
         if not message.get("more_body", False):
-            break
-    return bytes(body)
+            return bytes(body)
 
 
-def _replay_body(body: bytes) -> Receive:
+def _replay_body(body: bytes, receive: Receive) -> Receive:
+    """The body read for the fingerprint, then the client's own messages (so an
+    endpoint that waits for a disconnect still hears of it)."""
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    return receive
+    return replay
 
 
 async def _respond(send: Send, stored: Stored, *, replayed: bool) -> None:

@@ -2,12 +2,16 @@
 
 A key is claimed (``in_flight``) before its request runs, with a lease: a request that
 dies in flight does not block its key for ever; a retry after the lease runs it again
-(safe: the command inside is idempotent by the same key).
+(safe: the command inside is idempotent by the same key). Each claim holds a token of its
+own; the running request renews its lease with it, and only the holder of the current
+token may store a response or release the key, so a request that outlived its lease (its
+process stalled) cannot overwrite the response of the retry that took the key over.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -34,7 +38,9 @@ def ddl() -> list[sql.Composed | sql.SQL]:
         " locked_until timestamptz NOT NULL,"
         " created_at timestamptz NOT NULL DEFAULT now(),"
         " completed_at timestamptz)"
-    ).format(t=_T)]
+    ).format(t=_T),
+        # Added after the table first shipped: the claim's fencing token.
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS lease text").format(t=_T)]
 
 
 OWNER = schema.Owner("stored HTTP responses", ddl, (TABLE,))
@@ -55,22 +61,38 @@ class Stored:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Lease:
+    """What a running request holds: its key and the token of its claim."""
+
+    key: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    outcome: Claim
+    stored: Stored | None = None
+    #: Set when ``outcome`` is ``RUN``.
+    lease: Lease | None = None
+
+
 def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
 async def claim(
     conn: psycopg.AsyncConnection[Any], key: str, fingerprint: str, lease_seconds: float,
-) -> tuple[Claim, Stored | None]:
-    digest = key_hash(key)
+) -> Claimed:
+    digest, token = key_hash(key), secrets.token_hex(16)
     cur = await conn.execute(
-        sql.SQL("INSERT INTO {t} (key_hash, fingerprint, state, locked_until)"
-                " VALUES (%s, %s, 'in_flight', now() + make_interval(secs => %s))"
+        sql.SQL("INSERT INTO {t} (key_hash, fingerprint, state, locked_until, lease)"
+                " VALUES (%s, %s, 'in_flight', now() + make_interval(secs => %s), %s)"
                 " ON CONFLICT (key_hash) DO NOTHING RETURNING key_hash").format(t=_T),
-        (digest, fingerprint, lease_seconds),
+        (digest, fingerprint, lease_seconds, token),
     )
     if await cur.fetchone():
-        return Claim.RUN, None
+        return Claimed(Claim.RUN, lease=Lease(key, token))
     cur = await conn.execute(
         sql.SQL("SELECT fingerprint, state, status, headers, body,"
                 " locked_until < now() FROM {t} WHERE key_hash = %s").format(t=_T),
@@ -81,31 +103,49 @@ async def claim(
         return await claim(conn, key, fingerprint, lease_seconds)
     stored_fingerprint, state, status, headers, body, expired = row
     if stored_fingerprint != fingerprint:
-        return Claim.MISMATCH, None
+        return Claimed(Claim.MISMATCH)
     if state == "done":
-        return Claim.REPLAY, Stored(int(status), [(k, v) for k, v in headers or []],
-                                    bytes(body))
-    if expired:  # its request died in flight: this one takes the key over
+        return Claimed(Claim.REPLAY, Stored(int(status), [(k, v) for k, v in headers or []],
+                                            bytes(body)))
+    if expired:  # its request died or stalled in flight: this one takes the key over
         cur = await conn.execute(
-            sql.SQL("UPDATE {t} SET locked_until = now() + make_interval(secs => %s)"
+            sql.SQL("UPDATE {t} SET locked_until = now() + make_interval(secs => %s),"
+                    " lease = %s"
                     " WHERE key_hash = %s AND state = 'in_flight' AND locked_until < now()"
                     " RETURNING key_hash").format(t=_T),
-            (lease_seconds, digest),
+            (lease_seconds, token, digest),
         )
         if await cur.fetchone():
-            return Claim.RUN, None
-    return Claim.IN_FLIGHT, None
+            return Claimed(Claim.RUN, lease=Lease(key, token))
+    return Claimed(Claim.IN_FLIGHT)
 
 
-async def complete(conn: psycopg.AsyncConnection[Any], key: str, response: Stored) -> None:
-    await conn.execute(
-        sql.SQL("UPDATE {t} SET state = 'done', status = %s, headers = %s, body = %s,"
-                " completed_at = now() WHERE key_hash = %s").format(t=_T),
-        (response.status, Jsonb(response.headers), response.body, key_hash(key)),
+_HELD = sql.SQL("key_hash = %s AND state = 'in_flight' AND lease IS NOT DISTINCT FROM %s")
+
+
+async def renew(conn: psycopg.AsyncConnection[Any], lease: Lease, lease_seconds: float) -> bool:
+    """Extends a running request's lease; False when another request holds the key now."""
+    cur = await conn.execute(
+        sql.SQL("UPDATE {t} SET locked_until = now() + make_interval(secs => %s)"
+                " WHERE {held} RETURNING key_hash").format(t=_T, held=_HELD),
+        (lease_seconds, key_hash(lease.key), lease.token),
     )
+    return await cur.fetchone() is not None
 
 
-async def release(conn: psycopg.AsyncConnection[Any], key: str) -> None:
+async def complete(conn: psycopg.AsyncConnection[Any], lease: Lease, response: Stored) -> bool:
+    """Stores the response; False (nothing stored) when the lease was lost to a retry."""
+    cur = await conn.execute(
+        sql.SQL("UPDATE {t} SET state = 'done', status = %s, headers = %s, body = %s,"
+                " completed_at = now() WHERE {held} RETURNING key_hash").format(
+                    t=_T, held=_HELD),
+        (response.status, Jsonb(response.headers), response.body, key_hash(lease.key),
+         lease.token),
+    )
+    return await cur.fetchone() is not None
+
+
+async def release(conn: psycopg.AsyncConnection[Any], lease: Lease) -> None:
     """The request failed on the server's side: a retry may run it again."""
-    await conn.execute(sql.SQL("DELETE FROM {t} WHERE key_hash = %s AND state = 'in_flight'")
-                       .format(t=_T), (key_hash(key),))
+    await conn.execute(sql.SQL("DELETE FROM {t} WHERE {held}").format(t=_T, held=_HELD),
+                       (key_hash(lease.key), lease.token))

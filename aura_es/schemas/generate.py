@@ -70,17 +70,25 @@ def topic_of(cls: type) -> str:
 
 def event_classes() -> dict[str, type]:
     """Every loaded event class with a TOPIC, by topic (import your event modules first)."""
-    from aura_es.events import AuraCreated, AuraEvent
+    from aura_es.events import AuraCreated, AuraEvent, missing_topic
 
     found: dict[str, type] = {}
+    refused: list[str] = []
     pending: list[type] = [AuraEvent, AuraCreated]
     while pending:
         cls = pending.pop()
-        pending.extend(cls.__subclasses__())
+        subclasses: list[type] = cls.__subclasses__()
+        pending.extend(subclasses)
+        # A class with subclasses and no TOPIC is a base for others; one without is an
+        # event type, and the write path would refuse its events.
+        if not subclasses and (problem := missing_topic(cls)) is not None:
+            refused.append(problem)
         if "TOPIC" in cls.__dict__:
             topic = topic_of(cls)
             # A class redefined at the same place (a reload) replaces the earlier one.
             found[topic] = cls
+    if refused:
+        raise ConfigurationError("; ".join(sorted(refused)))
     return dict(sorted(found.items()))
 
 
