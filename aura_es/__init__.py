@@ -17,6 +17,7 @@ from aura_es.errors import (
     IdempotencyKeyConflict,
     InvalidIdempotencyKey,
     InvalidPayload,
+    PayloadTooLarge,
     SchemaMissing,
     ServiceUnavailable,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "IdempotencyKeyConflict",
     "InvalidIdempotencyKey",
     "InvalidPayload",
+    "PayloadTooLarge",
     "SchemaMissing",
     "ServiceUnavailable",
     "Settings",

@@ -37,6 +37,10 @@ class InvalidPayload(DomainError):
     a lone surrogate, NaN or infinity, an integer beyond 64 bits, an oversized event)."""
 
 
+class PayloadTooLarge(InvalidPayload):
+    """An event is larger than the largest event aura-es stores (``max_event_bytes``)."""
+
+
 class EventUndecodable(AuraError):
     """A stored event cannot be decoded (its bytes are not an event of its topic)."""
 
@@ -52,7 +56,7 @@ class EventVersionUnknown(AuraError):
 
 
 class InvalidIdempotencyKey(DomainError):
-    """The idempotency key is empty or longer than 255 characters."""
+    """The idempotency key is empty, only whitespace or longer than 255 characters."""
 
 
 class AggregateNotFound(AuraError):

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from aura_es.errors import InvalidPayload
+from aura_es.errors import InvalidPayload, PayloadTooLarge
 
 #: The largest stored event, in bytes of its JSON: a NATS message holds 1 MiB by
 #: default (``max_payload``), and the CloudEvent adds its envelope to the event's JSON.
@@ -146,7 +146,7 @@ def encode(value: Any, what: str) -> bytes:
 
 def check_size(encoded: bytes, what: str, limit: int = MAX_EVENT_BYTES) -> None:
     if len(encoded) > limit:
-        raise InvalidPayload(
+        raise PayloadTooLarge(
             f"{what} is {len(encoded):,} bytes as JSON; the largest event aura-es stores is"
             f" {limit:,} bytes (so it fits one NATS message): store large content elsewhere"
             " and put its reference in the event"

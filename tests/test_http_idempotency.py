@@ -28,6 +28,7 @@ from aura_es import AuraApp
 from aura_es.dsn import parse_database_url
 from aura_es.http import IdempotencyKeyMiddleware, InvalidKeyHeader, idempotency_key, parse_key
 from aura_es.http.responses import key_hash
+from aura_es.payload import MAX_EVENT_BYTES
 from tests.support.http import served
 from tests.support.workers import ROOT, wait_for
 
@@ -91,6 +92,28 @@ def test_the_answers_the_draft_defines(service: str) -> None:
         other = client.post("/debates", json={**body, "topic": "other"}, headers=key("k"))
         assert other.status_code == 422
         assert client.get("/debates/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_an_invalid_payload_is_a_client_error_not_a_conflict(service: str,
+                                                               db_url: str) -> None:
+    """An event over the size limit is 413 and one the store cannot hold exactly is 422;
+    409 is kept for the aggregate's own rules (a concluded debate)."""
+    with httpx.Client(base_url=service, timeout=30) as client:
+        huge = client.post("/debates", headers=key("huge"), json={
+            "topic": "x" * (MAX_EVENT_BYTES + 1), "participants": ["a"]})
+        assert huge.status_code == 413 and "bytes as JSON" in huge.json()["error"]
+        nul = client.post("/debates", headers=key("nul"), json={
+            "topic": "a\u0000b", "participants": ["a"]})
+        assert nul.status_code == 422 and "topic" in nul.json()["error"]
+        debate = client.post("/debates", headers=key("ok"), json={
+            "topic": "ok", "participants": ["a"]}).json()["debate_id"]
+        decided = client.post(f"/debates/{debate}/consensus", headers=key("c1"),
+                              json={"decision": "yes"})
+        assert decided.status_code == 200
+        again = client.post(f"/debates/{debate}/consensus", headers=key("c2"),
+                            json={"decision": "no"})
+        assert again.status_code == 409
+    assert debates_stored(db_url) == 1
 
 
 def test_concurrent_retries_of_one_key_start_one_debate(service: str, db_url: str) -> None:

@@ -202,6 +202,17 @@ def test_bad_mirror_input_is_exit_2(
     result = aura("mirror", "run", "--nats-url", url, "--stream", "TAKEN", "--subject-prefix",
                   "other", env=cli_env)
     assert_one_line_error(result, "exists with another configuration", "subjects")
+    # A new stream on subjects another stream takes: a configuration error, not a retry.
+    overlapping = aura("mirror", "run", "--nats-url", url, "--stream", "NEW",
+                       "--subject-prefix", "taken", env=cli_env, timeout=60)
+    assert_one_line_error(overlapping, "cannot create stream 'NEW'", "taken.>",
+                          "stream 'TAKEN'",
+                          "--subject-prefix")
+    assert not stream_exists(url, "NEW")
+    # Verify with a prefix the stream does not take names the prefix, not a broker error.
+    wrong_prefix = aura("mirror", "verify", "--nats-url", url, "--stream", "TAKEN",
+                        "--subject-prefix", "other", env=cli_env)
+    assert_one_line_error(wrong_prefix, "takes subjects taken.>", "--subject-prefix")
 
 
 def stream_exists(url: str, stream: str) -> bool:

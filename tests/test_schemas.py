@@ -445,6 +445,8 @@ def test_a_write_that_does_not_fit_its_schema_is_refused_and_nothing_is_stored(
             app.execute(Update("add", f"a-{uuid4()}", counter_id, {"n": 1},
                                lambda c: c.trigger_event(Added, amount=amount, labels=labels)))
         assert needle in str(error.value) and Added.TOPIC in str(error.value)
+        # Named by the schema version a reader expects, not the aggregate's version (2).
+        assert f"{Added.TOPIC} (schema v1)" in str(error.value)
         assert app.get(counter_id, Counter).version == 1  # nothing of the command stored
     finally:
         app.close()
@@ -526,3 +528,21 @@ def test_a_projection_stops_at_an_unknown_version_without_dead_lettering(
         cursor = conn.execute("SELECT cursor_transaction FROM aura_projection_checkpoints"
                               " WHERE projection = %s", (spec.name,)).fetchone()
         assert cursor in (None, (0,))
+
+
+def test_schema_list_and_check_outside_a_project_need_no_catalog(tmp_path: Path) -> None:
+    """The default catalog is read where it exists; elsewhere every type has the default
+    mode. A catalog named explicitly must exist."""
+    shutil.copytree(REGISTRY, tmp_path / "schemas")
+    here = subprocess.run([sys.executable, "-m", "aura_es.cli", "schema", "list", "--json"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert here.returncode == 0, here.stderr
+    rows = json.loads(here.stdout)["event_types"]
+    assert {r["mode"] for r in rows} == {"FULL_TRANSITIVE"} and len(rows) >= 10
+    checked = subprocess.run([sys.executable, "-m", "aura_es.cli", "schema", "check"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert checked.returncode == 0, checked.stderr
+    named = subprocess.run([sys.executable, "-m", "aura_es.cli", "schema", "list",
+                            "--catalog", "missing.yaml"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert_one_line_error(named, "missing.yaml")

@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp
+from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ErrorHandling, ProjectionSpec
 from aura_es.db import connect
-from aura_es.projection import dlq_retry, outbox
+from aura_es.projection import dlq_retry, outbox, presence
 from aura_es.projection.dispatch import Dispatcher
 from aura_es.projection.loading import build
 from aura_es.projection.resilience import ResilientRunner
@@ -199,3 +200,81 @@ def test_a_worker_runs_the_side_effects_its_batches_record(
         supervisor.terminate()
         supervisor.wait(timeout=60)
     assert len(set(received.read_text().splitlines())) == len(argued)
+
+
+def status_row(db_url: str, catalog: Path, projection: str) -> dict[str, Any]:
+    result = aura("status", "--json", "--catalog", str(catalog), env=env_for(db_url))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["projections"]
+    return next(r for r in rows if r["projection"] == projection)
+
+
+def test_a_worker_busy_with_a_slow_side_effect_is_shown_running(
+    app: AuraApp, tmp_path: Path,
+) -> None:
+    """Its loop is inside one side effect for longer than a heartbeat's life (5 s): the
+    pulse keeps it alive in `status` (it was shown as stopped)."""
+    catalog = quick_catalog(tmp_path, handler="tests.support.poison:NotifyingPoisonedDebates")
+    received, gate = tmp_path / "received.log", tmp_path / "gate"
+    argue(app, 1, ["slow"])
+    supervisor = start_supervisor(
+        app.database_url, "DebateStateProjection", catalog=catalog, log=tmp_path / "log",
+        env={"AURA_TEST_SIDE_EFFECT_LOG": str(received), "AURA_TEST_SIDE_EFFECT_GATE": str(gate)})
+    try:
+        wait_for("the side effect to start", lambda: received.exists()
+                 and received.read_text().startswith("started"), 60)
+        with connect(app.database_url) as conn:
+            started = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+            # The database's clock says a heartbeat sent at the start has gone stale.
+            wait_for("a heartbeat's life to pass", lambda: conn.execute(
+                "SELECT now() > %s + make_interval(secs => %s)",
+                (started, presence.ALIVE_SECONDS + 1)).fetchone()[0], 30)  # type: ignore[index]
+        row = status_row(app.database_url, catalog, "DebateStateProjection")
+        assert row["state"] == "running", row
+        assert row["side_effects_pending"] == 1 and row["side_effects_dead"] == 0
+        gate.touch()
+        with connect(app.database_url) as conn:
+            wait_for("it marked done", lambda: states(
+                conn, "DebateStateProjection") == {"done": 1}, 30)
+    finally:
+        supervisor.terminate()
+        supervisor.wait(timeout=60)
+
+
+def test_dead_side_effects_need_attention_in_status(app: AuraApp, tmp_path: Path) -> None:
+    catalog = quick_catalog(tmp_path, handler="tests.support.poison:NotifyingPoisonedDebates",
+                            error_handling={"retry_policy": "none", "max_retries": 0})
+    (spec,) = [s for s in load_catalog(catalog).projections
+               if s.name == "DebateStateProjection"]
+    argue(app, 1, ["one", "two"])
+    poison.FAIL_NEXT[0] = 1
+    with connect(app.database_url) as conn:
+        BatchRunner(conn, spec, build(spec)).run_until_caught_up()
+        assert Dispatcher(spec.name, spec.error_handling).run_due(conn).dead == 1
+    row = status_row(app.database_url, catalog, spec.name)
+    assert (row["side_effects_dead"], row["side_effects_pending"]) == (1, 0)
+    table = aura("status", "--catalog", str(catalog), env={
+        **env_for(app.database_url), "COLUMNS": "200"})
+    line = next(x for x in table.stdout.splitlines() if spec.name in x)
+    assert "1 dead side effects" in line
+
+
+def test_an_error_needs_attention_until_the_worker_next_does_its_work(db_url: str) -> None:
+    """The presence rows as the status reads them: an error is current until a healthy
+    step follows it; then it is history (kept, not flagged)."""
+    def beat(error: str | None = None, healthy: bool = False) -> presence.Worker:
+        with connect(db_url) as conn:
+            presence.beat(conn, "w1", "P", presence.Beat(
+                role="active", breaker="closed", next_probe_seconds=None,
+                events_per_second=0.0, error=error, healthy=healthy))
+            (worker,) = presence.every(conn)["P"]
+            return worker
+
+    assert not beat().error_current
+    failed = beat(error="OperationalError: the server went away")
+    assert failed.error_current and failed.last_error is not None
+    assert beat().error_current  # a heartbeat alone is not a recovery
+    recovered = beat(healthy=True)
+    assert not recovered.error_current
+    assert recovered.last_error == "OperationalError: the server went away"  # history
+    assert beat(error="TimeoutError: again").error_current

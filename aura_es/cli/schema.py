@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from aura_es.catalog import load_catalog
-from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
+from aura_es.catalog import DEFAULT_CATALOG, load_catalog
+from aura_es.catalog.model import EventTypeSpec
 from aura_es.cli.common import Json, emit_json, fail, handle_errors
 from aura_es.errors import ConfigurationError
 from aura_es.schemas import check as checking
@@ -44,12 +44,27 @@ def _existing(directory: Path) -> Path:
     return directory
 
 
-def _modes(catalog: Path, classes: dict[str, type]) -> dict[str, Mode]:
+OptionalCatalog = Annotated[Path | None, typer.Option(
+    "--catalog", envvar="AURA_ES_CATALOG",
+    help="The projection catalog whose `events:` set compatibility modes (default:"
+         f" {DEFAULT_CATALOG} when it exists; without one, every type has the default mode).")]
+
+
+def _event_specs(catalog: Path | None) -> dict[str, EventTypeSpec]:
+    """The catalog's ``events:``. A catalog named explicitly must exist; the default one
+    is read only where it is (outside a project there is none, and none is needed)."""
+    if catalog is None:
+        if not DEFAULT_CATALOG.is_file():
+            return {}
+        catalog = DEFAULT_CATALOG
+    return dict(load_catalog(catalog).events)
+
+
+def _modes(specs: dict[str, EventTypeSpec], classes: dict[str, type]) -> dict[str, Mode]:
     """Every loaded type's mode, from the catalog's ``events:`` (defaults for the rest)."""
-    specs = load_catalog(catalog).events
     for topic in specs:
         if topic not in classes:
-            raise ConfigurationError(f"catalog {catalog}: events: {topic!r} is not the topic"
+            raise ConfigurationError(f"catalog events: {topic!r} is not the topic"
                                      " of any loaded event class")
     return {topic: mode_for(spec.compatibility, spec.published) if (spec := specs.get(topic))
             else mode_for(None, True) for topic in classes}
@@ -96,11 +111,12 @@ def export(directory: SchemaDir = registry.DEFAULT_DIR, module: Modules = None,
 
 @schema_cli.command("check")
 @handle_errors
-def check(directory: SchemaDir = registry.DEFAULT_DIR, catalog: CatalogPath = DEFAULT_PATH,
+def check(directory: SchemaDir = registry.DEFAULT_DIR, catalog: OptionalCatalog = None,
           module: Modules = None, json: Json = False) -> None:
     """Exit 1 when a change breaks the registry's rules or a compatibility mode."""
     classes = _classes(module)
-    report = checking.check(_existing(directory), classes, _modes(catalog, classes))
+    report = checking.check(_existing(directory), classes,
+                            _modes(_event_specs(catalog), classes))
     if json:
         emit_json({"ok": report.ok, "findings": [str(f) for f in report.findings],
                    "checked": report.checked, "notes": report.notes})
@@ -119,13 +135,13 @@ def check(directory: SchemaDir = registry.DEFAULT_DIR, catalog: CatalogPath = DE
 
 @schema_cli.command("list")
 @handle_errors
-def list_(directory: SchemaDir = registry.DEFAULT_DIR, catalog: CatalogPath = DEFAULT_PATH,
+def list_(directory: SchemaDir = registry.DEFAULT_DIR, catalog: OptionalCatalog = None,
           module: Modules = None, json: Json = False) -> None:
     """Each event type: its versions, compatibility mode and whether it is published."""
-    specs = load_catalog(catalog).events
+    specs = _event_specs(catalog)
     committed = registry.load(_existing(directory))
     classes = _classes(module)
-    modes = _modes(catalog, classes)
+    modes = _modes(specs, classes)
     rows: list[dict[str, Any]] = []
     for topic, cls in classes.items():
         spec = specs.get(topic)

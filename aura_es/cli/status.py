@@ -67,7 +67,9 @@ def _attention(row: dict[str, Any]) -> str:
         notes.append(f"rebuilding gen {_generation(row)}")
     if row["drift"]:
         notes.append("[red]drift[/]")
-    if row["last_error"]:
+    if row["side_effects_dead"]:
+        notes.append(f"[red]{row['side_effects_dead']} dead side effects[/]")
+    if row["last_error"] and row["last_error_current"]:
         notes.append(escape(row["last_error"]))
     return "; ".join(notes) or "-"
 

@@ -211,13 +211,20 @@ class MeshConsumer:
         read = OrderedRead(js, self.stream, f"{self.subject_prefix}.>", begin.seq,
                            description=f"aura-es mesh consumer {self.name}")
         await read.open()
+        upcoming: asyncio.Future[list[Any]] | None = None
         try:
             # What the checkpoint row must say for this pass to write it: as loaded,
             # then as this pass last wrote it. ``begin.state`` may carry a cursor
             # recovered from the stream, written with the first batch.
             believed, carried = loaded, begin.state
+            upcoming = asyncio.ensure_future(read.batch(self.batch_size, timeout=1.0))
             while not self.stop.is_set():
-                msgs = await read.batch(self.batch_size, timeout=1.0)
+                msgs = await upcoming
+                # The next batch is asked for before this one is applied: the broker sends
+                # it while the database works (the apply blocks this loop; the request
+                # goes out at the yield below).
+                upcoming = asyncio.ensure_future(read.batch(self.batch_size, timeout=1.0))
+                await asyncio.sleep(0)
                 if not msgs:
                     self.idle_polls += 1
                 else:
@@ -225,7 +232,12 @@ class MeshConsumer:
                                                  dict(m.headers or {}), m.data) for m in msgs]
                     believed = carried = await self._apply_until_done(conn, batch, believed,
                                                                       carried)
+            upcoming.cancel()
         finally:
+            if upcoming is not None and not upcoming.done():
+                upcoming.cancel()
+                with contextlib.suppress(BaseException):
+                    await upcoming
             await read.close()
 
     async def _apply_until_done(self, conn: psycopg.Connection[Any], batch: list[Prepared],
@@ -444,6 +456,8 @@ class MeshConsumer:
                     raise ConfigurationError(f"schema {uri} is not in the registry bucket")
                 return f"{uri} is not in the registry"
             validator = self._schemas[uri] = Draft202012Validator(schema)
+        if validator.is_valid(data):  # the common case, without building error objects
+            return None
         error = best_match(validator.iter_errors(data))
         if error is None:
             return None

@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from aura_es.errors import ConfigurationError
 from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER, TRANSACTION_HEADER
@@ -60,13 +60,33 @@ def _differences(want: api.StreamConfig, have: api.StreamConfig) -> list[str]:
     return [f"{name}: wanted {a!r}, the stream has {b!r}" for name, a, b in pairs if a != b]
 
 
+def require_subjects(have: api.StreamConfig, settings: StreamSettings) -> None:
+    """The stream takes the events' subjects, or a one-line error naming what it takes
+    (a reader filtering on subjects the stream does not take gets a raw broker error)."""
+    wanted = f"{settings.subject_prefix}.>"
+    if wanted not in (have.subjects or []):
+        taken = ", ".join(have.subjects or []) or "none"
+        raise ConfigurationError(
+            f"stream {settings.name!r} takes subjects {taken}, not {wanted}: pass the"
+            " --subject-prefix it was created with")
+
+
+#: JetStream's error code for "subjects overlap with an existing stream".
+_SUBJECTS_OVERLAP = 10065
+
+
 async def ensure_stream(js: JetStreamContext, settings: StreamSettings, atomic: bool) -> bool:
     """Creates the stream if missing; returns whether atomic batches can be used."""
     want = settings.config(atomic)
     try:
         info = await js.stream_info(settings.name)
     except NotFoundError:
-        await js.add_stream(want)
+        try:
+            await js.add_stream(want)
+        except BadRequestError as e:
+            if e.err_code != _SUBJECTS_OVERLAP:
+                raise
+            raise ConfigurationError(await _overlap(js, settings)) from None
         return atomic
     diffs = _differences(want, info.config)
     if diffs:
@@ -75,6 +95,19 @@ async def ensure_stream(js: JetStreamContext, settings: StreamSettings, atomic: 
             + "; ".join(diffs) + "); change it yourself or choose another --stream"
         )
     return atomic and bool(info.config.allow_atomic)
+
+
+async def _overlap(js: JetStreamContext, settings: StreamSettings) -> str:
+    """Why the stream cannot be made: another stream takes its subjects (no retry helps)."""
+    wanted = f"{settings.subject_prefix}.>"
+    try:
+        other = await js.find_stream_name_by_subject(wanted)
+    except NotFoundError:
+        other = "another stream"
+    else:
+        other = f"stream {other!r}"
+    return (f"cannot create stream {settings.name!r}: its subjects {wanted} overlap those"
+            f" of {other}; give this stream its own --subject-prefix")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from aura_es.mirror.cloudevents import (
     body_hash,
     to_message,
 )
-from aura_es.mirror.stream import StreamSettings
+from aura_es.mirror.stream import StreamSettings, require_subjects
 from aura_es.store import eventlog, identity
 from aura_es.store.eventlog import ORIGIN, Cursor
 
@@ -89,6 +89,7 @@ async def read_stream(nats_url: str, settings: StreamSettings) -> list[Mirrored]
     try:
         js = nc.jetstream()
         info = await js.stream_info(settings.name)
+        require_subjects(info.config, settings)
         total = info.state.messages
         out: list[Mirrored] = []
         if not total:

@@ -11,7 +11,7 @@ import psycopg
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.mirror import progress
-from aura_es.projection import checkpoints, dlq, presence
+from aura_es.projection import checkpoints, dlq, outbox, presence
 from aura_es.projection.loading import fingerprint
 from aura_es.replay import generations
 from aura_es.store import eventlog
@@ -30,6 +30,7 @@ def projection_status(
     workers = presence.every(conn)
     with conn.cursor() as cur:
         dead = dlq.depth(cur)
+    effects = outbox.counts(conn)
     rows = []
     for spec in specs:
         rebuild = None
@@ -39,9 +40,12 @@ def projection_status(
             rebuild = {"generation": generation,
                        "position": shadow.position if shadow else 0,
                        "events_applied": shadow.events_applied if shadow else 0}
+        pending = effects.get(spec.name, {})
         rows.append(_one(conn, spec, head, now, stored.get(spec.name),
                          workers.get(spec.name, []), dead.get(spec.name))
-                    | {"rebuild": rebuild})
+                    | {"rebuild": rebuild,
+                       "side_effects_pending": pending.get(outbox.PENDING, 0),
+                       "side_effects_dead": pending.get(outbox.DEAD, 0)})
     return rows
 
 
@@ -107,6 +111,8 @@ def _one(
             last_error.last_error_at.isoformat()
             if last_error and last_error.last_error_at else None
         ),
+        # False once the worker has done its work since: history, not attention.
+        "last_error_current": bool(last_error and last_error.error_current),
         "updated_at": (
             checkpoint.updated_at.isoformat() if checkpoint and checkpoint.updated_at else None
         ),

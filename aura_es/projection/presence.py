@@ -45,6 +45,10 @@ def ddl() -> list[sql.Composed | sql.SQL]:
         # When an open breaker lets its next probe through (NULL when it is not open).
         sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS next_probe_at timestamptz").format(
             t=_T),
+        # When the worker last did its work without an error: an error older than this
+        # is history (shown by --wide and --json), not something that needs attention.
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS healthy_at timestamptz").format(
+            t=_T),
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (projection)").format(
             i=sql.Identifier(f"{TABLE}_projection_idx"), t=_T),
     ]
@@ -61,26 +65,37 @@ class Beat:
     next_probe_seconds: float | None
     events_per_second: float
     error: str | None
+    #: The worker has just done its work (a batch committed, or nothing new to read).
+    healthy: bool = False
 
 
 _UPSERT = sql.SQL(
     "INSERT INTO {t} (worker_id, projection, host, pid, role, breaker, next_probe_at,"
-    " events_per_second, last_error, last_error_at) VALUES (%s, %s, %s, %s, %s, %s,"
-    " now() + make_interval(secs => %s), %s, %s,"
-    " CASE WHEN %s::text IS NULL THEN NULL ELSE now() END)"
+    " events_per_second, last_error, last_error_at, healthy_at) VALUES (%s, %s, %s, %s,"
+    " %s, %s, now() + make_interval(secs => %s), %s, %s,"
+    " CASE WHEN %s::text IS NULL THEN NULL ELSE now() END,"
+    " CASE WHEN %s AND %s::text IS NULL THEN now() END)"
     " ON CONFLICT (worker_id) DO UPDATE SET role = EXCLUDED.role,"
     " breaker = EXCLUDED.breaker, next_probe_at = EXCLUDED.next_probe_at,"
     " heartbeat_at = now(), events_per_second = EXCLUDED.events_per_second,"
     " last_error = coalesce(EXCLUDED.last_error, {t}.last_error),"
-    " last_error_at = coalesce(EXCLUDED.last_error_at, {t}.last_error_at)"
+    " last_error_at = coalesce(EXCLUDED.last_error_at, {t}.last_error_at),"
+    " healthy_at = coalesce(EXCLUDED.healthy_at, {t}.healthy_at)"
 ).format(t=_T)
 
 
 def beat(conn: psycopg.Connection[Any], worker_id: str, projection: str, b: Beat) -> None:
     conn.execute(_UPSERT, (
         worker_id, projection, socket.gethostname(), os.getpid(), b.role, b.breaker,
-        b.next_probe_seconds, b.events_per_second, b.error, b.error,
+        b.next_probe_seconds, b.events_per_second, b.error, b.error, b.healthy, b.error,
     ))
+
+
+def pulse(conn: psycopg.Connection[Any], worker_id: str) -> None:
+    """Only "this process is alive": sent beside the loop, so a worker busy in one long
+    step (slow side effects, a slow handler) is not taken for dead."""
+    conn.execute(sql.SQL("UPDATE {t} SET heartbeat_at = now() WHERE worker_id = %s")
+                 .format(t=_T), (worker_id,))
 
 
 def leave(conn: psycopg.Connection[Any], worker_id: str) -> None:
@@ -99,6 +114,8 @@ class Worker:
     alive: bool
     breaker: str
     next_probe_seconds: float | None
+    #: Its last error came after its last healthy step: it still needs attention.
+    error_current: bool = False
 
 
 def every(conn: psycopg.Connection[Any]) -> dict[str, list[Worker]]:
@@ -107,7 +124,9 @@ def every(conn: psycopg.Connection[Any]) -> dict[str, list[Worker]]:
     for row in conn.execute(sql.SQL(
         "SELECT projection, role, pid, host, events_per_second, last_error, last_error_at,"
         " heartbeat_at > now() - make_interval(secs => %s), breaker,"
-        " greatest(0, extract(epoch FROM next_probe_at - now()))::float FROM {t}"
+        " greatest(0, extract(epoch FROM next_probe_at - now()))::float,"
+        " last_error_at IS NOT NULL AND last_error_at >= coalesce(healthy_at, '-infinity')"
+        " FROM {t}"
         " ORDER BY started_at"
     ).format(t=_T), (ALIVE_SECONDS,)):
         workers.setdefault(row[0], []).append(Worker(*row))

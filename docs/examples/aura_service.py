@@ -27,7 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from aura_es import AggregateNotFound, AuraApp, DomainError, IdempotencyKeyConflict
+from aura_es import (
+    AggregateNotFound,
+    AuraApp,
+    DomainError,
+    IdempotencyKeyConflict,
+    InvalidPayload,
+    PayloadTooLarge,
+)
 from aura_es.http import IdempotencyKeyMiddleware, idempotency_key
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -51,6 +58,12 @@ def create_app(database_url: str) -> Starlette:
             except AggregateNotFound as e:
                 return _error(404, str(e))
             except IdempotencyKeyConflict as e:
+                return _error(422, str(e))
+            # A request the store cannot take as it is: the client's to fix, not a
+            # conflict with the aggregate's state.
+            except PayloadTooLarge as e:
+                return _error(413, str(e))
+            except InvalidPayload as e:
                 return _error(422, str(e))
             except DomainError as e:  # the aggregate's rules (a concluded debate, …)
                 return _error(409, str(e))

@@ -7,6 +7,7 @@ worker processes the fix is the file named by AURA_TEST_POISON_FIXED existing.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -76,6 +77,12 @@ def argument_webhook(payload: dict[str, object], idempotency_key: str) -> None:
         FAIL_NEXT[0] -= 1
         raise ConnectionError("the receiver does not answer")
     log = os.environ.get("AURA_TEST_SIDE_EFFECT_LOG")
+    gate = os.environ.get("AURA_TEST_SIDE_EFFECT_GATE")
+    if log and gate:  # a slow receiver: held until the test opens the gate (a file)
+        with open(log, "a") as f:
+            f.write(f"started {idempotency_key}\n")
+        while not os.path.exists(gate):
+            time.sleep(0.05)
     if log:  # in a worker process: the test reads what was received from a file
         with open(log, "a") as f:
             f.write(idempotency_key + "\n")

@@ -4,13 +4,19 @@ which role, how fast, its breaker and its last error): what `status` and `/healt
 Written at most once a second on the worker's own connection. While that connection is
 gone (the database restarted, the breaker is open and waiting), a small side connection
 keeps the row fresh whenever the database answers, so the worker is reported as
-"breaker open, next probe in N s" rather than "stopped".
+"breaker open, next probe in N s" rather than "stopped". A pulse thread on a connection
+of its own refreshes only the heartbeat, so a worker busy in one long step (slow side
+effects) is shown as what it is, not as stopped.
+
+An error is reported until the worker next does its work (a batch committed, or a read
+that found nothing new); after that, `status` keeps it as history, not as attention.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 import time
 from typing import Any
 
@@ -42,13 +48,22 @@ class Presence(Hook):
         self._side_tried = 0.0
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._error: str | None = None
+        #: A step succeeded since the last row written.
+        self._healthy = False
+        self._pulse: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # -- the worker's moments --------------------------------------------------------------
 
     def on_role(self, worker: WorkerView) -> None:
         self._beat(worker, force=True)
+        if self._pulse is None:
+            self._pulse = threading.Thread(target=self._pulse_loop, daemon=True,
+                                           name="aura-presence-pulse")
+            self._pulse.start()
 
     def on_batch_committed(self, worker: WorkerView, step: Step) -> None:
+        self._healthy = True
         now = time.monotonic()
         self._recent.append((now, step.applied))
         while self._recent and self._recent[0][0] < now - RATE_SECONDS:
@@ -58,12 +73,12 @@ class Presence(Hook):
     def on_transient_failure(
         self, worker: WorkerView, error: BaseException, retry_in: float,
     ) -> None:
-        self._error = f"{type(error).__name__}: {first_line(error)}"
+        self.error(f"{type(error).__name__}: {first_line(error)}")
         self._beat(worker, force=True)
 
     def on_poison(self, worker: WorkerView, progress: Progress, error: BaseException) -> None:
         if progress.dead_lettered is not None:
-            self._error = f"{type(error).__name__}: {first_line(error)}"
+            self.error(f"{type(error).__name__}: {first_line(error)}")
             self._beat(worker, force=True)
 
     def on_breaker_change(
@@ -75,11 +90,15 @@ class Presence(Hook):
         self._beat(worker)
 
     def on_stop(self, worker: WorkerView) -> None:
+        self._stopping.set()
+        if self._pulse is not None:
+            self._pulse.join(timeout=5)
         self.leave(worker.connection)
 
     def error(self, message: str) -> None:
         """A failure to show as the worker's last error (a pause, say)."""
         self._error = message
+        self._healthy = False
 
     def _beat(self, worker: WorkerView, *, force: bool = False) -> None:
         if not self.due(force):
@@ -91,10 +110,11 @@ class Presence(Hook):
         role = worker.role if conn is not None and not conn.broken else "waiting"
         written = self.beat(conn, Beat(
             role=role, breaker=str(breaker.state), next_probe_seconds=open_for,
-            events_per_second=self._rate(), error=self._error,
+            events_per_second=self._rate(), error=self._error, healthy=self._healthy,
         ))
         if written:
             self._error = None
+            self._healthy = False
 
     def _rate(self) -> float:
         if not self._recent:
@@ -140,6 +160,25 @@ class Presence(Hook):
         with contextlib.suppress(AuraError, psycopg.Error):
             self._side = connect(self.database_url)
         return self._side
+
+    def _pulse_loop(self) -> None:
+        """Every heartbeat, on a connection of its own (psycopg connections are not
+        shared across threads); a database that is away is tried again quietly."""
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stopping.wait(HEARTBEAT_SECONDS):
+            try:
+                if conn is None or conn.broken:
+                    conn = connect(self.database_url)
+                presence.pulse(conn, self.worker_id)
+            except (AuraError, psycopg.Error):
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                conn = None
+                self._stopping.wait(SIDE_RETRY_SECONDS)
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     def _close_side(self) -> None:
         if self._side is not None:
