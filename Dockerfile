@@ -6,5 +6,8 @@ COPY aura_es ./aura_es
 COPY projections ./projections
 COPY workers ./workers
 COPY catalog ./catalog
+# The AURA application (projections/, workers/, catalog/) is imported from /app, beside
+# the installed framework.
+ENV PYTHONPATH=/app
 RUN pip install --no-cache-dir .
 USER nobody

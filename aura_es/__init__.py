@@ -1,10 +1,13 @@
 """aura-es: event sourcing on PostgreSQL that never loses or doubles an event.
 
 The public surface is what this module exports; everything else is internal.
+``AuraApp`` (the AURA demo application) is loaded on first use only, so that importing
+aura-es registers none of the demo's event topics.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from aura_es.aggregate import AuraAggregate
-from aura_es.app import AuraApp
 from aura_es.application import CommandResult, Create, EventSourcedApp, Update
 from aura_es.errors import (
     AggregateNotFound,
@@ -50,3 +53,14 @@ __all__ = [
     "Update",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from aura_es.app import AuraApp
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AuraApp":
+        from aura_es.app import AuraApp
+
+        return AuraApp
+    raise AttributeError(f"module 'aura_es' has no attribute {name!r}")

@@ -10,7 +10,8 @@ import psycopg
 from aura_es.application import EventSourcedApp
 from aura_es.http import responses
 from aura_es.mirror import progress
-from aura_es.projection import checkpoints, dlq, outbox, presence, registry
+from aura_es.projection import dlq
+from aura_es.projection.state import checkpoints, outbox, presence, registry
 from aura_es.replay import claim, generations
 from aura_es.store import eventlog, identity
 from aura_es.store import schema as tables

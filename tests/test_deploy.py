@@ -22,7 +22,7 @@ from aura_es.catalog import load_catalog
 from aura_es.cli.main import app
 from aura_es.db import connect
 from aura_es.ops.collector import DatabaseCollector
-from aura_es.projection import serving
+from aura_es.projection.engine.engine import Engine
 from tests.support.workers import CATALOG, ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -91,7 +91,7 @@ def exposed_names(db_url: str) -> set[str]:
     collector on a database with read models, plus the worker-side families."""
     spec = load_catalog(CATALOG).get("DebateStateProjection")
     with connect(db_url) as conn:
-        serving.attach(conn, spec)  # creates debate_state, so the AURA gauges appear
+        Engine.attach(conn, spec)  # creates debate_state, so the AURA gauges appear
     collector = DatabaseCollector(lambda: connect(db_url), load_catalog(CATALOG).projections,
                                   300)
     registry = CollectorRegistry()

@@ -6,8 +6,7 @@ import json
 
 from aura_es import AuraApp
 from aura_es.db import connect
-from aura_es.projection.resilience import ResilientRunner
-from aura_es.projection.runner import BatchRunner
+from aura_es.projection.engine.engine import Engine
 from tests.support.cli import assert_one_line_error, aura
 from tests.support.poison import POISONED_SPEC as SPEC
 from tests.support.poison import PoisonedDebates
@@ -19,9 +18,9 @@ def one_dead_letter(app: AuraApp) -> int:
     app.add_argument(debate, "a", "for", "fine", round=2, idempotency_key="p2")
     PoisonedDebates.fixed_up_to = 0
     with connect(app.database_url) as conn:
-        runner = ResilientRunner(BatchRunner(conn, SPEC, PoisonedDebates(SPEC)), SPEC)
-        while runner.runner.position < app.head_position():
-            runner.advance()
+        engine = Engine(conn, SPEC)
+        while engine.runner.position < app.head_position():
+            engine.advance()
         row = conn.execute("SELECT id FROM aura_dead_letters").fetchone()
     assert row is not None
     return int(row[0])

@@ -19,9 +19,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from aura_es import AuraApp, DomainError
 from aura_es.db import connect
-from aura_es.projection.failures import CircuitBreaker, is_transient
-from aura_es.projection.resilience import ResilientRunner
-from aura_es.projection.runner import BatchRunner
+from aura_es.projection.engine.engine import Engine
+from aura_es.projection.engine.failures import CircuitBreaker, FailurePolicy
 from tests.support import folds
 from tests.support.poison import POISONED_SPEC as SPEC
 from tests.support.poison import PoisonedDebates
@@ -47,8 +46,8 @@ class DeadLetterMachine(RuleBasedStateMachine):
         self._new_runner()
 
     def _new_runner(self) -> None:
-        runner = BatchRunner(self.conn, SPEC, PoisonedDebates(SPEC))
-        self.runner = ResilientRunner(runner, SPEC)
+        self.runner = Engine(self.conn, SPEC,
+                             failures=FailurePolicy(SPEC.error_handling, self.breaker))
 
     def teardown(self) -> None:
         self.app.close()
@@ -106,16 +105,12 @@ class DeadLetterMachine(RuleBasedStateMachine):
             if not self.breaker.allow():
                 return
             before = (self.runner.runner.position, self._open_letters())
-            try:
-                progress = self.runner.advance()
-            except Exception as e:
+            progress = self.runner.advance()
+            if progress.failure is not None:
                 # G6: a transient failure moves no checkpoint and dead-letters nothing.
-                assert is_transient(e, self.runner.transient)
+                assert self.runner.failures.is_transient(progress.failure)
                 assert (self.runner.runner.position, self._open_letters()) == before
-                self.breaker.failure()
                 continue
-            if progress.step is not None:
-                self.breaker.success()
 
     @rule(steps=st.integers(1, 20))
     def work_more(self, steps: int) -> None:
@@ -195,9 +190,9 @@ def test_other_aggregates_keep_flowing_past_a_poison_event(app: AuraApp) -> None
     app.reach_consensus(healthy, "yes", idempotency_key="h2")
     PoisonedDebates.fixed_up_to = 0
     with connect(app.database_url) as conn:
-        runner = ResilientRunner(BatchRunner(conn, SPEC, PoisonedDebates(SPEC)), SPEC)
-        while runner.runner.position < app.head_position():
-            runner.advance()
+        engine = Engine(conn, SPEC)
+        while engine.runner.position < app.head_position():
+            engine.advance()
         rows = dict(conn.execute("SELECT debate_id, arguments FROM poisoned").fetchall())
         assert rows == {poisoned: 0, healthy: 1}
         letter = conn.execute(
@@ -207,7 +202,7 @@ def test_other_aggregates_keep_flowing_past_a_poison_event(app: AuraApp) -> None
         parked = [r[0] for r in conn.execute("SELECT position FROM aura_dead_letter_parked")]
         assert parked == [5]
         PoisonedDebates.fixed_up_to = app.head_position()
-        assert runner.runner.retry_dead_letter(letter[0])
+        assert engine.retry_dead_letter(letter[0])
         rows = dict(conn.execute("SELECT debate_id, arguments FROM poisoned").fetchall())
         assert rows == {poisoned: 2, healthy: 1}
         assert folds.stored_debate_state(conn, "poisoned") == folds.debate_state(conn)

@@ -46,7 +46,7 @@ def test_user_projection_in_docs_runs_from_its_own_catalog(db_url: str) -> None:
     env = env_for(db_url)
     env["PYTHONPATH"] = f"{examples}:{env['PYTHONPATH']}"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "workers.worker", "--projection", "TenantActivityProjection",
+        [sys.executable, "-m", "aura_es.worker.worker", "--projection", "TenantActivityProjection",
          "--catalog", str(examples / "catalog.yaml"), "--poll-seconds", "0.2"], env=env,
     )
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from aura_es.catalog.model import ErrorHandling
 from aura_es.errors import ConfigurationError
-from aura_es.projection.failures import (
+from aura_es.projection.engine.failures import (
     BreakerState,
     CircuitBreaker,
     is_transient,
@@ -38,7 +38,7 @@ def test_breaker_opens_at_the_threshold_probes_after_the_timeout_and_closes() ->
     clock = Clock()
     breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=10, clock=clock)
     transitions: list[tuple[str, str]] = []
-    breaker.listeners.append(lambda before, after: transitions.append((before, after)))
+    breaker.on_change = lambda before, after: transitions.append((before, after))
     for _ in range(2):
         breaker.failure()
         assert breaker.allow()

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from aura_es import AuraApp, AuraError, EventSourcedApp, InvalidPayload
 from aura_es.catalog import load_catalog
 from aura_es.payload import MAX_EVENT_BYTES
-from aura_es.projection.loading import build
-from aura_es.projection.runner import BatchRunner
+from aura_es.projection.engine.loading import build
+from aura_es.projection.engine.runner import BatchRunner
 from tests.support.hostile import hostile_numbers, hostile_text, json_like, write_note
 from tests.support.workers import CATALOG
 

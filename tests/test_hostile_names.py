@@ -21,8 +21,8 @@ from aura_es.identifiers import (
     generation_table,
     storage_problem,
 )
-from aura_es.projection.loading import build
-from aura_es.projection.runner import BatchRunner
+from aura_es.projection.engine.loading import build
+from aura_es.projection.engine.runner import BatchRunner
 from aura_es.replay import Rebuild, plan_rebuild
 from tests.support.cli import assert_one_line_error, aura
 from tests.support.workers import CATALOG

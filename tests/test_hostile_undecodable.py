@@ -20,9 +20,7 @@ from hypothesis import strategies as st
 from aura_es import AuraApp
 from aura_es.catalog import load_catalog
 from aura_es.db import connect
-from aura_es.projection.loading import build
-from aura_es.projection.resilience import ResilientRunner
-from aura_es.projection.runner import BatchRunner
+from aura_es.projection.engine.engine import Engine
 from aura_es.replay import replay_aggregates
 from aura_es.store.envelope import EventEnvelope
 from tests.support.cli import aura
@@ -84,9 +82,9 @@ def test_any_undecodable_row_is_dead_lettered_and_everything_else_flows(app: Aur
             parked_position = insert_raw(conn, bad, 2, ARGUED, argument)
         ids += debates(app, 3, "after")
         with connect(app.database_url) as conn:
-            runner = ResilientRunner(BatchRunner(conn, SPEC, build(SPEC)), SPEC)
+            engine = Engine(conn, SPEC)
             for _ in range(50):
-                step = runner.advance().step
+                step = engine.advance().step
                 if step is not None and step.caught_up:
                     break
             letters = conn.execute(
@@ -163,8 +161,8 @@ def test_a_partial_replay_leaves_an_aggregate_with_an_undecodable_event_as_it_wa
         insert_raw(conn, bad, 1, STARTED, b"{broken")
         insert_raw(conn, bad, 2, ARGUED, argument)
     with connect(app.database_url) as conn:
-        runner = ResilientRunner(BatchRunner(conn, SPEC, build(SPEC)), SPEC)
-        while not ((step := runner.advance().step) and step.caught_up):
+        engine = Engine(conn, SPEC)
+        while not ((step := engine.advance().step) and step.caught_up):
             pass
         result = replay_aggregates(conn, SPEC, [*good, bad])
         assert (result.aggregates, result.skipped_undecodable) == (3, 1)

@@ -19,7 +19,7 @@ def test_a_wrong_import_is_caught() -> None:
         "aura_es.projection.bad": "import aura_es.domain.debate\n",
         "aura_es.mirror.bad": "from aura_es.replay.rebuild import Rebuild\n",
         "aura_es.store.fine": "from aura_es.errors import AuraError\n",
-        "aura_es.cli.fine": "from workers.worker import Worker\nimport aura_es.domain\n",
+        "aura_es.cli.fine": "from aura_es.worker.worker import Worker\nimport aura_es.domain\n",
     }
     assert sorted((v.module, v.imports) for v in check(sources)) == [
         ("aura_es.mirror.bad", "aura_es.replay.rebuild"),

@@ -25,6 +25,8 @@ from aura_es.catalog import load_catalog
 from aura_es.db import connect
 from aura_es.observability import tracing
 from aura_es.testing.servers import PostgresServer
+from aura_es.worker.shutdown import Shutdown
+from aura_es.worker.worker import Worker
 from tests.support.chaos import poisoned_catalog, quick_catalog, start_again, stop, writer
 from tests.support.workers import (
     ALL,
@@ -36,8 +38,6 @@ from tests.support.workers import (
     positions,
     wait_for,
 )
-from workers.shutdown import Shutdown
-from workers.worker import Worker
 
 DEBATES = "DebateStateProjection"
 

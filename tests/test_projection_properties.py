@@ -19,9 +19,9 @@ from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.db import connect
 from aura_es.load import scenarios
-from aura_es.projection.api import Projection, Tx
-from aura_es.projection.loading import build
-from aura_es.projection.runner import BatchRunner
+from aura_es.projection.engine.loading import build
+from aura_es.projection.engine.runner import BatchRunner
+from aura_es.projection.handlers.api import Projection, Tx
 from aura_es.store.envelope import EventEnvelope
 from tests.support import folds
 from tests.support.scenarios import run_scenarios

@@ -28,12 +28,13 @@ from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.db import connect
 from aura_es.load import scenarios
-from aura_es.projection import EventEnvelope, Tx, serving
-from aura_es.projection.actions import side_effect_action
-from aura_es.projection.dispatch import Dispatcher
-from aura_es.projection.loading import fingerprint
-from aura_es.projection.resilience import ResilientRunner
-from aura_es.projection.runner import GenerationChanged
+from aura_es.projection import EventEnvelope, Tx
+from aura_es.projection.engine import serving
+from aura_es.projection.engine.dispatch import Dispatcher
+from aura_es.projection.engine.engine import Engine
+from aura_es.projection.engine.loading import fingerprint
+from aura_es.projection.engine.runner import GenerationChanged
+from aura_es.projection.handlers.actions import side_effect_action
 from aura_es.replay import Rebuild, ReplayRunning, replay_aggregates
 from aura_es.replay.claim import claim
 from projections.debate_state import DebateStateProjection
@@ -199,7 +200,7 @@ def test_a_rebuild_killed_anywhere_and_resumed_equals_the_fold(
         run_scenarios(app, scenarios(3, 100_000), 150)
     spec = debates_spec(f"Crashy{next(_names)}", "tests.test_replay:CrashingDebates")
     with connect(app.database_url) as live_conn, connect(app.database_url) as conn:
-        live = serving.attach(live_conn, spec)
+        live = Engine.attach(live_conn, spec).runner
         live.run_until_caught_up()
         crashed_at = _crash_a_rebuild(app.database_url, spec, where, batch_size)
         run_scenarios(app, scenarios(4 + appends, 100_000), appends)
@@ -217,7 +218,7 @@ def test_a_rebuild_killed_anywhere_and_resumed_equals_the_fold(
             assert result.generation == 2
         with pytest.raises(GenerationChanged):
             live.step()
-        live = serving.attach(live_conn, spec)
+        live = Engine.attach(live_conn, spec).runner
         live.run_until_caught_up()
         assert folds.stored_debate_state(conn, spec.storage) == \
             folds.debate_state(conn, live.position)
@@ -272,7 +273,7 @@ def test_sigkilled_replay_command_resumes_and_finishes(big_log_url: str) -> None
         assert done.returncode == 0, done.stderr
         resumed.append(json.loads(done.stdout)["resumed_from"])
         with connect(big_log_url) as conn:
-            live = serving.attach(conn, DEBATES)
+            live = Engine.attach(conn, DEBATES).runner
             live.run_until_caught_up()
             assert folds.stored_debate_state(conn) == folds.debate_state(conn, live.position)
             switched = conn.execute("SELECT count(*) FROM aura_projection_rebuilds WHERE"
@@ -296,7 +297,7 @@ def test_a_partial_replay_rebuilds_only_its_aggregates(app: AuraApp, picks: list
         run_scenarios(app, scenarios(5, 100_000), 150)
     spec = debates_spec(f"Partial{next(_names)}")
     with connect(app.database_url) as conn:
-        serving.attach(conn, spec).run_until_caught_up()
+        Engine.attach(conn, spec).runner.run_until_caught_up()
         ids = sorted(_rows(conn, spec.storage))
         chosen = sorted({ids[p % len(ids)] for p in picks})
         # A handler bug that got into every row: replayed rows come back right, the rest
@@ -317,7 +318,7 @@ def test_a_partial_replay_rebuilds_only_its_aggregates(app: AuraApp, picks: list
 def test_replay_cli_partial_by_aggregate_and_by_range(app: AuraApp, db_url: str) -> None:
     run_scenarios(app, scenarios(6, 100_000), 120)
     with connect(db_url) as conn:
-        serving.attach(conn, DEBATES).run_until_caught_up()
+        Engine.attach(conn, DEBATES).runner.run_until_caught_up()
         conn.execute("UPDATE debate_state SET arguments = arguments + 1000")
         one = conn.execute("SELECT debate_id FROM debate_state ORDER BY debate_id LIMIT 1"
                            ).fetchone()
@@ -365,7 +366,7 @@ def test_side_effects_run_live_and_never_during_replay(app: AuraApp) -> None:
     NOTIFIED.clear()
     dispatcher = Dispatcher(spec.name, spec.error_handling)
     with connect(app.database_url) as conn:
-        serving.attach(conn, spec).run_until_caught_up()
+        Engine.attach(conn, spec).runner.run_until_caught_up()
         assert NOTIFIED == [], "a side effect ran before the dispatcher ran it"
         dispatcher.run_due(conn)
         live_calls = list(NOTIFIED)
@@ -433,7 +434,7 @@ def test_replay_bad_input_exits_2_and_changes_nothing(
 ) -> None:
     run_scenarios(app, scenarios(11, 100_000), 30)
     with connect(db_url) as conn:
-        serving.attach(conn, DEBATES).run_until_caught_up()
+        Engine.attach(conn, DEBATES).runner.run_until_caught_up()
         before = positions(conn), _rows(conn, "debate_state")
     broken = tmp_path / "catalog.yaml"
     document = yaml.safe_load(CATALOG.read_text())
@@ -467,7 +468,7 @@ def test_replay_bad_input_exits_2_and_changes_nothing(
 def test_dry_run_reports_the_plan_and_changes_nothing(app: AuraApp, db_url: str) -> None:
     run_scenarios(app, scenarios(12, 100_000), 60)
     with connect(db_url) as conn:
-        serving.attach(conn, DEBATES).run_until_caught_up()
+        Engine.attach(conn, DEBATES).runner.run_until_caught_up()
         expected = conn.execute("SELECT count(*) FROM aura_events WHERE topic = ANY(%s)",
                                 (DEBATES.source_events,)).fetchone()
         tables = conn.execute("SELECT count(*) FROM pg_class").fetchone()
@@ -486,7 +487,7 @@ def test_the_switch_waits_for_transactions_with_older_snapshots(app: AuraApp) ->
     run_scenarios(app, scenarios(13, 100_000), 60)
     spec = debates_spec("Waiting")
     with connect(app.database_url) as conn, connect(app.database_url) as report:
-        serving.attach(conn, spec).run_until_caught_up()
+        Engine.attach(conn, spec).runner.run_until_caught_up()
         # A long report: its snapshot predates the new tables being filled.
         report.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         report.execute("SELECT count(*) FROM aura_events").fetchone()
@@ -569,7 +570,7 @@ def test_dead_letters_are_handed_over_at_the_switch(
     PoisonedDebates.fixed_up_to = 0
     try:
         with connect(app.database_url) as conn:
-            live = ResilientRunner(serving.attach(conn, SPEC), SPEC)
+            live = Engine.attach(conn, SPEC)
             while live.runner.position < app.head_position():
                 live.advance()
             before = _open_letters(conn, SPEC.name)
@@ -590,7 +591,7 @@ def test_dead_letters_are_handed_over_at_the_switch(
                 # The new generation parked the same events; the fix, then a retry, lands
                 # them in the new tables.
                 PoisonedDebates.fixed_up_to = app.head_position()
-                retried = serving.attach(conn, SPEC)
+                retried = Engine.attach(conn, SPEC).runner
                 for letter_id, in conn.execute(
                         "SELECT id FROM aura_dead_letters WHERE projection = %s AND"
                         " status = 'parked'", (SPEC.name,)).fetchall():

@@ -25,7 +25,7 @@ from aura_es.catalog.model import ErrorHandling
 from aura_es.domain.llm_call import LLMCallCompleted
 from aura_es.errors import ConfigurationError, EventVersionUnknown, InvalidPayload
 from aura_es.mapper import JsonMapper
-from aura_es.projection.failures import is_transient, transient_types
+from aura_es.projection.engine.failures import is_transient, transient_types
 from aura_es.schemas import check as checking
 from aura_es.schemas import compat, registry
 from aura_es.schemas.generate import current_schema, event_classes, schema_uri
@@ -504,13 +504,11 @@ def _integral_float_for_integer(field_schema: dict[str, Any], value: Any) -> boo
 
 def test_a_projection_stops_at_an_unknown_version_without_dead_lettering(
         db_url: str) -> None:
-    """Systemic, not poison: the batch is refused as a whole (ResilientRunner reports
-    it as transient, so the worker's breaker counts it) and nothing is dead-lettered."""
+    """Systemic, not poison: the batch is refused as a whole (the engine reports it as
+    transient, so the breaker counts it) and nothing is dead-lettered."""
     from aura_es.catalog import load_catalog
     from aura_es.db import connect
-    from aura_es.projection.loading import build
-    from aura_es.projection.resilience import ResilientRunner
-    from aura_es.projection.runner import BatchRunner
+    from aura_es.projection.engine.engine import Engine
 
     spec = load_catalog(CATALOG).get("LLMSpendProjection")
     assert LLMCallCompleted.TOPIC in spec.source_events
@@ -520,10 +518,13 @@ def test_a_projection_stops_at_an_unknown_version_without_dead_lettering(
         conn.execute("INSERT INTO aura_events (originator_id, originator_version, topic,"
                      " state) VALUES (%s, 2, %s, %s)",
                      (uuid4(), LLMCallCompleted.TOPIC, orjson.dumps(state)))
-        runner = ResilientRunner(BatchRunner(conn, spec, build(spec)), spec)
-        with pytest.raises(EventVersionUnknown):
-            for _ in range(10):
-                runner.advance()
+        engine = Engine(conn, spec)
+        failures = []
+        for _ in range(spec.error_handling.circuit_breaker.failure_threshold):
+            failures.append(engine.advance().failure)
+        assert all(isinstance(f, EventVersionUnknown) for f in failures)
+        assert engine.breaker.state == "open"  # and nothing runs until its probe
+        assert engine.advance().step is None
         assert conn.execute("SELECT count(*) FROM aura_dead_letters").fetchone() == (0,)
         cursor = conn.execute("SELECT cursor_transaction FROM aura_projection_checkpoints"
                               " WHERE projection = %s", (spec.name,)).fetchone()

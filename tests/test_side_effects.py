@@ -17,11 +17,12 @@ from aura_es import AuraApp
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ErrorHandling, ProjectionSpec
 from aura_es.db import connect
-from aura_es.projection import dlq_retry, outbox, presence
-from aura_es.projection.dispatch import Dispatcher
-from aura_es.projection.loading import build
-from aura_es.projection.resilience import ResilientRunner
-from aura_es.projection.runner import BatchRunner
+from aura_es.projection.engine import retry as dlq_retry
+from aura_es.projection.engine.dispatch import Dispatcher
+from aura_es.projection.engine.engine import Engine
+from aura_es.projection.engine.loading import build
+from aura_es.projection.engine.runner import BatchRunner
+from aura_es.projection.state import outbox, presence
 from tests.support import poison
 from tests.support.chaos import quick_catalog
 from tests.support.cli import aura
@@ -108,7 +109,7 @@ def test_every_side_effect_is_done_once_or_dead_after_its_last_retry(
     original = poison.argument_webhook
     with connect(app.database_url) as conn:
         BatchRunner(conn, spec, build(spec), checkpoint_name=spec.name).run_until_caught_up()
-        from aura_es.projection import actions
+        from aura_es.projection.handlers import actions
         actions._actions["test.argument-webhook"] = flaky
         try:
             dispatcher = Dispatcher(spec.name, spec.error_handling)
@@ -157,10 +158,9 @@ def test_a_dead_letters_retry_records_the_side_effects_the_live_path_would_have(
     spec = notifying("Retried", max_retries=0)
     argued = argue(app, 2, ["fine", "POISON", "after"])
     with connect(app.database_url) as conn:
-        runner = ResilientRunner(BatchRunner(conn, spec, build(spec),
-                                             checkpoint_name=spec.name), spec)
-        while runner.runner.position < app.head_position():
-            runner.advance()
+        engine = Engine(conn, spec)
+        while engine.runner.position < app.head_position():
+            engine.advance()
         dispatcher = Dispatcher(spec.name, spec.error_handling)
         dispatcher.run_due(conn)
         live = {key for key, _ in poison.RECEIVED}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,22 @@ def load_catalog(path: Path | str = DEFAULT_CATALOG) -> Catalog:
     if not isinstance(data, dict):
         raise ConfigurationError(f"catalog {path}:1: expected a mapping with 'projections'")
     try:
-        return Catalog.model_validate(data)
+        catalog = Catalog.model_validate(data)
     except ValidationError as e:
         raise ConfigurationError(_describe(path, root, data, e)) from None
+    import_event_modules(path, catalog.event_modules)
+    return catalog
+
+
+def import_event_modules(path: Path, modules: list[str]) -> None:
+    """Imports the modules that define the catalog's event classes (their topics, their
+    schemas): the framework itself imports no application's events."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # an application's module: any failure is its own
+            raise ConfigurationError(f"catalog {path}: event_modules: cannot import"
+                                     f" {name!r} ({type(e).__name__}: {e})") from None
 
 
 def _reject_duplicate_keys(path: Path, node: yaml.Node, visited: list[int]) -> None:

@@ -19,6 +19,8 @@ _PATH = re.compile(
     r"^(payload|meta)\.[A-Za-z_][A-Za-z0-9_]*$|^(aggregate_id|topic|position|occurred_at)$"
 )
 _HANDLER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: A dotted module path (what `import` takes).
+_MODULE = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
 
 Identifier = Annotated[str, Field(description="A lower-case SQL identifier (a-z, 0-9, _).")]
@@ -229,10 +231,16 @@ class EventTypeSpec(_Strict):
 
 
 class Catalog(_Strict):
-    """The file: ``projections: [...]`` and, optionally, ``events: {topic: ...}``."""
+    """The file: ``projections: [...]`` and, optionally, ``events: {topic: ...}`` and the
+    ``event_modules`` that define the event classes."""
 
     projections: list[ProjectionSpec]
     events: dict[str, EventTypeSpec] = Field(default_factory=dict)
+    event_modules: list[Annotated[str, Field(pattern=_MODULE)]] = Field(
+        default_factory=list,
+        description="modules defining the event classes the projections read (e.g."
+                    " myapp.events): imported when the catalog is loaded, so topics and"
+                    " schemas are checked against them")
 
     @model_validator(mode="after")
     def _unique(self) -> Catalog:

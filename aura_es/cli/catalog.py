@@ -10,7 +10,7 @@ import typer
 
 from aura_es.catalog import DEFAULT_CATALOG, Catalog, load_catalog
 from aura_es.cli.common import Json, console, emit_json, handle_errors
-from aura_es.projection.loading import check_imports, fingerprint, topic_warnings
+from aura_es.projection.engine.loading import check_imports, fingerprint, topic_warnings
 
 catalog_cli = typer.Typer(help="The projection catalog.", no_args_is_help=True)
 

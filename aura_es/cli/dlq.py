@@ -13,8 +13,10 @@ from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
 from aura_es.db import connect
-from aura_es.projection import dlq, dlq_retry, outbox
-from aura_es.projection.loading import select
+from aura_es.projection import dlq
+from aura_es.projection.engine import retry as dlq_retry
+from aura_es.projection.engine.loading import select
+from aura_es.projection.state import outbox
 
 RAW_SHOWN = 2000
 dlq_cli = typer.Typer(help="The dead-letter queue.", no_args_is_help=True)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from aura_es.app import AuraApp
 from aura_es.cli.common import DatabaseUrl, Json, console, emit_json, fail, handle_errors, settings
-from aura_es.load import run_load
 
 
 @handle_errors
@@ -31,6 +29,10 @@ def load(
         raise fail(f"--duplicate-rate must be between 0 and 1, got {duplicate_rate}")
     if concurrency < 1 or batch_size < 1:
         raise fail("--concurrency and --batch-size must be >= 1")
+    # The AURA demo is loaded by this command alone: no other command registers its topics.
+    from aura_es.app import AuraApp
+    from aura_es.load import run_load
+
     app = AuraApp(settings(database_url).resolved_database_url(), pool_size=concurrency * 2)
     with Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),

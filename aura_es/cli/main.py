@@ -6,9 +6,6 @@ import sys
 
 import typer
 
-# The AURA domain is the framework's first user: its event classes (and so their topics,
-# which `catalog validate` checks) are loaded here, by the command line, not by the core.
-import aura_es.domain  # noqa: F401
 from aura_es.cli import load, replay, services, status
 from aura_es.cli.catalog import catalog_cli
 from aura_es.cli.dlq import dlq_cli

@@ -38,7 +38,7 @@ from aura_es.db import connect
 from aura_es.errors import AuraError
 from aura_es.log import get_logger
 from aura_es.positions import MAX_POSITION
-from aura_es.projection.loading import build, select
+from aura_es.projection.engine.loading import build, select
 from aura_es.replay import Rebuild, plan_rebuild, replay_aggregates
 from aura_es.replay.partial import aggregates_in_range, events_of, refusal
 from aura_es.replay.rebuild import RebuildProgress

@@ -23,8 +23,8 @@ schema_cli = typer.Typer(help="Event schemas: the registry under schemas/.",
 SchemaDir = Annotated[Path, typer.Option("--dir", envvar="AURA_ES_SCHEMAS",
                                          help="The registry directory.")]
 Modules = Annotated[list[str] | None, typer.Option(
-    "--module", help="A module defining event classes to import first (repeatable);"
-                     " aura_es.domain is always loaded.")]
+    "--module", help="A module defining event classes to import first (repeatable),"
+                     " besides the catalog's event_modules.")]
 
 
 def _classes(modules: list[str] | None) -> dict[str, type]:
@@ -72,10 +72,11 @@ def _modes(specs: dict[str, EventTypeSpec], classes: dict[str, type]) -> dict[st
 
 @schema_cli.command("export")
 @handle_errors
-def export(directory: SchemaDir = registry.DEFAULT_DIR, module: Modules = None,
-           json: Json = False) -> None:
+def export(directory: SchemaDir = registry.DEFAULT_DIR, catalog: OptionalCatalog = None,
+           module: Modules = None, json: Json = False) -> None:
     """Write the schema of every event class's current version that is not yet in the
     registry. A committed version is never overwritten (exit 1 if the class differs)."""
+    _event_specs(catalog)  # imports the catalog's event_modules
     classes = _classes(module)
     committed = registry.load(directory)
     written: list[str] = []
@@ -114,9 +115,9 @@ def export(directory: SchemaDir = registry.DEFAULT_DIR, module: Modules = None,
 def check(directory: SchemaDir = registry.DEFAULT_DIR, catalog: OptionalCatalog = None,
           module: Modules = None, json: Json = False) -> None:
     """Exit 1 when a change breaks the registry's rules or a compatibility mode."""
+    specs = _event_specs(catalog)  # first: the catalog names the modules to import
     classes = _classes(module)
-    report = checking.check(_existing(directory), classes,
-                            _modes(_event_specs(catalog), classes))
+    report = checking.check(_existing(directory), classes, _modes(specs, classes))
     if json:
         emit_json({"ok": report.ok, "findings": [str(f) for f in report.findings],
                    "checked": report.checked, "notes": report.notes})

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from aura_es import embedded, schema
-from aura_es.app import AuraApp
+from aura_es.application import EventSourcedApp
 from aura_es.cli.common import (
     DatabaseUrl,
     DataDir,
@@ -74,7 +74,7 @@ def prune(
 ) -> None:
     """Forget idempotency keys older than DURATION: retries after that run again."""
     age = parse_duration(older_than, "--older-than")
-    app = AuraApp(settings(database_url).resolved_database_url(), pool_size=1)
+    app = EventSourcedApp(settings(database_url).resolved_database_url(), pool_size=1)
     deleted = app.prune_idempotency_keys(age)
     app.close()
     if json:

@@ -20,8 +20,8 @@ from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors
 from aura_es.cli.render import Format
 from aura_es.db import connect
 from aura_es.ops.status import horizon_status, mirror_status, projection_status
-from aura_es.projection.declarative import DeclarativeProjection
-from aura_es.projection.loading import build, select
+from aura_es.projection.engine.loading import build, select
+from aura_es.projection.handlers.declarative import DeclarativeProjection
 
 _COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": "red",
            "breaker_open": "red"}

@@ -14,9 +14,9 @@ from aura_es.cli.common import DatabaseUrl, console, fail, handle_errors, settin
 from aura_es.db import connect
 from aura_es.ops.health import DEFAULT_MAX_LAG_SECONDS
 from aura_es.ops.status import projection_status
-from aura_es.projection.loading import check_imports, select, topic_warnings
-from workers.shutdown import Shutdown
-from workers.supervisor import Supervisor
+from aura_es.projection.engine.loading import check_imports, select, topic_warnings
+from aura_es.worker.shutdown import Shutdown
+from aura_es.worker.supervisor import Supervisor
 
 workers_cli = typer.Typer(help="Projection worker processes.", no_args_is_help=True)
 

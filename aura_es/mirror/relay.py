@@ -22,6 +22,7 @@ import psycopg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from aura_es import locks
 from aura_es.db import connect_async
 from aura_es.dsn import nats_servers, redact
 from aura_es.errors import ConfigurationError
@@ -156,9 +157,7 @@ class Relay:
         key = f"aura.mirror:{self.settings.name}"
         announced = False
         while not self.stop.is_set():
-            cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
-            row = await cur.fetchone()
-            if row and row[0]:
+            if await locks.try_lock_async(conn, key):
                 self.log.info("active")
                 return
             if not announced:

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.ops.health import Health, assess, database_down
 from aura_es.ops.status import horizon_status, mirror_status, projection_status
-from aura_es.projection.loading import build
+from aura_es.projection.engine.loading import build
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 

@@ -11,8 +11,9 @@ import psycopg
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.mirror import progress
-from aura_es.projection import checkpoints, dlq, outbox, presence
-from aura_es.projection.loading import fingerprint
+from aura_es.projection import dlq
+from aura_es.projection.engine.loading import fingerprint
+from aura_es.projection.state import checkpoints, outbox, presence
 from aura_es.replay import generations
 from aura_es.store import eventlog
 

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from aura_es import locks
 from aura_es.errors import AuraError
 from aura_es.store import schema
 
@@ -42,10 +43,7 @@ def owner() -> str:
 
 def claim(conn: psycopg.Connection[Any], projection: str, kind: str) -> None:
     """Takes the projection's replay lock for this session, or raises ``ReplayRunning``."""
-    row = conn.execute(
-        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (_NAMESPACE + projection,)
-    ).fetchone()
-    if not (row and row[0]):
+    if not locks.try_lock(conn, _NAMESPACE + projection):
         holder = conn.execute(
             sql.SQL("SELECT kind, owner, started_at FROM {t} WHERE projection = %s").format(
                 t=sql.Identifier(CLAIMS)
@@ -76,4 +74,4 @@ def release(conn: psycopg.Connection[Any], projection: str) -> None:
         sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=sql.Identifier(CLAIMS)),
         (projection,),
     )
-    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_NAMESPACE + projection,))
+    locks.unlock(conn, _NAMESPACE + projection)

@@ -15,8 +15,9 @@ from psycopg import sql
 
 from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.projection import registry, serving
-from aura_es.projection.loading import build
+from aura_es.projection.engine import serving
+from aura_es.projection.engine.loading import build
+from aura_es.projection.state import registry
 from aura_es.store import schema
 
 REBUILDS = "aura_projection_rebuilds"

@@ -20,9 +20,11 @@ import psycopg
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import ConfigurationError
-from aura_es.projection import checkpoints, dlq, serving
-from aura_es.projection.api import Tx
-from aura_es.projection.loading import build
+from aura_es.projection import dlq
+from aura_es.projection.engine import serving
+from aura_es.projection.engine.engine import Engine
+from aura_es.projection.engine.loading import build
+from aura_es.projection.state import checkpoints
 from aura_es.replay import claim
 from aura_es.store import eventlog
 from aura_es.store.envelope import EventEnvelope
@@ -89,10 +91,16 @@ def replay_aggregates(
     events = resolved = skipped = 0
     upto = 0
     try:
+        with conn.cursor() as cur:
+            if not serving.current(cur, spec).exists:
+                raise ConfigurationError(
+                    f"projection {spec.name!r} has no read model yet: run `aura-es workers run`")
+        # The claim keeps rebuilds away, so the generation serving now serves throughout.
+        engine = Engine.attach(conn, spec)
         for start in range(0, len(aggregate_ids), chunk):
             ids = list(aggregate_ids[start:start + chunk])
             with conn.transaction(), conn.cursor() as cur:
-                n, upto, r, k = _replay_chunk(cur, spec, ids)
+                n, upto, r, k = _replay_chunk(cur, engine, ids)
             events, resolved, skipped = events + n, resolved + r, skipped + k
             if on_progress is not None:
                 on_progress(start + len(ids), len(aggregate_ids))
@@ -103,14 +111,10 @@ def replay_aggregates(
 
 
 def _replay_chunk(
-    cur: psycopg.Cursor[Any], spec: ProjectionSpec, ids: list[UUID]
+    cur: psycopg.Cursor[Any], engine: Engine, ids: list[UUID]
 ) -> tuple[int, int, int, int]:
-    live = serving.current(cur, spec, lock=True)
-    if not live.exists:
-        raise ConfigurationError(
-            f"projection {spec.name!r} has no read model yet: run `aura-es workers run`"
-        )
-    projection = build(spec, live.storage)
+    spec = engine.spec
+    live = serving.current(cur, spec, lock=True)  # the live worker waits meanwhile
     events = events_of(cur, spec, ids, live.cursor)
     # An aggregate with an event that does not decode keeps its rows and its dead
     # letter: its events cannot all be folded, so its rows are left as the live worker
@@ -119,10 +123,7 @@ def _replay_chunk(
     if broken:
         ids = [i for i in ids if i not in broken]
         events = [e for e in events if e.aggregate_id not in broken]
-    tx = Tx(cur, replaying=True)
-    projection.forget(tx, ids)
-    for start in range(0, len(events), spec.batch_size):
-        projection.handle(events[start:start + spec.batch_size], tx)
+    engine.refold(cur, ids, events)
     chosen = set(ids)
     letters = [
         letter_id

@@ -15,9 +15,10 @@ import psycopg
 
 from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.projection import checkpoints, serving
-from aura_es.projection.loading import build, fingerprint
-from aura_es.projection.runner import BatchRunner
+from aura_es.projection.engine import serving
+from aura_es.projection.engine.engine import Engine
+from aura_es.projection.engine.loading import build, fingerprint
+from aura_es.projection.state import checkpoints
 from aura_es.replay import generations
 from aura_es.replay.rebuild import MIN_REBUILD_BATCH, kept_aside_name, old_generation_tables
 from aura_es.store import eventlog
@@ -95,12 +96,12 @@ def _shadow_cursor(
 def _trial_rate(conn: psycopg.Connection[Any], spec: ProjectionSpec) -> float | None:
     # Generation 0 is never used, so the scratch name is nobody's table.
     scratch = identifiers.generation_table(spec.storage, 0)
-    trial_spec = spec.model_copy(update={"batch_size": max(spec.batch_size, MIN_REBUILD_BATCH)})
     with conn.transaction(force_rollback=True):
-        runner = BatchRunner(conn, trial_spec, build(spec, scratch),
-                             checkpoint_name=f"{spec.name}@trial", replaying=True)
+        engine = Engine(conn, spec, storage=scratch, checkpoint_name=f"{spec.name}@trial",
+                        replaying=True, batch_size=max(spec.batch_size, MIN_REBUILD_BATCH))
         started = time.perf_counter()
-        step = runner.step(limit=TRIAL_EVENTS)
+        # One step and no failure policy: a trial that fails says nothing of the rate.
+        step = engine.runner.step(limit=TRIAL_EVENTS)
         seconds = time.perf_counter() - started
     if step.applied < 100:
         return None

@@ -23,14 +23,16 @@ from psycopg import sql
 
 from aura_es import identifiers
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.observability.tracing import span
-from aura_es.projection import checkpoints, dlq, registry, serving
-from aura_es.projection.failures import backoff, is_transient, transient_types
-from aura_es.projection.loading import build, fingerprint
-from aura_es.projection.resilience import ResilientRunner
-from aura_es.projection.runner import BatchRunner, LostOwnership, Step
+from aura_es.projection import dlq
+from aura_es.projection.engine import serving
+from aura_es.projection.engine.engine import Engine
+from aura_es.projection.engine.loading import fingerprint
+from aura_es.projection.engine.middleware import Middleware
+from aura_es.projection.engine.runner import LostOwnership, Step
+from aura_es.projection.middleware.logging import LogLines
+from aura_es.projection.middleware.tracing import Tracing
+from aura_es.projection.state import checkpoints, registry
 from aura_es.replay import claim, generations
-from aura_es.retry import Retrier
 from aura_es.store import eventlog
 
 #: Rebuild batches are larger than live ones: throughput matters, latency does not.
@@ -102,15 +104,21 @@ class Rebuild:
                 storage = generations.physical_storage(spec, self.generation)
                 generations.start(cur, spec, self.generation, storage, self.fingerprint)
         self.shadow = generations.shadow_checkpoint(spec, self.generation)
-        size = batch_size or max(spec.batch_size, MIN_REBUILD_BATCH)
-        self.rebuild_spec = spec.model_copy(update={"batch_size": size})
-        self.runner = BatchRunner(
-            conn, self.rebuild_spec, build(spec, storage), checkpoint_name=self.shadow,
+        middleware: list[Middleware] = [Tracing("aura.replay.batch",
+                                                generation=self.generation)]
+        if log is not None:
+            middleware.append(LogLines(log))
+        # A transient failure is retried on this connection as the catalog says; a lost
+        # connection or a takeover ends the run (running again resumes).
+        self.engine = Engine(
+            conn, spec, storage=storage, checkpoint_name=self.shadow,
             fingerprint=self.fingerprint, replaying=True, generation=self.generation,
+            batch_size=batch_size or max(spec.batch_size, MIN_REBUILD_BATCH),
+            middleware=middleware, log=log,
+            max_transient_failures=spec.error_handling.max_retries,
         )
+        self.runner = self.engine.runner
         self.resumed_from = self.runner.position
-        self.resilient = ResilientRunner(self.runner, self.rebuild_spec, log)
-        self.transient = transient_types(spec.error_handling)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -121,24 +129,12 @@ class Rebuild:
         started = time.perf_counter()
         done = self._applied()
         counted_to, total = self._count(self.runner.cursor, done)
-        # A transient failure is retried on this connection as the catalog says; a lost
-        # connection or takeover ends the run (running again resumes).
-        retrier = Retrier(
-            backoff(self.spec.error_handling),
-            lambda e: (not isinstance(e, LostOwnership) and not self.conn.broken
-                       and is_transient(e, self.transient)),
-            max_attempts=self.spec.error_handling.max_retries,
-        )
         snapshots_cleared = False
         while True:
-            try:
-                with span("aura.replay.batch", projection=self.spec.name,
-                          generation=self.generation):
-                    progress = self.resilient.advance()
-            except Exception as e:
-                time.sleep(retrier.failed(e))
-                continue
-            retrier.succeeded()
+            progress = self.engine.advance()
+            if progress.reconnect:
+                assert progress.failure is not None
+                raise progress.failure
             if progress.wait:
                 time.sleep(progress.wait)
             step = progress.step
@@ -220,7 +216,7 @@ class Rebuild:
             # The tail failed inside the switch: everything rolled back. Go back to the
             # catch-up loop, whose poison handling deals with the event.
             self.runner.cursor, self.runner.position = before
-            if is_transient(e, self.transient) or self.conn.broken:
+            if self.engine.failures.is_transient(e) or self.conn.broken:
                 raise
             self._log("warning", "switch postponed: the last events failed",
                       error=f"{type(e).__name__}: {e}")

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.db import connect
-from aura_es.projection import serving
-from aura_es.projection.dispatch import Dispatcher
-from aura_es.projection.resilience import ResilientRunner
+from aura_es.projection.engine.dispatch import Dispatcher
+from aura_es.projection.engine.engine import Engine
 from aura_es.store import eventlog
 
 
@@ -30,26 +29,36 @@ def caught_up(
     database_url: str, specs: Sequence[ProjectionSpec], *, timeout: float = 30.0,
     side_effects: bool = True,
 ) -> CaughtUp:
-    """Applies every event up to the head as a worker would (poison events dead-lettered,
-    batches and checkpoints in one transaction), then runs the recorded side effects.
-    Transient failures are retried until ``timeout``, then raised."""
+    """Applies every event up to the head as a worker would (the same engine: poison
+    events dead-lettered, batches and checkpoints in one transaction), then runs the
+    recorded side effects. Transient failures are retried with the projection's backoff
+    until ``timeout``, then raised."""
     deadline = time.monotonic() + timeout
     applied: dict[str, int] = {}
     dead: dict[str, int] = {}
     with connect(database_url) as conn:
         head = eventlog.head(conn)
         for spec in specs:
-            resilient = ResilientRunner(serving.attach(conn, spec), spec)
+            engine = Engine.attach(conn, spec)
             applied[spec.name] = dead[spec.name] = 0
+            last_failure: BaseException | None = None
             while True:
                 if time.monotonic() > deadline:
+                    failed = (f"; its last failure: {type(last_failure).__name__}:"
+                              f" {last_failure}" if last_failure else "")
                     raise NotCaughtUp(
                         f"projection {spec.name!r} reached position"
-                        f" {resilient.runner.position} of {head} within {timeout:g} s")
-                progress = resilient.advance()
+                        f" {engine.runner.position} of {head} within {timeout:g} s{failed}")
+                progress = engine.advance()
+                if progress.reconnect:
+                    assert progress.failure is not None
+                    raise progress.failure
+                last_failure = progress.failure or last_failure
+                if progress.wait:
+                    time.sleep(min(progress.wait, max(0.0, deadline - time.monotonic())))
                 if progress.step is not None:
                     applied[spec.name] += progress.step.applied
-                    if progress.step.caught_up and resilient.runner.position >= head:
+                    if progress.step.caught_up and engine.runner.position >= head:
                         break
                 if progress.dead_lettered is not None or progress.dead_lettered_type:
                     dead[spec.name] += 1

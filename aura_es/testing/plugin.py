@@ -28,7 +28,7 @@ from aura_es import schema
 from aura_es.application import EventSourcedApp
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.catalog.model import Catalog
-from aura_es.projection.loading import check_imports, select
+from aura_es.projection.engine.loading import check_imports, select
 from aura_es.testing.catchup import CaughtUp, caught_up
 from aura_es.testing.servers import (
     PostgresServer,

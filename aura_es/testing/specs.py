@@ -31,7 +31,7 @@ from aura_es.application import Command, CommandResult, EventSourcedApp
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.catalog.model import Catalog, ProjectionSpec
 from aura_es.payload import json_default
-from aura_es.projection.loading import build
+from aura_es.projection.engine.loading import build
 from aura_es.store import eventlog
 from aura_es.store.envelope import EventEnvelope
 from aura_es.testing.catchup import caught_up

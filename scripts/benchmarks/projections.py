@@ -105,7 +105,7 @@ def start_worker(url: str, env: dict[str, str | None] | None = None) -> subproce
     """A worker process; ``env`` values of None remove the variable."""
     merged = {**os.environ, "AURA_ES_DATABASE_URL": url, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "workers.worker", "--projection", "DebateStateProjection",
+        [sys.executable, "-m", "aura_es.worker.worker", "--projection", "DebateStateProjection",
          "--catalog", str(ROOT / "catalog/projection-catalog.yaml"), "--poll-seconds", "1"],
         env={k: v for k, v in merged.items() if v is not None}, stderr=subprocess.DEVNULL,
     )

@@ -15,16 +15,18 @@ from pathlib import Path
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["aura_es.errors", "aura_es.dsn", "aura_es.payload", "aura_es.identifiers",
                     "aura_es.durations", "aura_es.positions", "aura_es.settings", "aura_es.log",
-                    "aura_es.retry", "aura_es.db", "aura_es.observability", "aura_es.embedded"]),
+                    "aura_es.retry", "aura_es.db", "aura_es.locks", "aura_es.observability",
+                    "aura_es.embedded"]),
     ("store", ["aura_es.store", "aura_es.events", "aura_es.aggregate", "aura_es.mapper",
                "aura_es.application", "aura_es.schemas"]),
     ("catalog", ["aura_es.catalog"]),
     ("projection", ["aura_es.projection"]),
     ("replay | mirror | http", ["aura_es.replay", "aura_es.mirror", "aura_es.http"]),
     ("ops | schema | mesh", ["aura_es.ops", "aura_es.schema", "aura_es.mesh"]),
-    ("workers | testing", ["workers", "aura_es.testing"]),
+    ("worker | testing", ["aura_es.worker", "aura_es.testing"]),
     ("the AURA domain", ["aura_es.domain", "aura_es.app", "aura_es.load", "projections"]),
     ("cli", ["aura_es.cli"]),
+    ("the AURA application's launchers", ["workers"]),
 ]
 EXEMPT = {"aura_es"}
 

@@ -25,7 +25,7 @@ def env_for(db_url: str) -> dict[str, str]:
 
 def start_worker(db_url: str, projection: str, catalog: Path = CATALOG) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "workers.worker", "--projection", projection,
+        [sys.executable, "-m", "aura_es.worker.worker", "--projection", projection,
          "--catalog", str(catalog), "--poll-seconds", "0.5"],
         env=env_for(db_url), cwd=ROOT, text=True,
     )

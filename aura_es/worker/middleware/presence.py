@@ -24,12 +24,13 @@ import psycopg
 
 from aura_es.db import connect, first_line
 from aura_es.errors import AuraError
-from aura_es.projection import presence
-from aura_es.projection.failures import BreakerState
-from aura_es.projection.presence import Beat
-from aura_es.projection.resilience import Progress
-from aura_es.projection.runner import Step
-from workers.hooks import Hook, WorkerView
+from aura_es.projection.engine.engine import Engine, Progress
+from aura_es.projection.engine.failures import BreakerState
+from aura_es.projection.engine.middleware import Middleware
+from aura_es.projection.engine.runner import Step
+from aura_es.projection.state import presence
+from aura_es.projection.state.presence import Beat
+from aura_es.worker.middleware import WorkerView
 
 HEARTBEAT_SECONDS = 1.0
 #: How often a worker without a connection tries to open its side connection.
@@ -38,11 +39,12 @@ SIDE_RETRY_SECONDS = 5.0
 RATE_SECONDS = 5.0
 
 
-class Presence(Hook):
-    def __init__(self, database_url: str, worker_id: str, projection: str) -> None:
+class Presence(Middleware):
+    def __init__(self, worker: WorkerView, database_url: str) -> None:
+        self.worker = worker
         self.database_url = database_url
-        self.worker_id = worker_id
-        self.projection = projection
+        self.worker_id = worker.worker_id
+        self.projection = worker.spec.name
         self._last = 0.0
         self._side: psycopg.Connection[Any] | None = None
         self._side_tried = 0.0
@@ -55,54 +57,51 @@ class Presence(Hook):
 
     # -- the worker's moments --------------------------------------------------------------
 
-    def on_role(self, worker: WorkerView) -> None:
-        self._beat(worker, force=True)
+    def after_role(self, role: str) -> None:
+        self._beat(force=True)
         if self._pulse is None:
             self._pulse = threading.Thread(target=self._pulse_loop, daemon=True,
                                            name="aura-presence-pulse")
             self._pulse.start()
 
-    def on_batch_committed(self, worker: WorkerView, step: Step) -> None:
+    def after_step(self, engine: Engine, step: Step) -> None:
         self._healthy = True
         now = time.monotonic()
         self._recent.append((now, step.applied))
         while self._recent and self._recent[0][0] < now - RATE_SECONDS:
             self._recent.popleft()
-        self._beat(worker)
+        self._beat()
 
-    def on_transient_failure(
-        self, worker: WorkerView, error: BaseException, retry_in: float,
-    ) -> None:
+    def after_transient_failure(self, error: BaseException, retry_in: float) -> None:
         self.error(f"{type(error).__name__}: {first_line(error)}")
-        self._beat(worker, force=True)
+        self._beat(force=True)
 
-    def on_poison(self, worker: WorkerView, progress: Progress, error: BaseException) -> None:
+    def after_poison(self, engine: Engine, progress: Progress, error: BaseException) -> None:
         if progress.dead_lettered is not None:
             self.error(f"{type(error).__name__}: {first_line(error)}")
-            self._beat(worker, force=True)
+            self._beat(force=True)
 
-    def on_breaker_change(
-        self, worker: WorkerView, before: BreakerState, after: BreakerState,
-    ) -> None:
-        self._beat(worker, force=True)
+    def after_breaker_change(self, before: BreakerState, after: BreakerState) -> None:
+        self._beat(force=True)
 
-    def on_idle(self, worker: WorkerView) -> None:
-        self._beat(worker)
+    def on_idle(self) -> None:
+        self._beat()
 
-    def on_stop(self, worker: WorkerView) -> None:
+    def before_stop(self) -> None:
         self._stopping.set()
-        if self._pulse is not None:
+        if self._pulse is not None and self._pulse.is_alive():
             self._pulse.join(timeout=5)
-        self.leave(worker.connection)
+        self.leave(self.worker.connection)
 
     def error(self, message: str) -> None:
         """A failure to show as the worker's last error (a pause, say)."""
         self._error = message
         self._healthy = False
 
-    def _beat(self, worker: WorkerView, *, force: bool = False) -> None:
+    def _beat(self, *, force: bool = False) -> None:
         if not self.due(force):
             return
+        worker = self.worker
         breaker = worker.breaker
         conn = worker.connection
         open_for = breaker.seconds_until_probe() if breaker.state == "open" else None

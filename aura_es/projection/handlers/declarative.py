@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from aura_es.catalog.model import DeclarativeField, DeclarativeSpec, ProjectionSpec
 from aura_es.errors import AuraError
-from aura_es.projection.api import Projection, Tx
+from aura_es.projection.handlers.api import Projection, Tx
 from aura_es.store.envelope import EventEnvelope
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -102,8 +102,9 @@ class CircuitBreaker:
     """Opens after ``failure_threshold`` consecutive transient failures; after
     ``recovery_timeout`` seconds one probe runs (half-open); success closes it.
 
-    Keeps no history: each change is told to the listeners (the worker's hooks log it,
-    count it and report it), so a breaker that flaps for months holds constant state."""
+    Keeps no history: each change is told to ``on_change`` (its owner passes it on to
+    the middleware as ``after_breaker_change``), so a breaker that flaps for months holds
+    constant state."""
 
     failure_threshold: int
     recovery_timeout: float
@@ -111,7 +112,12 @@ class CircuitBreaker:
     state: BreakerState = BreakerState.CLOSED
     failures: int = 0
     opened_at: float = 0.0
-    listeners: list[Listener] = field(default_factory=list)
+    on_change: Listener | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, policy: ErrorHandling) -> CircuitBreaker:
+        limits = policy.circuit_breaker
+        return cls(limits.failure_threshold, limits.recovery_timeout)
 
     def allow(self) -> bool:
         """May a batch run now? Moves an open breaker to half-open when its time is up."""
@@ -139,5 +145,42 @@ class CircuitBreaker:
 
     def _move(self, to: BreakerState) -> None:
         before, self.state = self.state, to
-        for listener in self.listeners:
-            listener(before, to)
+        if self.on_change is not None:
+            self.on_change(before, to)
+
+
+class FailurePolicy:
+    """A projection's ``error_handling`` made executable, once: which failures are
+    transient, how long to wait before each retry, and the breaker that counts them."""
+
+    def __init__(self, policy: ErrorHandling, breaker: CircuitBreaker | None = None) -> None:
+        self.policy = policy
+        self.transient = transient_types(policy)
+        self.backoff = backoff(policy)
+        self.breaker = breaker or CircuitBreaker.of(policy)
+
+    @property
+    def max_retries(self) -> int:
+        return self.policy.max_retries
+
+    @property
+    def dead_letter_queue(self) -> bool:
+        return self.policy.dead_letter_queue
+
+    def is_transient(self, error: BaseException) -> bool:
+        return is_transient(error, self.transient)
+
+    def transient_failure(self) -> float:
+        """Counts one transient failure; the seconds to wait before trying again."""
+        self.breaker.failure()
+        return self.backoff.delay(self.breaker.failures)
+
+    def retry_delay(self, attempt: int) -> float:
+        """Before retry number ``attempt`` (1-based) of one failing event."""
+        return self.backoff.delay(attempt)
+
+    def probe_wait(self) -> float | None:
+        """None when a step may run now; else how long until the breaker's probe."""
+        if self.breaker.allow():
+            return None
+        return self.breaker.seconds_until_probe()

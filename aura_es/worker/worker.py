@@ -1,11 +1,13 @@
 """One projection worker process: stand by for the projection's lock, then apply batches.
 
-Run by the supervisor as ``python -m workers.worker --projection NAME``. The loop reads
-top to bottom: wait while the circuit breaker is open; connect and stand by for the
-lock; then advance batch by batch, where poison events are isolated and dead-lettered
-(``ResilientRunner``) and transient failures are retried and counted by the breaker.
-Everything that watches the loop (presence row, log lines, metrics, tracing, drift
-warnings, side effects) is a hook (``workers.hooks``).
+Run by the supervisor as ``python -m aura_es.worker.worker --projection NAME``. The loop
+reads top to bottom: wait while the circuit breaker is open; connect and stand by for
+the lock; then ask its ``Engine`` to advance, step by step. The engine applies batches
+and the failure policy (poison isolated and dead-lettered, transient failures counted
+by the breaker and backed off) and tells the middleware; what stays here is the
+process's own: the lock, signals, LISTEN, reconnecting. Everything that watches the
+loop (presence row, log lines, metrics, tracing, drift warnings, side effects) is a
+middleware (``aura_es.worker.middleware``).
 
 Exit status: 0 after a graceful stop, 3 when another worker took the projection over
 (the supervisor restarts it at once, as a standby), 4 when a replay switched the read
@@ -32,37 +34,40 @@ from aura_es.db import connect
 from aura_es.errors import AuraError, ConfigurationError
 from aura_es.log import get_logger
 from aura_es.observability import metrics
-from aura_es.projection import serving
-from aura_es.projection.failures import (
-    CircuitBreaker,
-    backoff,
-    is_transient,
-    transient_types,
-)
-from aura_es.projection.loading import fingerprint, projection_class
-from aura_es.projection.resilience import Paused, ResilientRunner
-from aura_es.projection.runner import GenerationChanged, LostOwnership
+from aura_es.projection.engine import serving
+from aura_es.projection.engine.engine import Engine, Paused, wired_policy
+from aura_es.projection.engine.failures import CircuitBreaker
+from aura_es.projection.engine.loading import fingerprint, projection_class
+from aura_es.projection.engine.middleware import Middleware, Signals
+from aura_es.projection.engine.runner import GenerationChanged, LostOwnership
+from aura_es.projection.middleware.drift import DriftWarning
+from aura_es.projection.middleware.logging import LogLines
+from aura_es.projection.middleware.metrics import Metrics
+from aura_es.projection.middleware.tracing import Tracing
 from aura_es.settings import Settings
 from aura_es.store import eventlog
-from workers.hooks import Hook, Hooks
-from workers.hooks.drift import DriftWarning
-from workers.hooks.logging import LogLines
-from workers.hooks.metrics import Metrics
-from workers.hooks.presence import Presence
-from workers.hooks.side_effects import SideEffects
-from workers.hooks.tracing import Tracing
-from workers.shutdown import Shutdown, follow_supervisor
-from workers.standby import wait_for_lock
+from aura_es.worker.middleware.presence import Presence
+from aura_es.worker.middleware.side_effects import SideEffects
+from aura_es.worker.shutdown import Shutdown, follow_supervisor
+from aura_es.worker.standby import wait_for_lock
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_TAKEN_OVER, EXIT_RELOAD = 0, 1, 2, 3, 4
-#: How often a waiting worker wakes to tell its hooks (heartbeat, due side effects).
+#: How often a waiting worker wakes to tell its middleware (heartbeat, due side effects).
 IDLE_TICK_SECONDS = 0.25
+
+
+class _Reconnect(Exception):
+    """The engine's connection broke: open a new one (the failure is counted already)."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__("connection lost")
+        self.wait = wait
 
 
 class Worker:
     def __init__(
         self, database_url: str, spec: ProjectionSpec, shutdown: Shutdown,
-        *, poll_seconds: float = 1.0, hooks: Sequence[Hook] | None = None,
+        *, poll_seconds: float = 1.0, middleware: Sequence[Middleware] | None = None,
     ) -> None:
         self.database_url = database_url
         self.spec = spec
@@ -70,23 +75,26 @@ class Worker:
         self.poll_seconds = poll_seconds
         projection_class(spec)  # a handler that does not import fails before connecting
         self.fingerprint = fingerprint(spec)
-        self.transient = transient_types(spec.error_handling)
-        self.backoff = backoff(spec.error_handling)
-        limits = spec.error_handling.circuit_breaker
-        self.breaker = CircuitBreaker(limits.failure_threshold, limits.recovery_timeout)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.log = get_logger(projection=spec.name, worker_id=self.worker_id)
         self.role = "standby"
         self.conn: psycopg.Connection[Any] | None = None
-        self.presence = Presence(database_url, self.worker_id, spec.name)
-        self.hooks = Hooks(hooks if hooks is not None else self.default_hooks())
-        self.breaker.listeners.append(
-            lambda before, after: self.hooks.on_breaker_change(self, before, after))
+        self.signals = Signals(log=self.log)
+        # One policy and one breaker for the worker's life: they outlive each connection.
+        self.failures = wired_policy(spec, self.signals)
+        self.presence = Presence(self, database_url)
+        self.signals.middleware = list(
+            middleware if middleware is not None else self.default_middleware())
 
-    def default_hooks(self) -> list[Hook]:
+    def default_middleware(self) -> list[Middleware]:
         counting = metrics.worker_metrics_enabled()
-        return [self.presence, LogLines(), DriftWarning(), Tracing(),
-                SideEffects(self, count=counting), *([Metrics()] if counting else [])]
+        return [self.presence, LogLines(self.log, self.breaker), DriftWarning(self.log),
+                Tracing(), SideEffects(self, count=counting),
+                *([Metrics(self.spec.name)] if counting else [])]
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self.failures.breaker
 
     @property
     def connection(self) -> psycopg.Connection[Any] | None:
@@ -96,14 +104,20 @@ class Worker:
 
     def run(self) -> int:
         while not self.shutdown.requested:
-            if not self._breaker_allows():
+            probe_in = self.failures.probe_wait()
+            if probe_in is not None:
+                self._idle_for(min(probe_in, 1.0))
                 continue
             try:
                 return self._run_connected()
+            except _Reconnect as e:
+                self._idle_for(e.wait)
             except Exception as e:
-                if not is_transient(e, self.transient):
+                if not self.failures.is_transient(e):
                     raise
-                self._transient_failure(e)
+                wait = self.failures.transient_failure()
+                self.signals.emit("after_transient_failure", e, wait)
+                self._idle_for(wait)
             finally:
                 self._disconnect()
         return self._stop()
@@ -112,43 +126,34 @@ class Worker:
         self.conn = conn = connect(self.database_url)
         self._become("standby")
         if not wait_for_lock(conn, self.spec.name, self.shutdown,
-                             while_waiting=lambda: self.hooks.on_idle(self)):
+                             while_waiting=lambda: self.signals.emit("on_idle")):
             return self._stop()
-        resilient = self._attach(conn)
+        engine = self._attach(conn)
         self._become("active")
         eventlog.listen(conn)
         while not self.shutdown.requested:
-            if not self._breaker_allows():
-                continue
             self._forget_wakeups()
-            self.hooks.on_batch_start(self)
             try:
-                progress = resilient.advance()
+                progress = engine.advance()
             except GenerationChanged as e:
                 if self._live_fingerprint(conn) != self.fingerprint:
                     self.log.info("read model replaced by another definition; reloading",
                                   reason=str(e))
                     self._stop()
                     return EXIT_RELOAD
-                resilient = self._attach(conn)  # rebuilt with this definition: carry on
+                engine = self._attach(conn)  # rebuilt with this definition: carry on
                 continue
             except LostOwnership as e:
                 self.log.warning("taken over", reason=str(e))
                 self._stop()
                 return EXIT_TAKEN_OVER
             except Paused as e:
-                self._pause(e, resilient.attempts)
+                self._pause(e, engine.attempts)
                 continue
-            except Exception as e:
-                if not is_transient(e, self.transient) or conn.broken:
-                    raise
-                self._transient_failure(e)
-                continue
-            if progress.step is not None:
-                self.breaker.success()
-                if self.role == "paused":
-                    self._become("active")
-                self.hooks.on_batch_committed(self, progress.step)
+            if progress.reconnect:
+                raise _Reconnect(progress.wait)
+            if progress.step is not None and self.role == "paused":
+                self._become("active")
             if progress.wait:
                 self._idle_for(progress.wait)
             elif progress.step is not None and progress.step.caught_up:
@@ -156,38 +161,19 @@ class Worker:
         self.log.info("stopped", signal=self.shutdown.signal_name)
         return self._stop()
 
-    def _attach(self, conn: psycopg.Connection[Any]) -> ResilientRunner:
-        runner = serving.attach(conn, self.spec, fingerprint=self.fingerprint)
-        self.hooks.on_attached(self, runner)
-        resilient = ResilientRunner(runner, self.spec, self.log)
-        resilient.on_poison = lambda progress, error: self.hooks.on_poison(
-            self, progress, error)
-        return resilient
+    def _attach(self, conn: psycopg.Connection[Any]) -> Engine:
+        return Engine.attach(conn, self.spec, fingerprint=self.fingerprint,
+                             signals=self.signals, failures=self.failures, log=self.log)
 
     def _live_fingerprint(self, conn: psycopg.Connection[Any]) -> str | None:
         with conn.cursor() as cur:
             return serving.current(cur, self.spec).fingerprint
 
-    # -- failures ---------------------------------------------------------------------------
-
-    def _breaker_allows(self) -> bool:
-        if self.breaker.allow():
-            return True
-        self._idle_for(min(self.breaker.seconds_until_probe(), 1.0))
-        return False
-
-    def _transient_failure(self, error: BaseException) -> None:
-        self.breaker.failure()
-        wait = self.backoff.delay(self.breaker.failures)
-        self.hooks.on_transient_failure(self, error, wait)
-        if self.breaker.allow():
-            self._idle_for(wait)
-
     def _pause(self, error: Paused, attempts: int) -> None:
         self.log.error("paused", error=str(error))
         self.presence.error(str(error))
         self._become("paused")
-        self._idle_for(self.backoff.delay(attempts))
+        self._idle_for(self.failures.retry_delay(attempts))
 
     # -- waiting ----------------------------------------------------------------------------
 
@@ -213,7 +199,7 @@ class Worker:
                 return
             for _ in self.conn.notifies(timeout=min(left, IDLE_TICK_SECONDS), stop_after=1):
                 return
-            self.hooks.on_idle(self)
+            self.signals.emit("on_idle")
 
     def _idle_for(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -222,16 +208,16 @@ class Worker:
             if left <= 0:
                 return
             self.shutdown.wait(min(left, IDLE_TICK_SECONDS))
-            self.hooks.on_idle(self)
+            self.signals.emit("on_idle")
 
     # -- roles ------------------------------------------------------------------------------
 
     def _become(self, role: str) -> None:
         self.role = role
-        self.hooks.on_role(self)
+        self.signals.emit("after_role", role)
 
     def _stop(self) -> int:
-        self.hooks.on_stop(self)
+        self.signals.emit("before_stop")
         return EXIT_OK
 
     def _disconnect(self) -> None:
@@ -241,7 +227,7 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.worker")
+    parser = argparse.ArgumentParser(prog="python -m aura_es.worker.worker")
     parser.add_argument("--projection", required=True)
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG))
     parser.add_argument("--database-url", default=None)

@@ -11,9 +11,9 @@ import orjson
 from aura_es.catalog.model import Catalog, ProjectionSpec
 from aura_es.errors import ConfigurationError
 from aura_es.events import KNOWN_TOPICS
-from aura_es.projection.api import Projection
-from aura_es.projection.declarative import DeclarativeProjection
-from aura_es.projection.failures import transient_types
+from aura_es.projection.engine.failures import transient_types
+from aura_es.projection.handlers.api import Projection
+from aura_es.projection.handlers.declarative import DeclarativeProjection
 
 
 def projection_class(spec: ProjectionSpec) -> type[Projection]:

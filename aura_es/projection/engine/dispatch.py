@@ -17,8 +17,9 @@ import psycopg
 
 from aura_es.catalog.model import ErrorHandling
 from aura_es.db import first_line
-from aura_es.projection import actions, outbox
-from aura_es.projection.failures import backoff
+from aura_es.projection.engine.failures import backoff
+from aura_es.projection.handlers import actions
+from aura_es.projection.state import outbox
 from aura_es.retry import Backoff
 
 DONE, RETRY, DEAD = "done", "retry", "dead"

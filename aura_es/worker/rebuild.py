@@ -1,6 +1,6 @@
 """A rebuild process the supervisor starts for a drifted projection (--rebuild-on-drift).
 
-Run as ``python -m workers.rebuild --projection NAME``. It is ``aura-es replay NAME``
+Run as ``python -m aura_es.worker.rebuild --projection NAME``. It is ``aura-es replay NAME``
 without the terminal: progress goes to the structured log every few seconds.
 Exit status: 0 once switched, 5 when another replay of the projection is running
 (not restarted), 1 on a failure (restarted with backoff; it resumes).
@@ -21,14 +21,14 @@ from aura_es.log import get_logger
 from aura_es.replay import Rebuild, ReplayRunning
 from aura_es.replay.rebuild import RebuildProgress
 from aura_es.settings import Settings
-from workers.shutdown import follow_supervisor
+from aura_es.worker.shutdown import follow_supervisor
 
 EXIT_SWITCHED, EXIT_FAILED, EXIT_REFUSED = 0, 1, 5
 LOG_EVERY_SECONDS = 5.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.rebuild")
+    parser = argparse.ArgumentParser(prog="python -m aura_es.worker.rebuild")
     parser.add_argument("--projection", required=True)
     parser.add_argument("--catalog", default=str(DEFAULT_CATALOG))
     args = parser.parse_args(argv)

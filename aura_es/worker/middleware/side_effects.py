@@ -1,5 +1,5 @@
-"""The side-effects hook: runs what committed batches recorded with ``tx.side_effect``,
-after each such batch and while idle, and counts and logs every outcome."""
+"""Side effects: runs what committed batches recorded with ``tx.side_effect``, after each
+such batch and while idle, and counts and logs every outcome."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import time
 
 from aura_es.db import first_line
 from aura_es.observability import metrics
-from aura_es.projection.dispatch import DEAD, Dispatcher
-from aura_es.projection.runner import Step
-from workers.hooks import Hook, WorkerView
+from aura_es.projection.engine.dispatch import DEAD, Dispatcher
+from aura_es.projection.engine.engine import Engine
+from aura_es.projection.engine.middleware import Middleware
+from aura_es.projection.engine.runner import Step
+from aura_es.worker.middleware import WorkerView
 
 #: While idle, due side effects (retries whose time has come) are looked for this often.
 IDLE_CHECK_SECONDS = 1.0
 
 
-class SideEffects(Hook):
+class SideEffects(Middleware):
     def __init__(self, worker: WorkerView, count: bool) -> None:
         self.count = count
         self.worker = worker
@@ -23,17 +25,17 @@ class SideEffects(Hook):
                                      on_outcome=self._outcome)
         self._checked = 0.0
 
-    def on_batch_committed(self, worker: WorkerView, step: Step) -> None:
+    def after_step(self, engine: Engine, step: Step) -> None:
         if step.side_effects:
-            self._run(worker)
+            self._run()
 
-    def on_idle(self, worker: WorkerView) -> None:
+    def on_idle(self) -> None:
         if time.monotonic() - self._checked >= IDLE_CHECK_SECONDS:
-            self._run(worker)
+            self._run()
 
-    def _run(self, worker: WorkerView) -> None:
-        conn = worker.connection
-        if conn is None or conn.broken or worker.role not in ("active", "paused"):
+    def _run(self) -> None:
+        conn = self.worker.connection
+        if conn is None or conn.broken or self.worker.role not in ("active", "paused"):
             return
         self._checked = time.monotonic()
         self.dispatcher.run_due(conn)

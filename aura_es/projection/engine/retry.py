@@ -1,6 +1,6 @@
 """`aura-es dlq retry`: re-applying dead letters, and re-running dead side effects.
 
-A dead letter is retried by a runner of the read model that serves its projection now,
+A dead letter is retried by an engine of the read model that serves its projection now,
 holding that checkpoint's lock (so no live batch interleaves); its events are applied in
 order and the side effects the live path would have recorded are recorded. A dead
 letter of a rebuild in progress is left for the rebuild: it moves to the projection at
@@ -16,16 +16,17 @@ import psycopg
 
 from aura_es.catalog.model import Catalog
 from aura_es.errors import ConfigurationError
-from aura_es.projection import dlq, outbox, serving
-from aura_es.projection.loading import select
-from aura_es.projection.runner import BatchRunner
+from aura_es.projection import dlq
+from aura_es.projection.engine.engine import Engine
+from aura_es.projection.engine.loading import select
+from aura_es.projection.state import outbox
 
 
 def retry_dead_letters(
     conn: psycopg.Connection[Any], catalog: Catalog, letters: Sequence[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """One outcome per dead letter: ``applied``, or ``skipped`` with the reason."""
-    runners: dict[str, BatchRunner] = {}
+    engines: dict[str, Engine] = {}
     outcomes: list[dict[str, Any]] = []
     for letter in letters:
         name = letter["projection"]
@@ -33,10 +34,10 @@ def retry_dead_letters(
             outcomes.append({"id": letter["id"], "projection": name, "applied": False,
                              "skipped": "rebuild in progress"})
             continue
-        if name not in runners:
+        if name not in engines:
             (spec,) = select(catalog, [name])
-            runners[name] = serving.attach(conn, spec)
-        applied = runners[name].retry_dead_letter(letter["id"])
+            engines[name] = Engine.attach(conn, spec)
+        applied = engines[name].retry_dead_letter(letter["id"])
         outcomes.append({"id": letter["id"], "projection": name, "applied": applied})
     return outcomes
 

@@ -21,7 +21,8 @@ from psycopg import sql
 from aura_es import identifiers
 from aura_es import payload as payload_rules
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.projection import actions, outbox
+from aura_es.projection.handlers import actions
+from aura_es.projection.state import outbox
 from aura_es.store.envelope import EventEnvelope
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -26,9 +26,9 @@ from aura_es.log import get_logger
 from aura_es.ops.health import DEFAULT_MAX_LAG_SECONDS
 from aura_es.ops.server import MetricsServer
 from aura_es.retry import Backoff
-from workers.rebuild import EXIT_REFUSED, EXIT_SWITCHED
-from workers.shutdown import SUPERVISOR_PID_ENV, Shutdown
-from workers.worker import EXIT_CONFIG, EXIT_OK, EXIT_RELOAD, EXIT_TAKEN_OVER
+from aura_es.worker.rebuild import EXIT_REFUSED, EXIT_SWITCHED
+from aura_es.worker.shutdown import SUPERVISOR_PID_ENV, Shutdown
+from aura_es.worker.worker import EXIT_CONFIG, EXIT_OK, EXIT_RELOAD, EXIT_TAKEN_OVER
 
 #: Waits before restarting a worker that died: 1 s, 2 s, … up to 30 s.
 RESTART = Backoff(base=1.0, cap=30.0, jitter="none")
@@ -152,7 +152,7 @@ class Supervisor:
         env[SUPERVISOR_PID_ENV] = str(os.getpid())
         if self.metrics_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
-        command = [sys.executable, "-m", f"workers.{child.kind}", "--projection",
+        command = [sys.executable, "-m", f"aura_es.worker.{child.kind}", "--projection",
                    child.projection, "--catalog", str(self.catalog)]
         if child.kind == "worker":
             command += ["--poll-seconds", str(self.poll_seconds)]

@@ -11,16 +11,14 @@ from typing import Any
 
 import psycopg
 
-from workers.shutdown import Shutdown
+from aura_es import locks
+from aura_es.worker.shutdown import Shutdown
 
 LOCK_NAMESPACE = "aura.projection:"
 
 
 def try_lock(conn: psycopg.Connection[Any], name: str) -> bool:
-    row = conn.execute(
-        "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (LOCK_NAMESPACE + name,)
-    ).fetchone()
-    return bool(row and row[0])
+    return locks.try_lock(conn, LOCK_NAMESPACE + name)
 
 
 def wait_for_lock(

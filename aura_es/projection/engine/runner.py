@@ -1,26 +1,29 @@
 """Applies a projection's batches: read-model writes and checkpoint in ONE transaction.
 
-The runner owns no process and no lock: a worker (``workers/``) gives it a connection
-that holds the projection's advisory lock. Each step locks the checkpoint row and
-checks it still says what this runner last wrote: if another worker moved it (a lost
-lock, a takeover), the step aborts before writing anything (G4).
+The runner owns no process, no lock and no failure policy (the ``Engine`` around it
+does): its driver gives it a connection that holds the projection's lock. Each step
+locks the checkpoint row and checks it still says what this runner last wrote: if
+another worker moved it (a lost lock, a takeover), the step aborts before writing
+anything (G4).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import psycopg
 
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError, EventUndecodable
-from aura_es.projection import checkpoints, dlq, registry
-from aura_es.projection.api import Projection, Tx
+from aura_es.projection import dlq
+from aura_es.projection.handlers.api import Projection, Tx
+from aura_es.projection.state import checkpoints, registry
 from aura_es.schemas import versions
 from aura_es.store import eventlog
 from aura_es.store.envelope import EventEnvelope
@@ -66,9 +69,11 @@ class BatchRunner:
         fingerprint: str | None = None,
         replaying: bool = False,
         generation: int = 1,
+        batch_size: int | None = None,
     ) -> None:
         self.conn = conn
         self.spec = spec
+        self.batch_size = batch_size or spec.batch_size
         self.projection = projection
         self.checkpoint_name = checkpoint_name or spec.name
         self.fingerprint = fingerprint
@@ -117,7 +122,7 @@ class BatchRunner:
         with self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
             batch = _up_to_undecodable(eventlog.read_batch(
-                cur, self.cursor, self.topics, limit or self.spec.batch_size
+                cur, self.cursor, self.topics, limit or self.batch_size
             ))
             events = list(batch.events)
             parked = 0
@@ -185,6 +190,15 @@ class BatchRunner:
             moved = self._advance(cur, Cursor.of(event), event.position, 0)
         self.cursor, self.position = moved
         return event.position
+
+    def refold(self, cur: psycopg.Cursor[Any], aggregate_ids: Sequence[UUID],
+               events: Sequence[EventEnvelope]) -> None:
+        """Deletes these aggregates' rows and folds ``events`` (theirs, in log order) again,
+        in ``cur``'s transaction, in batches of the runner's size (a partial replay)."""
+        tx = Tx(cur, replaying=True)
+        self.projection.forget(tx, list(aggregate_ids))
+        for start in range(0, len(events), self.batch_size):
+            self.projection.handle(list(events[start:start + self.batch_size]), tx)
 
     def retry_dead_letter(self, dead_letter_id: int) -> bool:
         """Re-applies a dead letter's events in order; True when they all applied.
