@@ -86,8 +86,9 @@ def test_slow_then_cut_connections_open_the_breaker_and_recover(
                 [p for p in positions(conn).values() if p > 0]) == 3, timeout=60)
             proxy.cut()
             frozen = positions(conn)
-            time.sleep(4)  # long enough for three failures: the breaker opens
-            # While the workers cannot reach the database nothing moves.
+            # Every worker has failed enough to open its breaker: and nothing moved.
+            wait_for("three breakers to open", lambda: log.read_text().count(
+                '"after": "open"') >= 3, timeout=60)
             assert positions(conn) == frozen
             proxy.latency = 0.0
             proxy.heal()

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from aura_es.dsn import nats_servers, parse_database_url, redact
 from aura_es.ops.collector import DatabaseCollector
 from tests.support.chaos import quick_catalog
 from tests.support.cli import assert_one_line_error, aura
+from tests.support.logs import LogLines
 from tests.support.proxy import ChaosProxy
 from tests.support.workers import CATALOG, ROOT, env_for, start_supervisor, wait_for
 
@@ -158,11 +158,12 @@ def test_credentials_never_reach_the_terminal_or_the_logs(cli_env: dict[str, str
         [sys.executable, "-m", "aura_es.cli", "mirror", "run",
          "--nats-url", f"nats://{secret}@127.0.0.1:1"],
         env=cli_env, cwd=ROOT, text=True, stderr=subprocess.PIPE)
-    time.sleep(4)
+    lines = LogLines(relay)
+    lines.wait_for("the relay to report its failed connection", lambda text: (
+        "relay interrupted" in text or "nats connection" in text))
     relay.send_signal(signal.SIGTERM)
-    _, stderr = relay.communicate(timeout=30)
-    assert "relay interrupted" in stderr or "nats connection" in stderr
-    assert secret not in stderr
+    relay.wait(timeout=30)
+    assert secret not in lines.text()
 
 
 @pytest.mark.slow

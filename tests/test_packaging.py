@@ -54,3 +54,21 @@ def test_the_command_line_works_with_no_extra_installed(db_url: str) -> None:
         result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
                                 text=True, timeout=120, cwd=ROOT)
         assert result.returncode == 0, (args, result.stderr[-2000:])
+
+
+def test_the_framework_registers_no_demo_topic_and_never_imports_the_application() -> None:
+    """`import aura_es` and the command line load none of the AURA demo's events, nor the
+    application's top-level packages (a user may have their own `workers` or
+    `projections`); `from aura_es import AuraApp` still works, loading the demo then."""
+    script = (
+        "import sys\n"
+        "import aura_es, aura_es.cli.main, aura_es.worker.worker, aura_es.mesh, aura_es.http\n"
+        "from aura_es.events import KNOWN_TOPICS\n"
+        "assert not KNOWN_TOPICS, sorted(KNOWN_TOPICS)\n"
+        "assert not {'workers', 'projections', 'aura_es.domain'} & set(sys.modules)\n"
+        "from aura_es import AuraApp\n"
+        "assert 'aura.debate.started.v1' in KNOWN_TOPICS\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -493,9 +493,13 @@ def test_the_switch_waits_for_transactions_with_older_snapshots(app: AuraApp) ->
         report.execute("SELECT count(*) FROM aura_events").fetchone()
         results: list[Any] = []
         rebuilding = connect(app.database_url)
+        rebuilding_pid = rebuilding.info.backend_pid
         worker = threading.Thread(target=lambda: results.append(Rebuild(rebuilding, spec).run()))
         worker.start()
-        time.sleep(1.5)
+        # The rebuild has caught up and waits in its loop for older snapshots to end.
+        wait_for("the switch to wait for the report's snapshot", lambda: conn.execute(
+            "SELECT query LIKE '%%backend_xmin%%' FROM pg_stat_activity WHERE pid = %s",
+            (rebuilding_pid,)).fetchone() == (True,), timeout=60)
         assert not results, "switched while an older snapshot could still read the new table"
         assert serving.current(conn.cursor(), spec).generation == 1
         expected = _rows(report, spec.storage)

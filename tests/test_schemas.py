@@ -535,12 +535,18 @@ def test_schema_list_and_check_outside_a_project_need_no_catalog(tmp_path: Path)
     """The default catalog is read where it exists; elsewhere every type has the default
     mode. A catalog named explicitly must exist."""
     shutil.copytree(REGISTRY, tmp_path / "schemas")
-    here = subprocess.run([sys.executable, "-m", "aura_es.cli", "schema", "list", "--json"],
+    bare = subprocess.run([sys.executable, "-m", "aura_es.cli", "schema", "list", "--json"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert bare.returncode == 0, bare.stderr
+    assert json.loads(bare.stdout)["event_types"] == []  # the framework has no events
+    here = subprocess.run([sys.executable, "-m", "aura_es.cli", "schema", "list", "--json",
+                           "--module", "aura_es.domain"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert here.returncode == 0, here.stderr
     rows = json.loads(here.stdout)["event_types"]
     assert {r["mode"] for r in rows} == {"FULL_TRANSITIVE"} and len(rows) >= 10
-    checked = subprocess.run([sys.executable, "-m", "aura_es.cli", "schema", "check"],
+    checked = subprocess.run([sys.executable, "-m", "aura_es.cli", "schema", "check",
+                              "--module", "aura_es.domain"],
                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert checked.returncode == 0, checked.stderr
     named = subprocess.run([sys.executable, "-m", "aura_es.cli", "schema", "list",

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from aura_es import AuraApp, DomainError
-from aura_es.testing import event, scenario
+from aura_es.testing import NotCaughtUp, caught_up, event, scenario
 from aura_es.testing.servers import PostgresServer
+from tests.support.poison import POISONED_SPEC, PoisonedDebates
 from tests.support.workers import ROOT
 
 EXAMPLES = ROOT / "docs" / "examples"
@@ -108,3 +109,30 @@ def test_commands_of_the_aura_domain_as_specs(app: AuraApp) -> None:
     call.when(lambda g: app.complete_llm_call_command(
         g.last, 5, __import__("decimal").Decimal("0.25"), 12.5, idempotency_key="c"),
     ).then_once()
+
+
+def test_caught_up_retries_transient_failures_as_its_docstring_says(app: AuraApp) -> None:
+    """The kit drives the same engine as a worker: a database that fails twice is waited
+    out with the projection's backoff, not raised (it was re-raised before)."""
+    debate = app.start_debate("flaky", ["a"], idempotency_key="flaky")
+    app.add_argument(debate, "a", "for", "fine", round=1, idempotency_key="flaky-1")
+    PoisonedDebates.fixed_up_to = 0
+    PoisonedDebates.fail_next_transiently = 2
+    try:
+        done = caught_up(app.database_url, [POISONED_SPEC], timeout=60)
+    finally:
+        PoisonedDebates.fail_next_transiently = 0
+    assert done.applied[POISONED_SPEC.name] == 2 and done.dead_lettered == {
+        POISONED_SPEC.name: 0}
+    with app.connect() as conn:
+        assert conn.execute("SELECT arguments FROM poisoned").fetchall() == [(1,)]
+
+
+def test_caught_up_gives_up_at_its_timeout_naming_the_failure(app: AuraApp) -> None:
+    app.start_debate("down", ["a"], idempotency_key="down")
+    PoisonedDebates.fail_next_transiently = 10**6
+    try:
+        with pytest.raises(NotCaughtUp, match="its last failure: OperationalError"):
+            caught_up(app.database_url, [POISONED_SPEC], timeout=2)
+    finally:
+        PoisonedDebates.fail_next_transiently = 0

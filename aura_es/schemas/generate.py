@@ -74,14 +74,17 @@ def event_classes() -> dict[str, type]:
 
     found: dict[str, type] = {}
     refused: list[str] = []
-    pending: list[type] = [AuraEvent, AuraCreated]
+    roots: list[type] = [AuraEvent, AuraCreated]
+    pending = list(roots)
     while pending:
         cls = pending.pop()
         subclasses: list[type] = cls.__subclasses__()
         pending.extend(subclasses)
-        # A class with subclasses and no TOPIC is a base for others; one without is an
-        # event type, and the write path would refuse its events.
-        if not subclasses and (problem := missing_topic(cls)) is not None:
+        # A class with subclasses and no TOPIC is a base for others (as the framework's
+        # own roots are); one without is an event type, and the write path would refuse
+        # its events.
+        if (not subclasses and cls not in roots
+                and (problem := missing_topic(cls)) is not None):
             refused.append(problem)
         if "TOPIC" in cls.__dict__:
             topic = topic_of(cls)
