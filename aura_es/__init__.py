@@ -8,7 +8,8 @@ aura-es registers none of the demo's event topics.
 from typing import TYPE_CHECKING, Any
 
 from aura_es.aggregate import AuraAggregate
-from aura_es.application import CommandResult, Create, EventSourcedApp, Update
+from aura_es.application import EventSourcedApp
+from aura_es.commands import CommandResult, Create, Update
 from aura_es.errors import (
     AggregateNotFound,
     AuraError,

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from aura_es.aggregate import AuraAggregate
-from aura_es.application import CommandResult, Create, EventSourcedApp, Update
+from aura_es.application import EventSourcedApp
+from aura_es.commands import CommandResult, Create, Update
 from aura_es.domain import Debate, Decision, LLMCall
 from aura_es.errors import AggregateNotFound
 

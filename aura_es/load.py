@@ -18,7 +18,7 @@ from decimal import Decimal
 from uuid import UUID
 
 from aura_es.app import AuraApp
-from aura_es.application import Command, CommandResult
+from aura_es.commands import Command, CommandResult
 
 TENANTS = ("acme", "globex", "initech", "umbrella")
 AGENTS = tuple(f"agent-{i:02d}" for i in range(1, 13))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aura_es import embedded, schema
+from aura_es import embedded, tables
 from aura_es.app import AuraApp
 from aura_es.testing.servers import PostgresServer
 
@@ -120,6 +120,6 @@ def chaos_db(private_pg: tuple[PostgresServer, Path]) -> Iterator[str]:
     server, _ = private_pg
     name = server.create_database()
     url = server.url_for(name)
-    schema.create_all(url)
+    tables.create_all(url)
     yield url
     server.drop_database(name)

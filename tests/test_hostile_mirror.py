@@ -18,7 +18,7 @@ from typing import Any
 import nats
 import pytest
 
-from aura_es import AuraApp, embedded, schema
+from aura_es import AuraApp, embedded, tables
 from tests.support.mirror import (
     head,
     mirrored,
@@ -78,7 +78,7 @@ def test_a_second_store_is_refused_on_a_stream_that_holds_another_stores_events(
     relay = start_relay(app.database_url, url, "SHARED")
     wait_for("store A", lambda: mirrored(app.database_url) == head(app.database_url))
     stop(relay)
-    schema.create_all(empty_db_url)  # db init: a new store, with its own id
+    tables.create_all(empty_db_url)  # db init: a new store, with its own id
     other = AuraApp(empty_db_url, pool_size=1)
     write(other, 5, "b")
     other.close()

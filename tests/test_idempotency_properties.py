@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp, CommandResult, ConcurrencyConflict, IdempotencyKeyConflict
-from aura_es.application import Command
+from aura_es.commands import Command
 from aura_es.testing.servers import PostgresServer
 
 DB_SETTINGS = settings(
@@ -148,14 +148,14 @@ def test_racing_commands_give_up_with_a_clear_error_when_attempts_run_out(app: A
     debate_id = app.start_debate("race", ["a"], idempotency_key="setup")
     app.max_attempts = 1
     barrier = threading.Barrier(8)
-    original_decide = app._decide
+    original_decide = app.commands._decide
 
     def slow_decide(*args: Any, **kwargs: Any) -> Any:
         aggregate = original_decide(*args, **kwargs)
         barrier.wait()  # everyone has read the same version before anyone saves
         return aggregate
 
-    app._decide = slow_decide  # type: ignore[method-assign]
+    app.commands._decide = slow_decide  # type: ignore[method-assign]
 
     def argue(i: int) -> str:
         try:

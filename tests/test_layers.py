@@ -3,7 +3,7 @@ with the AURA domain on top of the framework as its first user (docs/architectur
 
 from __future__ import annotations
 
-from tests.support.layers import LAYERS, check, project_sources
+from tests.support.layers import LAYERS, beyond_the_faces, check, project_sources
 from tests.support.workers import ROOT
 
 
@@ -36,3 +36,13 @@ def test_every_module_of_the_project_belongs_to_a_layer() -> None:
     unplaced = [m for m in project_sources(ROOT) if m not in EXEMPT and owner(m) is None]
     assert unplaced == []
     assert len(LAYERS) >= 8
+
+
+def test_the_docs_examples_use_only_the_public_faces() -> None:
+    """What a user copies from docs/examples imports what docs/architecture.md lists as
+    public, so internals can move without breaking anyone's copy."""
+    sources = {p.stem: p.read_text() for p in (ROOT / "docs" / "examples").glob("*.py")}
+    assert len(sources) >= 4
+    assert beyond_the_faces(sources) == []
+    assert beyond_the_faces({"bad": "from aura_es.store.eventlog import read_all\n"}) == [
+        "bad imports aura_es.store.eventlog"]

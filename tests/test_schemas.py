@@ -24,13 +24,13 @@ from aura_es import AuraAggregate, AuraCreated, AuraEvent, Create, EventSourcedA
 from aura_es.catalog.model import ErrorHandling
 from aura_es.domain.llm_call import LLMCallCompleted
 from aura_es.errors import ConfigurationError, EventVersionUnknown, InvalidPayload
-from aura_es.mapper import JsonMapper
 from aura_es.projection.engine.failures import is_transient, transient_types
 from aura_es.schemas import check as checking
 from aura_es.schemas import compat, registry
 from aura_es.schemas.generate import current_schema, event_classes, schema_uri
 from aura_es.schemas.modes import Mode
 from aura_es.schemas.sampling import from_schema
+from aura_es.store.mapper import JsonMapper
 from tests.support.cli import assert_one_line_error, aura
 from tests.support.workers import CATALOG, ROOT
 

@@ -17,8 +17,8 @@ from rich.markup import escape
 from aura_es import durations
 from aura_es.dsn import redact
 from aura_es.errors import AuraError
-from aura_es.mapper import json_default
 from aura_es.settings import Settings
+from aura_es.store.mapper import json_default
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from aura_es import schema
+from aura_es import tables
 from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
@@ -33,7 +33,7 @@ def list_(
 ) -> None:
     """Open dead letters: the failed event, its error, and how many events wait behind it."""
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
         rows = dlq.listing(conn.cursor(), projection, None if every else dlq.PARKED_STATUS)
     if json:
         emit_json(rows)
@@ -58,7 +58,7 @@ def show(
 ) -> None:
     """One dead letter in full, with its traceback and parked positions."""
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
         row = dlq.get(conn.cursor(), dead_letter_id)
         if row is not None:
             # The event's stored bytes, as they are: what to look at when it does not
@@ -95,7 +95,7 @@ def retry(
     if projection is not None:
         select(loaded, [projection])
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
         letters = dlq_retry.open_letters(conn, dead_letter_id=dead_letter_id,
                                          projection=projection)
         outcomes = dlq_retry.retry_dead_letters(conn, loaded, letters)
@@ -121,7 +121,7 @@ def discard(
     if not reason.strip():
         raise fail("--reason is required: say why these events are given up")
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
         with conn.transaction():
             cur = conn.cursor()
             row = dlq.get(cur, dead_letter_id, lock=True)
@@ -146,7 +146,7 @@ def side_effects(
 ) -> None:
     """Side effects that failed their last retry (dead), with their error."""
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
         dead = outbox.dead(conn, projection)
     if json:
         emit_json([vars(d) for d in dead])
@@ -169,7 +169,7 @@ def retry_side_effect(
 ) -> None:
     """Run a dead side effect again (its projection's worker runs it at once)."""
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
         dlq_retry.retry_side_effect(conn, effect_id)
     if json:
         emit_json({"id": effect_id, "status": outbox.PENDING})

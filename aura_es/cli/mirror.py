@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from aura_es import schema
+from aura_es import tables
 from aura_es.cli.common import (
     DatabaseUrl,
     Json,
@@ -58,7 +58,7 @@ def run(
     resolved = settings(database_url, nats_url)
     url = resolved.resolved_database_url()
     with connect(url) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
     relay = Relay(url, resolved.resolved_nats_url(), config, force_pipelined=force_pipelined,
                   schemas=schema_registry.local_schemas(schemas_dir))
 

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from aura_es import schema
+from aura_es import tables
 from aura_es.catalog import load_catalog
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
@@ -102,7 +102,7 @@ def replay(
     if partial and (reason := refusal(spec)):
         raise fail(reason)
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
         if partial:
             ids = aggregates or aggregates_in_range(
                 conn, spec, from_position=from_position, to_position=to_position,

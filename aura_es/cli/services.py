@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from aura_es import embedded, schema
+from aura_es import embedded, tables
 from aura_es.application import EventSourcedApp
 from aura_es.cli.common import (
     DatabaseUrl,
@@ -58,7 +58,7 @@ def down(data_dir: DataDir = Path(".aura"), json: Json = False) -> None:
 def db_init(database_url: DatabaseUrl = None, json: Json = False) -> None:
     """Create every table aura-es needs; running it again changes nothing."""
     url = settings(database_url).resolved_database_url()
-    schema.create_all(url)
+    tables.create_all(url)
     if json:
         emit_json({"database_url": redact(url), "initialised": True})
     else:

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from aura_es import schema
+from aura_es import tables
 from aura_es.catalog import load_catalog
 from aura_es.cli import render
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
@@ -113,7 +113,7 @@ def status(
     columns); --wide adds checkpoint, events/s, worker, breaker, generation, drift."""
     specs = load_catalog(catalog).projections
     with connect(settings(database_url).resolved_database_url()) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
         rows = projection_status(conn, specs)
         if watch:
             deadline = time.monotonic() + timeout if timeout else None

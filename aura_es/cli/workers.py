@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aura_es import schema
+from aura_es import tables
 from aura_es.catalog import load_catalog
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, console, fail, handle_errors, settings
@@ -62,7 +62,7 @@ def run(
     for warning in topic_warnings(specs):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with connect(url) as conn:
-        schema.require_all(conn)
+        tables.require_all(conn)
         drifted = [p["projection"] for p in projection_status(conn, specs) if p["drift"]]
     for name in drifted:
         action = "rebuilding it beside the live one" if rebuild_on_drift else (

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from aura_es.store import schema
+from aura_es.store import owners
 
 TABLE = "aura_http_idempotency"
 _T = sql.Identifier(TABLE)
@@ -43,7 +43,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
         sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS lease text").format(t=_T)]
 
 
-OWNER = schema.Owner("stored HTTP responses", ddl, (TABLE,))
+OWNER = owners.Owner("stored HTTP responses", ddl, (TABLE,))
 
 
 class Claim(StrEnum):

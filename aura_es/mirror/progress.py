@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from aura_es.store import schema
+from aura_es.store import owners
 from aura_es.store.eventlog import Cursor
 
 PROGRESS = "aura_mirror_progress"
@@ -29,7 +29,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = schema.Owner("mirror progress", ddl, (PROGRESS,), columns=(f"{PROGRESS}.transaction_id",))
+OWNER = owners.Owner("mirror progress", ddl, (PROGRESS,), columns=(f"{PROGRESS}.transaction_id",))
 
 
 async def record(

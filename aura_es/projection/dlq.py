@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from aura_es.errors import EventUndecodable
-from aura_es.store import eventlog, schema
+from aura_es.store import eventlog, owners
 from aura_es.store.envelope import EventEnvelope
 
 DEAD_LETTERS = "aura_dead_letters"
@@ -69,7 +69,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = schema.Owner("the dead-letter queue", ddl, (DEAD_LETTERS, PARKED))
+OWNER = owners.Owner("the dead-letter queue", ddl, (DEAD_LETTERS, PARKED))
 
 
 @dataclass(frozen=True)

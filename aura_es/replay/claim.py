@@ -12,7 +12,7 @@ from psycopg import sql
 
 from aura_es import locks
 from aura_es.errors import AuraError
-from aura_es.store import schema
+from aura_es.store import owners
 
 CLAIMS = "aura_replay_claims"
 _NAMESPACE = "aura.replay:"
@@ -34,7 +34,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = schema.Owner("replay claims", ddl, (CLAIMS,))
+OWNER = owners.Owner("replay claims", ddl, (CLAIMS,))
 
 
 def owner() -> str:

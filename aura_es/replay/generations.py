@@ -18,7 +18,7 @@ from aura_es.catalog.model import ProjectionSpec
 from aura_es.projection.engine import serving
 from aura_es.projection.engine.loading import build
 from aura_es.projection.state import registry
-from aura_es.store import schema
+from aura_es.store import owners
 
 REBUILDS = "aura_projection_rebuilds"
 BUILDING, SWITCHED, ABANDONED = "building", "switched", "abandoned"
@@ -47,7 +47,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = schema.Owner("rebuilds", ddl, (REBUILDS,))
+OWNER = owners.Owner("rebuilds", ddl, (REBUILDS,))
 
 
 def physical_storage(spec: ProjectionSpec, generation: int) -> str:

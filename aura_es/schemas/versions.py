@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from typing import Protocol
 
 from eventsourcing.utils import resolve_topic
 
 from aura_es.errors import EventVersionUnknown
 from aura_es.schemas.generate import payload_version
-from aura_es.store.envelope import EventEnvelope
+
+
+class Versioned(Protocol):
+    """What the check reads of a stored event (an ``EventEnvelope`` is one)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def schema_version(self) -> int: ...
+
+    @property
+    def undecodable(self) -> str | None: ...
 
 
 @functools.cache
@@ -27,7 +40,7 @@ def known_version(topic: str) -> int | None:
         return None
 
 
-def require_known(events: Iterable[EventEnvelope]) -> None:
+def require_known(events: Iterable[Versioned]) -> None:
     for event in events:
         if event.undecodable is not None or event.schema_version == 1:
             continue

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import orjson
 
-from aura_es.mapper import JsonMapper
+from aura_es.store.mapper import JsonMapper
 
 _NOT_PAYLOAD = frozenset({"timestamp", "meta", "originator_topic", "class_version"})
 _mapper = JsonMapper()

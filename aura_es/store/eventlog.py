@@ -18,10 +18,9 @@ import psycopg
 from psycopg import sql
 
 from aura_es.positions import MAX_POSITION
-from aura_es.store import schema
+from aura_es.store import owners
 from aura_es.store.envelope import EventEnvelope
-from aura_es.store.idempotency import TABLE as KEYS_TABLE
-from aura_es.store.recorder import EVENTS_TABLE, RESERVE_FUNCTION
+from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
 
 #: The channel the recorder NOTIFYs on every append (and a replay's switch).
 CHANNEL = EVENTS_TABLE
@@ -29,7 +28,6 @@ CHANNEL = EVENTS_TABLE
 EVENT_TIME_FUNCTION = "aura_event_time"
 
 _E = sql.Identifier(EVENTS_TABLE)
-_K = sql.Identifier(KEYS_TABLE)
 _TIME = sql.Identifier(EVENT_TIME_FUNCTION)
 _ROW = sql.SQL(
     "notification_id, originator_id, originator_version, topic, state, transaction_id")
@@ -45,8 +43,8 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ).format(f=_TIME)]
 
 
-OWNER = schema.Owner(
-    "the event log", ddl, (EVENTS_TABLE, KEYS_TABLE), (EVENT_TIME_FUNCTION, RESERVE_FUNCTION),
+OWNER = owners.Owner(
+    "the event log", ddl, (EVENTS_TABLE,), (EVENT_TIME_FUNCTION, RESERVE_FUNCTION),
     columns=(f"{EVENTS_TABLE}.transaction_id",))
 
 
@@ -351,22 +349,6 @@ def positions_of(cur: psycopg.Cursor[Any], aggregate_id: UUID, to_version: int) 
 
 
 # -- idempotency keys -------------------------------------------------------------------
-
-_KEYS_LOOKUP = sql.SQL(
-    "SELECT i.key_hash, i.command_type, i.idempotency_key, i.aggregate_id, i.request_hash,"
-    " i.from_version, i.to_version,"
-    " ARRAY(SELECT e.notification_id FROM {e} e WHERE e.originator_id = i.aggregate_id"
-    "   AND e.originator_version BETWEEN i.from_version AND i.to_version"
-    "   ORDER BY e.originator_version) AS positions"
-    " FROM {k} i WHERE i.key_hash = ANY(%s)"
-).format(e=_E, k=_K)
-
-
-def stored_keys(cur: psycopg.Cursor[Any], key_hashes: Sequence[str]) -> dict[str, Any]:
-    """The stored keys among ``key_hashes``, with the positions their command stored."""
-    cur.execute(_KEYS_LOOKUP, (list(key_hashes),), prepare=True)
-    return {row["key_hash"]: row for row in cur.fetchall()}
-
 
 # -- waking readers -----------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from eventsourcing.utils import strtobool
 
 from aura_es.errors import ConfigurationError
 from aura_es.store import wakeup
-from aura_es.store.recorder import EVENTS_TABLE, AuraRecorder
+from aura_es.store.names import EVENTS_TABLE
+from aura_es.store.recorder import AuraRecorder
 
 #: Positions commit in order (the table lock), for the library's own position readers.
 SERIAL_APPENDS = "AURA_ES_SERIAL_APPENDS"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -13,7 +14,9 @@ from psycopg import sql
 
 from aura_es import payload
 from aura_es.errors import InvalidIdempotencyKey
+from aura_es.store import owners
 from aura_es.store.arrays import BigInts, Texts, Uuids
+from aura_es.store.names import EVENTS_TABLE
 
 TABLE = "aura_idempotency"
 MAX_KEY_LENGTH = 255
@@ -65,7 +68,11 @@ class IdempotencyRecord:
     to_version: int
 
 
-DDL = [
+def ddl() -> list[sql.Composed | sql.SQL]:
+    return list(_DDL)
+
+
+_DDL = [
     sql.SQL(
         "CREATE TABLE IF NOT EXISTS {t} ("
         " key_hash text PRIMARY KEY,"
@@ -81,6 +88,8 @@ DDL = [
         i=sql.Identifier(f"{TABLE}_created_at_idx"), t=sql.Identifier(TABLE)
     ),
 ]
+
+OWNER = owners.Owner("idempotency keys", ddl, (TABLE,))
 
 INSERT = sql.SQL(
     "INSERT INTO {t} (key_hash, command_type, idempotency_key, aggregate_id, request_hash,"
@@ -132,3 +141,19 @@ def prune(conn: psycopg.Connection[Any], older_than: timedelta) -> int:
             (older_than,),
         )
         return cur.rowcount
+
+
+_LOOKUP = sql.SQL(
+    "SELECT i.key_hash, i.command_type, i.idempotency_key, i.aggregate_id, i.request_hash,"
+    " i.from_version, i.to_version,"
+    " ARRAY(SELECT e.notification_id FROM {e} e WHERE e.originator_id = i.aggregate_id"
+    "   AND e.originator_version BETWEEN i.from_version AND i.to_version"
+    "   ORDER BY e.originator_version) AS positions"
+    " FROM {k} i WHERE i.key_hash = ANY(%s)"
+).format(e=sql.Identifier(EVENTS_TABLE), k=sql.Identifier(TABLE))
+
+
+def stored(cur: psycopg.Cursor[Any], key_hashes: Sequence[str]) -> dict[str, Any]:
+    """The stored keys among ``key_hashes``, with the positions their command stored."""
+    cur.execute(_LOOKUP, (list(key_hashes),), prepare=True)
+    return {row["key_hash"]: row for row in cur.fetchall()}

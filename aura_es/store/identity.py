@@ -14,7 +14,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from aura_es.store import schema
+from aura_es.store import owners
 
 TABLE = "aura_store"
 
@@ -33,7 +33,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = schema.Owner("the store's identity", ddl, (TABLE,))
+OWNER = owners.Owner("the store's identity", ddl, (TABLE,))
 
 SELECT = sql.SQL("SELECT store_id FROM {t}").format(t=sql.Identifier(TABLE))
 

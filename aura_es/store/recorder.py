@@ -40,9 +40,8 @@ from psycopg.rows import DictRow
 
 from aura_es.store import idempotency, wakeup
 from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids
+from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
 
-EVENTS_TABLE = "aura_events"
-RESERVE_FUNCTION = "aura_reserve_positions"
 #: No append statement runs longer than this (a stalled client cannot hold rows it
 #: inserted, nor its keys, for ever).
 STATEMENT_TIMEOUT_SECONDS = 30
@@ -96,7 +95,6 @@ class AuraRecorder(PostgresApplicationRecorder):
         self.serial = serial
         self._lock = sql.SQL("LOCK TABLE {t} IN EXCLUSIVE MODE").format(
             t=sql.Identifier(events_table_name))
-        self.sql_create_statements.extend(idempotency.DDL)
         self.sql_create_statements.extend(log_ddl(events_table_name))  # type: ignore[arg-type]
         events = sql.SQL(
             "first AS (SELECT {reserve}(%s) AS first),"

@@ -4,7 +4,7 @@ needs after its commands, instead of sleeping and hoping the workers are done.""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aura_es.catalog.model import ProjectionSpec
@@ -23,6 +23,10 @@ class CaughtUp:
     head: int
     applied: dict[str, int]
     dead_lettered: dict[str, int]
+
+
+#: The ``aura_caught_up`` fixture's type: ``caught_up`` with the test's database and catalog.
+CatchUp = Callable[..., CaughtUp]
 
 
 def caught_up(

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from aura_es import schema
+from aura_es import tables
 from aura_es.application import EventSourcedApp
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.catalog.model import Catalog
 from aura_es.projection.engine.loading import check_imports, select
-from aura_es.testing.catchup import CaughtUp, caught_up
+from aura_es.testing.catchup import CatchUp, CaughtUp, caught_up
 from aura_es.testing.servers import (
     PostgresServer,
     Source,
@@ -37,8 +37,6 @@ from aura_es.testing.servers import (
     nats_server,
     postgres_server,
 )
-
-CatchUp = Callable[..., CaughtUp]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -76,7 +74,7 @@ def aura_postgres(request: pytest.FixtureRequest, aura_workdir: Path) -> Iterato
 def aura_template(aura_postgres: PostgresServer) -> Iterator[str]:
     """A database with every aura-es table, cloned for each test."""
     name = aura_postgres.create_database()
-    schema.create_all(aura_postgres.url_for(name))
+    tables.create_all(aura_postgres.url_for(name))
     yield name
     aura_postgres.drop_database(name)
 

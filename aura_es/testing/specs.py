@@ -27,9 +27,10 @@ from uuid import UUID
 import orjson
 from psycopg import sql
 
-from aura_es.application import Command, CommandResult, EventSourcedApp
+from aura_es.application import EventSourcedApp
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.catalog.model import Catalog, ProjectionSpec
+from aura_es.commands import Command, CommandResult
 from aura_es.payload import json_default
 from aura_es.projection.engine.loading import build
 from aura_es.store import eventlog

@@ -11,9 +11,8 @@ from __future__ import annotations
 import pytest
 
 from aura_es import AuraApp, DomainError
-from aura_es.catalog.model import Catalog
-from aura_es.testing import event, scenario
-from aura_es.testing.plugin import CatchUp
+from aura_es.catalog import Catalog
+from aura_es.testing import CatchUp, event, scenario
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.table import Table
 
-from aura_es import embedded, schema
+from aura_es import embedded, tables
 from aura_es.app import AuraApp
 
 console = Console(stderr=True)
@@ -61,7 +61,7 @@ def fresh_database(admin_url: str, *, init: bool = True) -> Iterator[str]:
     url = url_for(admin_url, name)
     try:
         if init:
-            schema.create_all(url)
+            tables.create_all(url)
         yield url
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -101,3 +101,10 @@ def paced_appends(
         committed[result.positions[0]] = time.perf_counter()
         next_at += interval
         time.sleep(max(0.0, next_at - time.perf_counter()))
+
+
+def scalar(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
+    """The first column of the query's one row."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return row[0]

@@ -31,6 +31,7 @@ from scripts.benchmarks._common import (
     percentile,
     postgres,
     report,
+    scalar,
 )
 
 
@@ -153,8 +154,8 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
             run_load(app, seed=9, commands=events, concurrency=2, batch_size=250)
         app.close()
         with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn:
-            head = int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0])
-            count = int(conn.execute("SELECT count(*) FROM aura_events").fetchone()[0])
+            head = int(scalar(conn, "SELECT max(notification_id) FROM aura_events"))
+            count = int(scalar(conn, "SELECT count(*) FROM aura_events"))
         with console.status("raw nats-py publish_async…"):
             raw = raw_throughput(url, nats_url)
         with console.status("relay, atomic batches…"):
@@ -163,7 +164,7 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
             pipelined = relay_throughput(url, nats_url, head, count, pipelined=True)
         with console.status("append-to-stream latency at 200 events/s…"):
             live = latency(url, nats_url, 200, 5 if quick else 15, head)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"measure": f"mirror {count:,} stored events", "baseline (raw nats-py publish_async)":
          f"{raw:,.0f} msg/s", "aura-es relay": f"atomic batches {atomic:,.0f} events/s;"
          f" pipelined {pipelined:,.0f} events/s", "ratio": round(atomic / raw, 2)},

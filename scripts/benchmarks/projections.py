@@ -32,6 +32,7 @@ from scripts.benchmarks._common import (
     percentile,
     postgres,
     report,
+    scalar,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +61,9 @@ def log_size(conn: psycopg.Connection[Any]) -> tuple[tuple[int, int], int]:
     the events are debate events."""
     row = conn.execute("SELECT transaction_id, notification_id FROM aura_events"
                        " ORDER BY transaction_id DESC, notification_id DESC LIMIT 1").fetchone()
-    debate_events = int(conn.execute(
-        "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)", (list(DEBATE_TOPICS),)
-    ).fetchone()[0])
+    assert row is not None, "an empty log"
+    debate_events = int(scalar(conn, "SELECT count(*) FROM aura_events WHERE topic = ANY(%s)",
+                               (list(DEBATE_TOPICS),)))
     return (int(row[0]), int(row[1])), debate_events
 
 
@@ -112,7 +113,7 @@ def start_worker(url: str, env: dict[str, str | None] | None = None) -> subproce
 
 
 def catch_up(url: str, conn: psycopg.Connection[Any], head: tuple[int, int], debate_events: int,
-             env: dict[str, str | None] | None = None) -> dict:
+             env: dict[str, str | None] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     worker = start_worker(url, env)
     memory: list[float] = []
@@ -140,7 +141,7 @@ class DebateView(PostgresTrackingRecorder):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sql_create_statements.append(SQL(
+        self.sql_create_statements.append(SQL(  # type: ignore[arg-type]
             "CREATE TABLE IF NOT EXISTS baseline_debates (debate_id uuid PRIMARY KEY,"
             " status text NOT NULL, arguments int NOT NULL, rounds int NOT NULL)"
         ))
@@ -169,7 +170,7 @@ class BaselineDebates(LibraryProjection[DebateView]):
                         tracking)
 
 
-def baseline(url: str, conn: psycopg.Connection[Any], up_to_debate_events: int) -> dict:
+def baseline(url: str, conn: psycopg.Connection[Any], up_to_debate_events: int) -> dict[str, Any]:
     class App(EventSourcedApp):
         def __init__(self, env: Any = None) -> None:
             super().__init__(url, pool_size=2)
@@ -193,7 +194,7 @@ def baseline(url: str, conn: psycopg.Connection[Any], up_to_debate_events: int) 
 
 
 def live_latency(url: str, conn: psycopg.Connection[Any], rate: int, seconds: float,
-                 writers: int = 1) -> dict:
+                 writers: int = 1) -> dict[str, Any]:
     """Append at ``rate`` events/s in all, from ``writers`` threads (each its own
     connection, at rate/writers); time from commit to the checkpoint covering the event."""
     worker = start_worker(url)
@@ -280,7 +281,7 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
                 ours = catch_up(url, conn, head, debate_events)
             with console.status("eventsourcing ProjectionRunner catching up…"):
                 lib = baseline(url, conn, baseline_events)
-            live: dict[int, dict] = {}
+            live: dict[int, dict[str, Any]] = {}
             for writers in (1, 8):
                 with console.status(f"live latency at 200 events/s from {writers} writers…"):
                     live[writers] = live_latency(url, conn, rate=200,

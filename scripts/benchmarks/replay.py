@@ -27,6 +27,7 @@ from scripts.benchmarks._common import (
     percentile,
     postgres,
     report,
+    scalar,
 )
 from scripts.benchmarks.projections import (
     ROOT,
@@ -40,12 +41,11 @@ from scripts.benchmarks.projections import (
 
 def multiply_log(conn: psycopg.Connection[Any], target: int) -> None:
     """Copies the log under new aggregate ids until it holds ``target`` events."""
-    base = int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0])
+    base = int(scalar(conn, "SELECT max(notification_id) FROM aura_events"))
     copy = 0
-    while int(conn.execute("SELECT max(notification_id) FROM aura_events").fetchone()[0]) < target:
+    while int(scalar(conn, "SELECT max(notification_id) FROM aura_events")) < target:
         copy += 1
-        left = target - int(conn.execute("SELECT max(notification_id) FROM aura_events")
-                            .fetchone()[0])
+        left = target - int(scalar(conn, "SELECT max(notification_id) FROM aura_events"))
         conn.execute(
             "INSERT INTO aura_events (originator_id, originator_version, topic, state)"
             " SELECT md5(originator_id::text || %s)::uuid, originator_version, topic, state"

@@ -1,33 +1,32 @@
 """The layers of aura-es, and an import check over the source tree (a small AST walk).
 
-Lowest first. A module may import its own layer and the layers below it, never one
-above; the packages of one layer that are written ``a | b`` may not import each other.
-``aura_es/__init__.py`` (the public surface, re-exporting from every layer) is exempt.
+The layers are import-linter's (pyproject.toml, checked by `lint-imports` in
+scripts/test); this walk reads the same list to show that every module has a layer and
+that a wrong import is caught, and checks what import-linter cannot see: the examples
+in docs/examples import only the public faces. Lowest first. A module may import its
+own layer and the layers below it, never one above; the packages of one layer that are
+written ``a | b`` may not import each other. ``aura_es/__init__.py`` (the public
+surface, re-exporting from every layer) is exempt.
 """
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["aura_es.errors", "aura_es.dsn", "aura_es.payload", "aura_es.identifiers",
-                    "aura_es.durations", "aura_es.positions", "aura_es.settings", "aura_es.log",
-                    "aura_es.retry", "aura_es.db", "aura_es.locks", "aura_es.observability",
-                    "aura_es.embedded"]),
-    ("store", ["aura_es.store", "aura_es.events", "aura_es.aggregate", "aura_es.mapper",
-               "aura_es.application", "aura_es.schemas"]),
-    ("catalog", ["aura_es.catalog"]),
-    ("projection", ["aura_es.projection"]),
-    ("replay | mirror | http", ["aura_es.replay", "aura_es.mirror", "aura_es.http"]),
-    ("ops | schema | mesh", ["aura_es.ops", "aura_es.schema", "aura_es.mesh"]),
-    ("worker | testing", ["aura_es.worker", "aura_es.testing"]),
-    ("the AURA domain", ["aura_es.domain", "aura_es.app", "aura_es.load", "projections"]),
-    ("cli", ["aura_es.cli"]),
-    ("the AURA application's launchers", ["workers"]),
-]
+
+def _layers_of_the_contract() -> list[tuple[str, list[str]]]:
+    """The first import-linter contract of pyproject.toml (what `lint-imports` checks),
+    lowest layer first: this AST check and import-linter read one list."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    layers = pyproject["tool"]["importlinter"]["contracts"][0]["layers"]
+    return [(layer, [p.strip() for p in layer.split("|")]) for layer in reversed(layers)]
+
+
+LAYERS: list[tuple[str, list[str]]] = _layers_of_the_contract()
 EXEMPT = {"aura_es"}
 
 
@@ -89,9 +88,30 @@ def check(sources: Mapping[str, str]) -> list[Violation]:
 
 def project_sources(root: Path) -> dict[str, str]:
     sources = {}
-    for top in ("aura_es", "workers", "projections"):
+    for top in ("aura_es", "workers", "projections", "scripts"):
         for path in (root / top).rglob("*.py"):
             module = ".".join(path.relative_to(root).with_suffix("").parts)
             sources[module.removesuffix(".__init__") if path.name == "__init__.py"
                     else module] = path.read_text()
     return sources
+
+
+#: What users import: the package and the faces of its subpackages (docs/architecture.md).
+FACES = frozenset({"aura_es", "aura_es.projection", "aura_es.mesh", "aura_es.http",
+                   "aura_es.testing", "aura_es.catalog", "aura_es.db"})
+
+
+def beyond_the_faces(sources: Mapping[str, str]) -> list[str]:
+    """Imports of aura-es internals (anything but a face and its names)."""
+    found = []
+    for module, source in sorted(sources.items()):
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [f"{module} imports {name}" for name in names
+                      if name.split(".")[0] == "aura_es" and name not in FACES]
+    return found

@@ -15,7 +15,8 @@ from typing import Any
 from uuid import UUID
 
 from aura_es.aggregate import AuraAggregate
-from aura_es.application import Create, EventSourcedApp, Update
+from aura_es.application import EventSourcedApp
+from aura_es.commands import Create, Update
 from aura_es.errors import AuraError
 from aura_es.events import AuraCreated, AuraEvent
 

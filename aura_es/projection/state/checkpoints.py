@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from aura_es.store import schema
+from aura_es.store import owners
 from aura_es.store.eventlog import ORIGIN, Cursor
 
 TABLE = "aura_projection_checkpoints"
@@ -49,7 +49,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = schema.Owner("checkpoints", ddl, (TABLE,),
+OWNER = owners.Owner("checkpoints", ddl, (TABLE,),
                      columns=(f"{TABLE}.cursor_transaction", f"{TABLE}.cursor_position"))
 
 

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from aura_es.store import schema
+from aura_es.store import owners
 
 TABLE = "aura_side_effects"
 _T = sql.Identifier(TABLE)
@@ -47,7 +47,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = schema.Owner("the side-effect outbox", ddl, (TABLE,))
+OWNER = owners.Owner("the side-effect outbox", ddl, (TABLE,))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from aura_es.store import schema
+from aura_es.store import owners
 
 TABLE = "aura_projection_workers"
 _T = sql.Identifier(TABLE)
@@ -54,7 +54,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = schema.Owner("worker presence", ddl, (TABLE,))
+OWNER = owners.Owner("worker presence", ddl, (TABLE,))
 
 
 @dataclass(frozen=True)

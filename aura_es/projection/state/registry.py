@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from aura_es.errors import ConfigurationError
-from aura_es.store import schema
+from aura_es.store import owners
 
 TABLE = "aura_read_model_tables"
 _T = sql.Identifier(TABLE)
@@ -39,7 +39,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = schema.Owner("read-model tables", ddl, (TABLE,))
+OWNER = owners.Owner("read-model tables", ddl, (TABLE,))
 
 
 @dataclass(frozen=True)

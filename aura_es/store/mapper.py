@@ -28,7 +28,6 @@ from aura_es import payload
 from aura_es.errors import ConfigurationError, EventVersionUnknown
 from aura_es.events import missing_topic
 from aura_es.payload import json_default
-from aura_es.schemas.validate import check_payload
 
 __all__ = ["JsonMapper", "dumps", "json_default"]
 
@@ -102,12 +101,20 @@ class _NoTranscoder(Transcoder):
         return orjson.loads(data)
 
 
+#: Refuses an event's encoded payload that does not fit its type's schema: (event class,
+#: the payload as JSON, what to call it in the error). The application injects the schema
+#: registry's check (``aura_es.schemas.validate.check_payload``); the store knows none.
+WriteCheck = Callable[[type, bytes, str], None]
+
+
 class JsonMapper(Mapper[UUID]):
     """Mapper whose stored state is plain JSON; typed by event annotations on the way out."""
 
-    def __init__(self, max_event_bytes: int | None = None) -> None:
+    def __init__(self, max_event_bytes: int | None = None, *,
+                 check: WriteCheck | None = None) -> None:
         super().__init__(transcoder=_NoTranscoder())
         self.max_event_bytes = max_event_bytes
+        self.check = check
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         event_state = dict(vars(domain_event))
@@ -128,7 +135,8 @@ class JsonMapper(Mapper[UUID]):
         what = f"event {topic} (schema v{class_version})"
         state = payload.encode(event_state, what)
         payload.check_size(state, what, self.max_event_bytes or payload.MAX_EVENT_BYTES)
-        check_payload(cls, state, what)
+        if self.check is not None:
+            self.check(cls, state, what)
         return StoredEvent(
             originator_id=originator_id,
             originator_version=originator_version,

@@ -1,5 +1,5 @@
 """Every table aura-es needs, in the order `aura-es db init` creates them: an explicit
-list of the owning modules' declarations (see ``aura_es.store.schema``)."""
+list of the owning modules' declarations (see ``aura_es.store.owners``)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from aura_es.mirror import progress
 from aura_es.projection import dlq
 from aura_es.projection.state import checkpoints, outbox, presence, registry
 from aura_es.replay import claim, generations
-from aura_es.store import eventlog, identity
-from aura_es.store import schema as tables
+from aura_es.store import eventlog, idempotency, identity
+from aura_es.store import owners as tables
 
 OWNERS: list[tables.Owner] = [
     eventlog.OWNER,
+    idempotency.OWNER,
     identity.OWNER,
     checkpoints.OWNER,
     presence.OWNER,

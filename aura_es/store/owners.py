@@ -2,7 +2,7 @@
 
 Every table has one owning module, which declares it once as an ``Owner`` (its DDL, its
 tables, its functions) and is the only module that writes SQL against it. The full,
-ordered list of owners is ``aura_es.schema.OWNERS`` (what `aura-es db init` creates);
+ordered list of owners is ``aura_es.tables.OWNERS`` (what `aura-es db init` creates);
 no table is registered by importing a module.
 """
 

@@ -1,0 +1,315 @@
+"""Idempotent commands: what a command is, and the pipeline that runs it exactly once.
+
+A command names its type, carries an idempotency key and its arguments, and says how
+to change one aggregate. ``CommandPipeline.execute`` runs it exactly once however often
+it is retried: the key's hash is stored in the transaction of the events, and a retry
+gets the original result back. Commands racing on one aggregate are retried against
+the new state a bounded number of times. The pipeline knows nothing of connections or
+of the library: its ``CommandStore`` (an ``EventSourcedApp``) loads and saves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+from uuid import UUID, uuid4
+
+from eventsourcing.persistence import IntegrityError
+
+from aura_es import payload
+from aura_es.aggregate import AuraAggregate
+from aura_es.errors import (
+    AggregateNotFound,
+    ConcurrencyConflict,
+    DomainError,
+    IdempotencyKeyConflict,
+)
+from aura_es.events import CommandContext, command_context
+from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED
+from aura_es.observability.tracing import span
+from aura_es.retry import Backoff
+from aura_es.store import idempotency
+from aura_es.store.idempotency import IdempotencyRecord
+
+A = TypeVar("A", bound=AuraAggregate)
+#: After losing a version race: a short, random wait so the racers spread out.
+VERSION_RACE = Backoff(base=0.002, cap=0.05, jitter="full")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command stored: the same for the first call and every retry of it."""
+
+    aggregate_id: UUID
+    from_version: int
+    to_version: int
+    positions: tuple[int, ...]
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Create(Generic[A]):
+    """A command that creates an aggregate; its id is derived from the idempotency key."""
+
+    type: str
+    idempotency_key: str
+    request: dict[str, Any]
+    make: Callable[[UUID], A]
+    tenant_id: str = "default"
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Update(Generic[A]):
+    """A command that changes an existing aggregate."""
+
+    type: str
+    idempotency_key: str
+    aggregate_id: UUID
+    request: dict[str, Any]
+    change: Callable[[A], None]
+    tenant_id: str = "default"
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+
+@dataclass
+class _Prepared:
+    command: Command
+    aggregate_id: UUID
+    key_hash: str
+    request_hash: str
+    record: IdempotencyRecord | None = None
+    result: CommandResult | None = field(default=None)
+
+Command = Create[Any] | Update[Any]
+
+
+class CommandStore(Protocol):
+    """What the pipeline needs of the event store (``EventSourcedApp`` provides it)."""
+
+    max_attempts: int
+
+    def save_commands(
+        self, *aggregates: AuraAggregate, records: Sequence[IdempotencyRecord | None],
+    ) -> list[Any]: ...
+
+    def load_aggregate(self, aggregate_id: UUID) -> AuraAggregate: ...
+
+    def load_aggregates(self, aggregate_ids: list[UUID]) -> dict[UUID, AuraAggregate]: ...
+
+    def stored_keys(self, key_hashes: list[str]) -> dict[str, dict[str, Any]]: ...
+
+    def positions_of(self, aggregate_id: UUID, to_version: int) -> tuple[int, ...]: ...
+
+
+class CommandPipeline:
+    def __init__(self, store: CommandStore) -> None:
+        self.store = store
+
+    def execute(self, command: Command) -> CommandResult:
+        """Runs ``command`` once; a retry with the same key returns the original result."""
+        with span("aura.append", command=command.type):
+            return self._execute(command)
+
+    def _execute(self, command: Command) -> CommandResult:
+        prepared = self._prepare(command)
+        # A creating command's aggregate id comes from its key, so a duplicate cannot
+        # be stored twice: its key row and its first event both collide. It goes
+        # straight to the save, and a collision is answered from the key row. That
+        # saves fresh creates a round trip. An update is looked up first, so a retried
+        # update never reserves positions it then throws away.
+        if not isinstance(command, Create) and (earlier := self._stored_result(prepared)):
+            return earlier
+        for attempt in range(self.store.max_attempts):
+            try:
+                aggregate = self._decide(prepared)
+            except (DomainError, AggregateNotFound):
+                # A concurrent duplicate may have committed since our lookup: then the
+                # command is not invalid, it is done (e.g. "complete" of a completed call).
+                if earlier := self._stored_result(prepared):
+                    return earlier
+                raise
+            try:
+                recordings = self.store.save_commands(aggregate, records=[prepared.record])
+            except IntegrityError:
+                if earlier := self._stored_result(prepared):
+                    return earlier
+                if isinstance(command, Create):
+                    # Its id comes from its key, so the aggregate was made by this very
+                    # command, whose key has been pruned since: answer with it.
+                    return self._created_earlier(prepared)
+                # Lost a version race with another command: back off a little, with
+                # jitter so the racers spread out, then decide again on the new state.
+                time.sleep(VERSION_RACE.delay(attempt + 1))
+                continue
+            assert prepared.record is not None
+            return CommandResult(
+                aggregate_id=prepared.aggregate_id,
+                from_version=prepared.record.from_version,
+                to_version=prepared.record.to_version,
+                positions=tuple(r.notification.id for r in recordings),
+            )
+        raise ConcurrencyConflict(prepared.aggregate_id, self.store.max_attempts)
+
+    def execute_many(self, commands: Sequence[Command]) -> list[CommandResult]:
+        """Runs many commands in one transaction: far faster for bulk loads.
+
+        Duplicates are answered from the idempotency table first. If the transaction
+        meets a conflict (a concurrent duplicate or a version race), every command is
+        run again on its own, which sorts out which were duplicates.
+        """
+        with span("aura.append", commands=len(commands)):
+            return self._execute_many(commands)
+
+    def _execute_many(self, commands: Sequence[Command]) -> list[CommandResult]:
+        prepared = [self._prepare(c) for c in commands]
+        found = self.store.stored_keys([p.key_hash for p in prepared])
+        fresh: list[_Prepared] = []
+        seen: set[str] = set()
+        for p in prepared:
+            if p.key_hash in found:
+                p.result = self._as_duplicate(p, found[p.key_hash])
+            elif p.key_hash in seen:
+                pass  # the same key twice in one batch: answered after the save
+            else:
+                seen.add(p.key_hash)
+                fresh.append(p)
+        if fresh:
+            try:
+                self._save_together(fresh)
+            except (IntegrityError, DomainError, AggregateNotFound):
+                return [self.execute(c) for c in commands]
+        firsts = {p.key_hash: p for p in fresh}
+        results: list[CommandResult] = []
+        for p in prepared:
+            if p.result is None:
+                p.result = self._as_duplicate(p, _as_row(firsts[p.key_hash]))
+            results.append(p.result)
+        return results
+
+    def _save_together(self, fresh: list[_Prepared]) -> None:
+        # One query for every aggregate the batch changes, not one per command.
+        aggregates = self.store.load_aggregates(
+            [p.aggregate_id for p in fresh if isinstance(p.command, Update)]
+        )
+        for p in fresh:
+            aggregates[p.aggregate_id] = self._decide(p, aggregates.get(p.aggregate_id))
+        recordings = self.store.save_commands(*aggregates.values(),
+                                              records=[p.record for p in fresh])
+        positions = {
+            (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
+            for r in recordings
+        }
+        for p in fresh:
+            assert p.record is not None
+            p.result = CommandResult(
+                aggregate_id=p.aggregate_id,
+                from_version=p.record.from_version,
+                to_version=p.record.to_version,
+                positions=tuple(
+                    positions[(p.aggregate_id, v)]
+                    for v in range(p.record.from_version, p.record.to_version + 1)
+                ),
+            )
+
+    def _created_earlier(self, p: _Prepared) -> CommandResult:
+        """The result of a create whose aggregate exists but whose key was pruned."""
+        assert p.record is not None
+        to_version = p.record.to_version
+        positions = self.store.positions_of(p.aggregate_id, to_version)
+        if not positions:
+            raise ConcurrencyConflict(p.aggregate_id, self.store.max_attempts)
+        DUPLICATES_ABSORBED.inc()
+        return CommandResult(p.aggregate_id, 1, len(positions), positions, duplicate=True)
+
+    def _prepare(self, command: Command) -> _Prepared:
+        key = idempotency.check_key(command.idempotency_key)
+        for name in ("type", "tenant_id", "correlation_id", "causation_id"):
+            payload.check_text(name, getattr(command, name))
+        if isinstance(command, Create):
+            aggregate_id = idempotency.derived_aggregate_id(command.type, command.tenant_id, key)
+        else:
+            aggregate_id = command.aggregate_id
+        return _Prepared(
+            command=command,
+            aggregate_id=aggregate_id,
+            key_hash=idempotency.key_hash(command.type, aggregate_id, key),
+            request_hash=idempotency.request_hash(command.type, command.request),
+        )
+
+    def _decide(self, p: _Prepared, current: AuraAggregate | None = None) -> AuraAggregate:
+        """Applies the command to the aggregate's state; raises DomainError, stores nothing."""
+        command = p.command
+        existing = None
+        tenant_id = command.tenant_id
+        if isinstance(command, Update):
+            existing = current if current is not None else self.store.load_aggregate(p.aggregate_id)
+            # Events of an existing aggregate belong to the aggregate's tenant.
+            tenant_id = getattr(existing, "tenant_id", tenant_id)
+        context = CommandContext(
+            tenant_id=tenant_id,
+            correlation_id=command.correlation_id or str(uuid4()),
+            causation_id=command.causation_id,
+            idempotency_key=command.idempotency_key,
+        )
+        aggregate: AuraAggregate
+        with command_context(context):
+            if isinstance(command, Create):
+                aggregate = command.make(p.aggregate_id)
+                before = 0
+            else:
+                assert existing is not None
+                aggregate = existing
+                before = aggregate.version
+                command.change(aggregate)
+        if aggregate.version == before:
+            raise DomainError(f"command {command.type!r} raised no event")
+        p.record = IdempotencyRecord(
+            key_hash=p.key_hash,
+            command_type=command.type,
+            idempotency_key=command.idempotency_key,
+            aggregate_id=p.aggregate_id,
+            request_hash=p.request_hash,
+            from_version=before + 1,
+            to_version=aggregate.version,
+        )
+        return aggregate
+
+    def _stored_result(self, p: _Prepared) -> CommandResult | None:
+        """The original result when ``p``'s key is stored (a retry), else None."""
+        found = self.store.stored_keys([p.key_hash])
+        return self._as_duplicate(p, found[p.key_hash]) if p.key_hash in found else None
+
+    def _as_duplicate(self, p: _Prepared, row: dict[str, Any]) -> CommandResult:
+        if row["request_hash"] != p.request_hash:
+            raise IdempotencyKeyConflict(p.command.type, p.command.idempotency_key)
+        DUPLICATES_ABSORBED.inc()
+        return CommandResult(
+            aggregate_id=row["aggregate_id"],
+            from_version=row["from_version"],
+            to_version=row["to_version"],
+            positions=tuple(row["positions"]),
+            duplicate=True,
+        )
+
+
+def _as_row(first: _Prepared) -> dict[str, Any]:
+    """The stored-key row of a command saved earlier in the same batch."""
+    assert first.result is not None
+    return {
+        "request_hash": first.request_hash,
+        "aggregate_id": first.result.aggregate_id,
+        "from_version": first.result.from_version,
+        "to_version": first.result.to_version,
+        "positions": first.result.positions,
+    }
+
+
+def count_appended(recordings: Sequence[Any]) -> None:
+    for recording in recordings:
+        EVENTS_APPENDED.labels(recording.notification.topic).inc()
