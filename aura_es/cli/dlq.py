@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from aura_es import tables
 from aura_es.catalog import load_catalog
+from aura_es.cli import render
 from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
 from aura_es.db import connect
@@ -38,15 +37,13 @@ def list_(
     if json:
         emit_json(rows)
         return
-    table = Table(title="dead letters")
-    for title in ("id", "projection", "position", "aggregate", "topic", "error", "attempts",
-                  "parked", "status"):
-        table.add_column(title, overflow="fold")
-    for r in rows:
-        table.add_row(str(r["id"]), r["projection"], str(r["position"]), str(r["aggregate_id"]),
-                      r["topic"], f"{r['error_type'].rsplit('.', 1)[-1]}: {r['error_message']}",
-                      str(r["attempts"]), str(r["parked_events"]), r["status"])
-    Console().print(table)
+    render.rows([{
+        "id": r["id"], "projection": r["projection"], "position": r["position"],
+        "aggregate": r["aggregate_id"], "topic": r["topic"],
+        "error": f"{r['error_type'].rsplit('.', 1)[-1]}: {r['error_message']}",
+        "attempts": r["attempts"], "parked": r["parked_events"], "status": r["status"],
+    } for r in rows], ["id", "projection", "position", "aggregate", "topic", "error",
+                       "attempts", "parked", "status"], title="dead letters")
 
 
 @dlq_cli.command("show")
@@ -151,13 +148,10 @@ def side_effects(
     if json:
         emit_json([vars(d) for d in dead])
         return
-    table = Table(title="dead side effects")
-    for title in ("id", "projection", "action", "position", "attempts", "error"):
-        table.add_column(title, overflow="fold")
-    for d in dead:
-        table.add_row(str(d.id), d.projection, d.action, str(d.position or ""),
-                      str(d.attempts), d.last_error or "")
-    Console().print(table)
+    render.rows([{"id": d.id, "projection": d.projection, "action": d.action,
+                  "position": d.position, "attempts": d.attempts, "error": d.last_error}
+                 for d in dead], ["id", "projection", "action", "position", "attempts",
+                                  "error"], title="dead side effects")
 
 
 @dlq_cli.command("retry-side-effect")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -41,6 +42,10 @@ app.command("replay")(replay.replay)
 def main(argv: list[str] | None = None) -> None:
     """Runs the CLI. Usage errors (a bad option value, an unknown command) are one line
     on stderr and exit status 2, like every other bad input; no box, no traceback."""
+    # The catalog names handlers and event modules by import path (myapp.projections:X):
+    # they are imported from the current directory, as `python -m` and uvicorn do.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="aura-es", standalone_mode=False)

@@ -69,13 +69,19 @@ def rows(
         sys.stdout.write(buffer.getvalue())
         return
     cells = [[text(r.get(c)) for c in columns] for r in records]
-    if fmt is Format.TABLE or (fmt is Format.AUTO and _fits(columns, cells, out.width)):
+    fits = _fits(columns, cells, out.width)
+    if fmt is Format.TABLE or (fmt is Format.AUTO and fits):
         table = Table(title=title, title_justify="left")
         for column in columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(column, no_wrap=True)
         for row in cells:
             table.add_row(*(escape(c) for c in row))
-        out.print(table)
+        # A table asked for is printed whole and wide, as psql does: nothing folded
+        # mid-word; a narrower terminal wraps the long lines itself.
+        width = max(out.width, _needed(columns, cells))
+        wide = out if width == out.width else Console(
+            soft_wrap=False, highlight=False, width=width, file=out.file)
+        wide.print(table)
         return
     out.print(f"{title}: {len(records)} rows", highlight=False)
     width = max((len(c) for c in columns), default=0)
@@ -87,10 +93,32 @@ def rows(
                       overflow="fold")
 
 
-def _fits(columns: Sequence[str], cells: Sequence[Sequence[str]], width: int) -> bool:
-    """Would every value fit its column unfolded? (Borders take 3 characters a column.)"""
-    needed = 1 + sum(
-        3 + max([len(column), *(len(row[i]) for row in cells)])
+def _needed(columns: Sequence[str], cells: Sequence[Sequence[str]]) -> int:
+    """The width of the table with every value unfolded (borders: 3 characters a column)."""
+    return 1 + sum(
+        3 + max([len(column), *(len(line) for row in cells for line in row[i].splitlines() or
+                                [""])])
         for i, column in enumerate(columns)
     )
-    return needed <= width
+
+
+def _fits(columns: Sequence[str], cells: Sequence[Sequence[str]], width: int) -> bool:
+    """Would every value fit its column unfolded?"""
+    return _needed(columns, cells) <= width
+
+
+def print_whole(table: Table, out: Console) -> None:
+    """A table the user asked for in full (``--wide``): printed at its natural width, as
+    psql does, never cropped or folded; a narrower terminal wraps the long lines."""
+    width = max(out.width, out.measure(table, options=out.options.update_width(10_000))
+                .maximum)
+    wide = out if width == out.width else Console(
+        soft_wrap=False, highlight=False, width=width, file=out.file)
+    wide.print(table)
+
+
+def header_column(table: Table, header: str, **options: Any) -> None:
+    """A column whose header is never folded mid-word (its longest word sets the least
+    width); its cells fold where they must, at spaces first."""
+    least = max((len(word) for word in header.split()), default=1)
+    table.add_column(header, overflow="fold", min_width=least, **options)

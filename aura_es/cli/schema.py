@@ -10,6 +10,7 @@ import typer
 
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.catalog.model import EventTypeSpec
+from aura_es.cli import render
 from aura_es.cli.common import Json, emit_json, fail, handle_errors
 from aura_es.errors import ConfigurationError
 from aura_es.schemas import check as checking
@@ -154,13 +155,10 @@ def list_(directory: SchemaDir = registry.DEFAULT_DIR, catalog: OptionalCatalog 
     if json:
         emit_json({"event_types": rows})
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table()
-    for column in ("event type", "versions", "writes", "mode", "published"):
-        table.add_column(column, overflow="fold")  # whole names at any width
-    for row in rows:
-        table.add_row(row["topic"], ", ".join(f"v{v}" for v in row["versions"]) or "-",
-                      f"v{row['writes']}", row["mode"], "yes" if row["published"] else "no")
-    Console().print(table)
+    render.rows([{
+        "event type": row["topic"],
+        "versions": ", ".join(f"v{v}" for v in row["versions"]) or "-",
+        "writes": f"v{row['writes']}", "mode": row["mode"],
+        "published": "yes" if row["published"] else "no",
+    } for row in rows], ["event type", "versions", "writes", "mode", "published"],
+        title="event types")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Annotated, Any
 
 import typer
 from psycopg import sql
-from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
@@ -36,7 +36,7 @@ def _table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
         else ("projection", "state", "lag", "DLQ", "attention")
     )
     for title in titles:
-        table.add_column(title, overflow="fold")
+        render.header_column(table, title)
     for row in rows:
         state = f"[{_COLOUR[row['state']]}]{row['state']}[/]"
         if not wide:
@@ -112,34 +112,41 @@ def status(
     """Per projection: state, lag, dead letters and what needs attention (fits 80
     columns); --wide adds checkpoint, events/s, worker, breaker, generation, drift."""
     specs = load_catalog(catalog).projections
+    out = render.console()
+    # Redrawn in place on a terminal; a pipe or a log gets the final table once.
+    live = watch and out.is_terminal and not json
     with connect(settings(database_url).resolved_database_url()) as conn:
         tables.require_all(conn)
         rows = projection_status(conn, specs)
         if watch:
             deadline = time.monotonic() + timeout if timeout else None
-            with Live(_table(rows, wide), console=Console(), auto_refresh=False) as live:
+            with Live(_table(rows, wide), console=out, auto_refresh=False,
+                      transient=True) if live else contextlib.nullcontext() as screen:
                 while not (until_caught_up and all(r["lag_events"] == 0 for r in rows)):
                     if deadline and time.monotonic() > deadline:
                         raise fail(f"projections did not catch up within {timeout:g}s")
                     time.sleep(1)
                     rows = projection_status(conn, specs)
-                    live.update(_table(rows, wide), refresh=True)
+                    if screen is not None:
+                        screen.update(_table(rows, wide), refresh=True)
         mirrors = mirror_status(conn)
         horizon = horizon_status(conn)
     if json:
         emit_json({"projections": rows, "mirror": mirrors, "horizon": horizon})
         return
-    if not watch:
-        render.console().print(_table(rows, wide))
+    if wide:
+        render.print_whole(_table(rows, wide), out)
+    else:
+        out.print(_table(rows, wide))
     held = horizon["held_back"]
     if held:
-        render.console().print(
+        out.print(
             f"[yellow]readers held back[/] {held['seconds']:g} s by the {held['kind']} of"
             f" pid {held['pid']} (database {held['database']},"
             f" application {held['application_name'] or '-'}, since {held['started_at']}):"
             " nothing it could precede is read until it ends")
     for m in mirrors:
-        Console().print(
+        out.print(
             f"mirror {m['stream']}: position {m['position']} (stream seq {m['stream_seq']}),"
             f" lag {m['lag_events']} events / {m['lag_seconds']:g} s", highlight=False,
         )

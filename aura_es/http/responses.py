@@ -43,7 +43,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
         sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS lease text").format(t=_T)]
 
 
-OWNER = owners.Owner("stored HTTP responses", ddl, (TABLE,))
+OWNER = owners.Owner("stored HTTP responses", ddl, (TABLE,), columns=(f"{TABLE}.lease",))
 
 
 class Claim(StrEnum):

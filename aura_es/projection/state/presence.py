@@ -54,7 +54,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
     ]
 
 
-OWNER = owners.Owner("worker presence", ddl, (TABLE,))
+OWNER = owners.Owner("worker presence", ddl, (TABLE,), columns=(f"{TABLE}.healthy_at",))
 
 
 @dataclass(frozen=True)
