@@ -174,7 +174,6 @@ def query(
     handler = build(spec)
     if window and not (isinstance(handler, DeclarativeProjection) and handler.window_seconds):
         raise fail(f"projection {projection!r} has no windowing")
-    key_column = sql.Identifier(handler.key_column)
     with connect(settings(database_url).resolved_database_url()) as conn:
         source: sql.Composable = handler.table
         params: list[Any] = []
@@ -182,12 +181,22 @@ def query(
             assert isinstance(handler, DeclarativeProjection) and spec.windowing
             source = sql.SQL("({}) AS w").format(handler.sliding_query())
             params.append(f"{spec.windowing.seconds} seconds")
-        where: sql.Composable = sql.SQL("")
-        if key is not None:
-            where = sql.SQL(" WHERE {}::text = %s").format(key_column)
-            params.append(key)
         if conn.execute("SELECT to_regclass(%s)", (spec.storage,)).fetchone() == (None,):
             raise fail(f"projection {projection!r} has no table yet: run `aura-es workers run`")
+        columns = [d.name for d in conn.execute(
+            sql.SQL("SELECT * FROM {} LIMIT 0").format(handler.table)).description or []]
+        # Rows in key order; a handler whose table has no such column is ordered by its
+        # first column, and cannot be asked for one key.
+        known = handler.key_column in columns
+        key_column = sql.Identifier(handler.key_column if known else columns[0])
+        where: sql.Composable = sql.SQL("")
+        if key is not None:
+            if not known:
+                raise fail(f"projection {projection!r}: its table has no column"
+                           f" {handler.key_column!r} to look --key up by (set key_column on"
+                           " the handler class)")
+            where = sql.SQL(" WHERE {}::text = %s").format(key_column)
+            params.append(key)
         cur = conn.execute(
             sql.SQL("SELECT * FROM {} {} ORDER BY {} LIMIT %s").format(source, where, key_column),
             [*params, limit],
