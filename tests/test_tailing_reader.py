@@ -23,7 +23,7 @@ from aura_es.ops.status import HELD_BACK_SECONDS
 from aura_es.store import eventlog
 from aura_es.testing import caught_up
 from aura_es.testing.servers import PostgresServer
-from tests.support.workers import CATALOG, ROOT, env_for
+from tests.support.workers import CATALOG, ROOT, env_for, wait_for
 
 
 def tail(conn: psycopg.Connection[Any], cursor: eventlog.Cursor, seen: list[int]) -> Any:
@@ -93,11 +93,16 @@ def test_a_long_writing_transaction_elsewhere_holds_readers_back_without_a_skip(
             app.start_debate(f"held {i}", ["a"], idempotency_key=f"d{i}")
         with pytest.raises(AssertionError, match="reached position"):
             caught_up(app.database_url, specs, timeout=1)
-        time.sleep(1.1)
+        age = ("SELECT now() - xact_start > make_interval(secs => %s) FROM pg_stat_activity"
+               " WHERE pid = %s")
+        wait_for("the writer to be a second old", lambda: conn.execute(
+            age, (1.1, other.info.backend_pid)).fetchone() == (True,))
         holder = eventlog.held_back(conn, at_least_seconds=1)
         assert holder is not None and holder.database == other.info.dbname
         assert holder.pid == other.info.backend_pid and holder.seconds >= 1
-        time.sleep(HELD_BACK_SECONDS - 1)  # status reports a holder from this age on
+        # status reports a holder from this age on
+        wait_for("the writer to be old enough to report", lambda: conn.execute(
+            age, (HELD_BACK_SECONDS + 0.1, other.info.backend_pid)).fetchone() == (True,))
         status = json.loads(subprocess.run(
             [sys.executable, "-m", "aura_es.cli", "status", "--json", "--catalog",
              str(CATALOG)], capture_output=True, text=True, env=env_for(app.database_url),
