@@ -17,9 +17,12 @@ from hypothesis import strategies as st
 
 from aura_es import AuraApp, AuraError, EventSourcedApp, InvalidPayload
 from aura_es.catalog import load_catalog
+from aura_es.errors import InvalidIdempotencyKey
+from aura_es.http.keys import InvalidKeyHeader, parse_key
 from aura_es.payload import MAX_EVENT_BYTES
 from aura_es.projection.engine.loading import build
 from aura_es.projection.engine.runner import BatchRunner
+from aura_es.store.idempotency import check_key
 from tests.support.hostile import hostile_numbers, hostile_text, json_like, write_note
 from tests.support.workers import CATALOG
 
@@ -180,3 +183,37 @@ def test_a_create_retried_after_its_key_was_pruned_returns_the_original_id(
         conn.execute("DELETE FROM aura_idempotency")
     assert app.start_debate("pruned", ["a"], idempotency_key="p") == first
     assert written(app)[0] == 1
+
+
+WHITESPACE = st.text(alphabet=st.sampled_from(" \t\n\r\x0b\x0c\u00a0\u2003\u3000"),
+                     min_size=1, max_size=20)
+
+
+@HOSTILE
+@given(key=WHITESPACE)
+def test_a_key_of_whitespace_only_is_refused_and_nothing_written(app: AuraApp,
+                                                                   key: str) -> None:
+    before = written(app)
+    with pytest.raises(InvalidIdempotencyKey, match="idempotency_key is only whitespace"):
+        app.start_debate("blank key", ["a"], idempotency_key=key)
+    assert written(app) == before
+
+
+HEADER_CHARS = st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\')
+
+
+@given(st.one_of(st.text(alphabet=HEADER_CHARS, max_size=300),
+                 st.text(alphabet=st.sampled_from(" a"), max_size=6)))
+def test_the_api_and_the_http_header_accept_the_same_keys(key: str) -> None:
+    """One rule for both doors: a key the header takes, the command takes, and back."""
+    try:
+        parse_key(f'"{key}"')
+        by_header = True
+    except InvalidKeyHeader:
+        by_header = False
+    try:
+        check_key(key)
+        by_api = True
+    except InvalidIdempotencyKey:
+        by_api = False
+    assert by_header == by_api

@@ -6,10 +6,12 @@ docs/guarantees.md tells its users to choose."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
+import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresDatastore
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 from aura_es import AuraApp
 from aura_es.dsn import parse_database_url
 from aura_es.errors import ConfigurationError
-from aura_es.store.recorder import AuraRecorder
+from aura_es.store.recorder import SERIAL_LOCK_TIMEOUT_SECONDS, AuraRecorder, SerialLockTimeout
 from aura_es.testing.servers import PostgresServer
 
 
@@ -141,3 +143,24 @@ def test_serial_appends_come_from_the_app_or_the_environment(
     monkeypatch.setenv("AURA_ES_SERIAL_APPENDS", "sometimes")
     with pytest.raises(ConfigurationError, match="AURA_ES_SERIAL_APPENDS='sometimes'"):
         AuraApp(db_url)
+
+
+def test_a_serial_writer_waits_for_the_lock_once_and_at_most_its_bound(db_url: str) -> None:
+    """docs/guarantees.md: in serial mode a writer waits at most 10 s for the events
+    table's lock; the wait is not retried three times over (90 s before the fix)."""
+    app = type("SerialApp", (AuraApp,), {"serial_appends": True})(db_url)
+    holder = psycopg.connect(db_url)
+    try:
+        holder.execute("LOCK TABLE aura_events IN EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(SerialLockTimeout, match="not free within 10 s"):
+            app.start_debate("locked out", ["a"], idempotency_key="serial-wait")
+        waited = time.monotonic() - started
+        # One wait of 10 s; a retried one would take 30 s at least.
+        assert SERIAL_LOCK_TIMEOUT_SECONDS <= waited < 2 * SERIAL_LOCK_TIMEOUT_SECONDS
+        holder.rollback()
+        debate = app.start_debate("locked out", ["a"], idempotency_key="serial-wait")
+        assert app.get_debate(debate).topic == "locked out"  # nothing half-written before
+    finally:
+        holder.close()
+        app.close()

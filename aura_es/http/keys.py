@@ -9,7 +9,7 @@ the reason, which the middleware sends back with status 400.
 
 from __future__ import annotations
 
-from aura_es.store.idempotency import MAX_KEY_LENGTH
+from aura_es.store.idempotency import MAX_KEY_LENGTH, is_blank
 
 
 class InvalidKeyHeader(ValueError):
@@ -41,8 +41,8 @@ def parse_key(raw: str) -> str:
     if escaped:
         raise InvalidKeyHeader("Idempotency-Key ends inside an escape")
     key = "".join(out)
-    if not key.strip():
-        raise InvalidKeyHeader("Idempotency-Key is empty")
+    if is_blank(key):
+        raise InvalidKeyHeader("Idempotency-Key is empty or only whitespace")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidKeyHeader(
             f"Idempotency-Key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}")

@@ -24,9 +24,16 @@ MAX_KEY_LENGTH = 255
 _ID_NAMESPACE = UUID("6f3a0c52-5d0e-4d43-9a57-0b9a1f6c2e11")
 
 
+def is_blank(key: str) -> bool:
+    """Empty or whitespace only: no key at all, whether it came by API or HTTP header."""
+    return not key.strip()
+
+
 def check_key(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidIdempotencyKey("idempotency_key must be a non-empty string")
+    if is_blank(key):
+        raise InvalidIdempotencyKey("idempotency_key is only whitespace: give a real key")
     problem = payload.text_problem(key)
     if problem:
         raise InvalidIdempotencyKey(f"idempotency_key {problem}")

@@ -38,6 +38,7 @@ from eventsourcing.utils import retry
 from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
+from aura_es.errors import ServiceUnavailable
 from aura_es.store import idempotency, wakeup
 from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids
 from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
@@ -45,6 +46,9 @@ from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
 #: No append statement runs longer than this (a stalled client cannot hold rows it
 #: inserted, nor its keys, for ever).
 STATEMENT_TIMEOUT_SECONDS = 30
+#: In serial mode, the longest a writer waits for the events table's lock; the wait is
+#: not retried (a writer queued behind a stalled one would otherwise wait 3 x 30 s).
+SERIAL_LOCK_TIMEOUT_SECONDS = 10
 # The session lock that makes a block reservation atomic (a constant key of ours).
 _RESERVE_LOCK_KEY = 0x61757261_706F73  # "aurapos"
 
@@ -84,6 +88,11 @@ def log_ddl(table: str) -> list[sql.Composed | sql.SQL]:
     ]
 
 
+class SerialLockTimeout(ServiceUnavailable):
+    """Serial mode: the events table's lock stayed taken past its bound. Not retried by
+    the recorder (its retries are for lost connections)."""
+
+
 class AuraRecorder(PostgresApplicationRecorder):
     """Writes the ``KeyRows`` given to ``app.save`` in the statement of its events."""
 
@@ -93,8 +102,11 @@ class AuraRecorder(PostgresApplicationRecorder):
     ):
         super().__init__(datastore, events_table_name=events_table_name)
         self.serial = serial
-        self._lock = sql.SQL("LOCK TABLE {t} IN EXCLUSIVE MODE").format(
-            t=sql.Identifier(events_table_name))
+        # SET LOCAL: the bound holds for this transaction only, whoever shares the session.
+        self._lock = sql.SQL(
+            "SET LOCAL lock_timeout = {ms}; LOCK TABLE {t} IN EXCLUSIVE MODE"
+        ).format(ms=sql.Literal(f"{SERIAL_LOCK_TIMEOUT_SECONDS * 1000}"),
+                 t=sql.Identifier(events_table_name))
         self.sql_create_statements.extend(log_ddl(events_table_name))  # type: ignore[arg-type]
         events = sql.SQL(
             "first AS (SELECT {reserve}(%s) AS first),"
@@ -132,7 +144,13 @@ class AuraRecorder(PostgresApplicationRecorder):
             assert conn.autocommit  # one statement, one transaction
             if self.serial:
                 with conn.transaction():
-                    curs.execute(self._lock)
+                    try:
+                        curs.execute(self._lock)
+                    except psycopg.errors.LockNotAvailable:
+                        raise SerialLockTimeout(
+                            f"the events table's lock was not free within"
+                            f" {SERIAL_LOCK_TIMEOUT_SECONDS} s (serial appends): another"
+                            " writer holds it") from None
                     self._insert_stored_events(curs, stored_events, **kwargs)
             else:
                 self._insert_stored_events(curs, stored_events, **kwargs)
