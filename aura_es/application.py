@@ -38,11 +38,13 @@ from aura_es.commands import (
     CommandPipeline,
     CommandResult,
     count_appended,
+    through_outages,
 )
 from aura_es.db import first_line
 from aura_es.dsn import parse_database_url, redact
 from aura_es.errors import (
     AggregateNotFound,
+    ConfigurationError,
     EventUndecodable,
     ServiceUnavailable,
 )
@@ -57,6 +59,24 @@ from aura_es.store.recorder import STATEMENT_TIMEOUT_SECONDS
 A = TypeVar("A", bound=AuraAggregate)
 
 #: The tables this application writes; the rest are the workers' and the mirror's.
+DEFAULT_OUTAGE_SECONDS = 30.0
+OUTAGE_SECONDS = "AURA_ES_OUTAGE_SECONDS"
+
+
+def outage_seconds_from_env(default: float) -> float:
+    """``AURA_ES_OUTAGE_SECONDS`` (0 to 3600), or ``default``; anything else is one line."""
+    raw = os.environ.get(OUTAGE_SECONDS, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise ConfigurationError(f"{OUTAGE_SECONDS}={raw[:40]!r}: give seconds from 0 to 3600")
+    return value
+
+
 STORE_TABLES = [eventlog.OWNER, idempotency.OWNER, identity.OWNER]
 
 
@@ -74,6 +94,9 @@ class EventSourcedApp(Application[UUID]):
     #: own position readers (``select_notifications``, ``subscribe``); see
     #: docs/guarantees.md. Also on when the environment sets AURA_ES_SERIAL_APPENDS=y.
     serial_appends = False
+    #: How long a keyed command rides out an outage of the store (a failover, a restart)
+    #: before its error reaches the caller; also ``AURA_ES_OUTAGE_SECONDS`` (0: never).
+    outage_seconds = DEFAULT_OUTAGE_SECONDS
 
     def __init__(
         self,
@@ -88,6 +111,7 @@ class EventSourcedApp(Application[UUID]):
         self._pg = parse_database_url(url)
         self._pool_size = pool_size
         self._extra_env = env or {}
+        self.outage_seconds = outage_seconds_from_env(self.outage_seconds)
         # Connect once up front: an unreachable server is one clear error, not a
         # pool timeout deep inside the library.
         with self.connect() as conn:
@@ -114,6 +138,9 @@ class EventSourcedApp(Application[UUID]):
             "POSTGRES_POOL_SIZE": str(self._pool_size),
             "POSTGRES_MAX_OVERFLOW": str(self._pool_size),
             "POSTGRES_CONNECT_TIMEOUT": "5",
+            # A pooled connection is checked before use: after a failover or a restart
+            # the pool's connections are dead, and a dead one is dropped, not handed out.
+            "POSTGRES_PRE_PING": "y",
             "CREATE_TABLE": "n",
             SERIAL_APPENDS: "y" if self.serial_appends else os.environ.get(SERIAL_APPENDS, "n"),
             WAKE_INTERVAL_MS: os.environ.get(WAKE_INTERVAL_MS, ""),
@@ -129,6 +156,9 @@ class EventSourcedApp(Application[UUID]):
         pool_kwargs = factory.datastore.pool.kwargs
         assert isinstance(pool_kwargs, dict)
         pool_kwargs.update(self._pg.connect_kwargs())
+        # Writes go only where writes are taken: of a URL's hosts, the primary (a
+        # standby named beside it, or left behind by a failover, is skipped).
+        pool_kwargs.setdefault("target_session_attrs", "read-write")
         # An append is one statement: bound it (a stalled client holds nothing long).
         options = pool_kwargs.get("options", "")
         pool_kwargs["options"] = (
@@ -210,6 +240,9 @@ class EventSourcedApp(Application[UUID]):
             raise AggregateNotFound(aggregate_id) from None
         except MapperDeserialisationError as e:
             raise EventUndecodable(f"aggregate {aggregate_id}: {e}") from None
+        except (PersistenceOperationalError, PersistenceInterfaceError) as e:
+            raise ServiceUnavailable(
+                f"the event store did not answer: {redact(first_line(e))}") from None
         assert isinstance(aggregate, AuraAggregate)
         return aggregate
 
@@ -237,7 +270,9 @@ class EventSourcedApp(Application[UUID]):
         return loaded
 
     def get(self, aggregate_id: UUID, expected: type[A]) -> A:
-        aggregate = self.load_aggregate(aggregate_id)
+        """The aggregate's current state; an outage is ridden out like a command's."""
+        aggregate = through_outages(self.outage_seconds,
+                                    lambda: self.load_aggregate(aggregate_id))
         if not isinstance(aggregate, expected):
             raise AggregateNotFound(aggregate_id)
         return aggregate

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID, uuid4
 
+import psycopg
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import InterfaceError as PersistenceInterfaceError
+from eventsourcing.persistence import OperationalError as PersistenceOperationalError
 
 from aura_es import payload
 from aura_es.aggregate import AuraAggregate
@@ -25,15 +28,20 @@ from aura_es.errors import (
     ConcurrencyConflict,
     DomainError,
     IdempotencyKeyConflict,
+    ServiceUnavailable,
 )
 from aura_es.events import CommandContext, command_context
-from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED
+from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED, OUTAGE_RETRIES
 from aura_es.observability.tracing import span
 from aura_es.retry import Backoff
 from aura_es.store import idempotency
 from aura_es.store.idempotency import IdempotencyRecord
+from aura_es.store.recorder import SerialLockTimeout
 
 A = TypeVar("A", bound=AuraAggregate)
+R = TypeVar("R")
+#: Between attempts while the store is unreachable: 50 ms, 100 ms, … up to 1 s.
+OUTAGE = Backoff(base=0.05, cap=1.0, jitter="equal")
 #: After losing a version race: a short, random wait so the racers spread out.
 VERSION_RACE = Backoff(base=0.002, cap=0.05, jitter="full")
 
@@ -89,10 +97,40 @@ class _Prepared:
 Command = Create[Any] | Update[Any]
 
 
+def is_outage(error: BaseException) -> bool:
+    """The store is unreachable or not taking writes (a failover, a restart, a pool that
+    timed out): the command may be tried again. A serial append's lock timeout is not
+    an outage (another writer holds the lock)."""
+    if isinstance(error, SerialLockTimeout):
+        return False
+    return isinstance(error, (ServiceUnavailable, PersistenceOperationalError,
+                              PersistenceInterfaceError, psycopg.OperationalError,
+                              psycopg.InterfaceError))
+
+
+def through_outages(seconds: float, attempt: Callable[[], R]) -> R:
+    """``attempt`` again while the store is unreachable, for up to ``seconds``: for keyed
+    commands (the key makes every attempt one command) and reads. The last outage error
+    is raised when the time is up."""
+    deadline = time.monotonic() + seconds
+    failures = 0
+    while True:
+        try:
+            return attempt()
+        except Exception as e:
+            if not is_outage(e) or time.monotonic() >= deadline:
+                raise
+            failures += 1
+            OUTAGE_RETRIES.inc()
+            time.sleep(min(OUTAGE.delay(failures), max(0.0, deadline - time.monotonic())))
+
+
 class CommandStore(Protocol):
     """What the pipeline needs of the event store (``EventSourcedApp`` provides it)."""
 
     max_attempts: int
+    #: How long a command rides out an outage before its error reaches the caller.
+    outage_seconds: float
 
     def save_commands(
         self, *aggregates: AuraAggregate, records: Sequence[IdempotencyRecord | None],
@@ -112,9 +150,11 @@ class CommandPipeline:
         self.store = store
 
     def execute(self, command: Command) -> CommandResult:
-        """Runs ``command`` once; a retry with the same key returns the original result."""
+        """Runs ``command`` once; a retry with the same key returns the original result.
+        An outage (a failover, a restart) is ridden out for ``outage_seconds``: the same
+        key makes every attempt one command."""
         with span("aura.append", command=command.type):
-            return self._execute(command)
+            return through_outages(self.store.outage_seconds, lambda: self._execute(command))
 
     def _execute(self, command: Command) -> CommandResult:
         prepared = self._prepare(command)
@@ -164,7 +204,8 @@ class CommandPipeline:
         run again on its own, which sorts out which were duplicates.
         """
         with span("aura.append", commands=len(commands)):
-            return self._execute_many(commands)
+            return through_outages(self.store.outage_seconds,
+                                   lambda: self._execute_many(commands))
 
     def _execute_many(self, commands: Sequence[Command]) -> list[CommandResult]:
         prepared = [self._prepare(c) for c in commands]

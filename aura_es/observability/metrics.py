@@ -43,6 +43,11 @@ DUPLICATES_ABSORBED = Counter(
     "aura_duplicates_absorbed_total",
     "Commands recognised by their idempotency key and answered with the original result.",
 )
+OUTAGE_RETRIES = Counter(
+    "aura_command_outage_retries_total",
+    "Attempts of keyed commands made again because the store was unreachable (a"
+    " failover, a restart).",
+)
 
 PROCESSED, PARKED, DEAD_LETTERED = "processed", "parked", "dead_lettered"
 

@@ -28,8 +28,10 @@ from aura_es import tables
 from aura_es.application import EventSourcedApp
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.catalog.model import Catalog
+from aura_es.errors import ConfigurationError, ServiceUnavailable
 from aura_es.projection.engine.loading import check_imports, select
 from aura_es.testing.catchup import CatchUp, CaughtUp, caught_up
+from aura_es.testing.cluster import NatsCluster, PostgresPair
 from aura_es.testing.servers import (
     PostgresServer,
     Source,
@@ -37,6 +39,11 @@ from aura_es.testing.servers import (
     nats_server,
     postgres_server,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "aura_async_replication: aura_pg_pair replicates asynchronously")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -129,3 +136,38 @@ def aura_caught_up(aura_database_url: str, aura_catalog: Catalog) -> CatchUp:
         return caught_up(aura_database_url, select(aura_catalog, names), timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def aura_pg_pair(request: pytest.FixtureRequest) -> Iterator[PostgresPair]:
+    """A private PostgreSQL primary with a streaming hot standby on 127.0.0.1 (synchronous
+    replication; mark a test ``@pytest.mark.aura_async_replication`` for asynchronous),
+    with every aura-es table: ``pair.url()`` names both hosts. Killed and removed after
+    the test."""
+    synchronous = request.node.get_closest_marker("aura_async_replication") is None
+    workdir = Path(tempfile.mkdtemp(prefix="aura-pair-", dir="/tmp"))
+    try:
+        pair = PostgresPair(workdir, synchronous=synchronous).start()
+    except (ConfigurationError, ServiceUnavailable) as e:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.skip(f"no PostgreSQL pair for the failover tests: {e}")
+    try:
+        tables.create_all(pair.url())
+        yield pair
+    finally:
+        pair.stop()
+
+
+@pytest.fixture
+def aura_nats_cluster() -> Iterator[NatsCluster]:
+    """A private 3-node JetStream cluster on 127.0.0.1; ``cluster.url`` lists every node."""
+    workdir = Path(tempfile.mkdtemp(prefix="aura-nc-", dir="/tmp"))
+    try:
+        cluster = NatsCluster(workdir).start()
+    except (ConfigurationError, ServiceUnavailable) as e:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.skip(f"no NATS cluster for the failover tests: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
