@@ -8,6 +8,9 @@ same time, therefore store exactly what one run stores.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
+import queue
 import random
 import threading
 import time
@@ -226,4 +229,126 @@ def run_load(
             f.result()
     racer.shutdown()
     report.seconds = time.perf_counter() - started
+    return report
+
+
+# -- paced load: a steady rate, open loop -----------------------------------------------
+
+PROFILES = ("sustained", "spike", "soak")
+
+
+def due_at(profile: str, rate: float, duration: float, k: int) -> float:
+    """When command ``k`` (0-based) of a run is due, in seconds from its start, for the
+    plan's load shapes scaled to ``rate``: sustained holds it; spike ramps it from 1% to
+    all of it over the run (the plan's 100 to 10,000 debates); soak holds 80% of it (the
+    plan's "80% of capacity", meant to run long). Solved from the count sent so far,
+    N(t) = integral of the rate, so a slow start does not stretch the first gap."""
+    if profile == "spike":
+        # N(t) = rate * (0.01 t + 0.495 t^2 / duration): the root of N(t) = k.
+        a, b = 0.495 * rate / duration, 0.01 * rate
+        return float((-b + math.sqrt(b * b + 4 * a * k)) / (2 * a))
+    if profile == "soak":
+        return k / (0.8 * rate)
+    return k / rate
+
+
+@dataclass
+class PacedReport:
+    profile: str
+    rate: float
+    duration: float
+    #: (scheduled, finished, error type or None) per command, in the order sent.
+    samples: list[tuple[float, float, str | None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, scheduled: float, finished: float, error: str | None) -> None:
+        with self._lock:
+            self.samples.append((scheduled, finished, error))
+
+    def as_dict(self) -> dict[str, object]:
+        ok = sorted(f - s for s, f, e in self.samples if e is None)
+        errors: dict[str, int] = {}
+        for _, _, e in self.samples:
+            if e is not None:
+                errors[e] = errors.get(e, 0) + 1
+        sent = len(self.samples)
+        return {
+            "profile": self.profile, "rate": self.rate, "duration_seconds": self.duration,
+            "sent": sent, "succeeded": len(ok), "failed": sent - len(ok), "errors": errors,
+            "success_ratio": round(len(ok) / sent, 6) if sent else 0.0,
+            "latency_ms": {f"p{q}": round(_quantile(ok, q / 100) * 1000, 2)
+                           for q in (50, 95, 99)},
+            "longest_unavailability_seconds": round(self.longest_unavailability(), 3),
+        }
+
+    def longest_unavailability(self) -> float:
+        """The longest time without a command completing successfully, as a client sees
+        it: between consecutive successes (and from the start to the first, and from the
+        last to the end of the run)."""
+        if not self.samples:
+            return 0.0
+        start = min(s for s, _, _ in self.samples)
+        end = max(f for _, f, _ in self.samples)
+        done = sorted(f for _, f, e in self.samples if e is None)
+        marks = [start, *done, end]
+        return max(b - a for a, b in itertools.pairwise(marks))
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run_paced(
+    app: AuraApp, *, seed: int, rate: float, duration: float, profile: str = "sustained",
+    lanes: int = 32, on_progress: Callable[[int], None] | None = None,
+) -> PacedReport:
+    """Sends the workload at ``rate`` commands/s (shaped by ``profile``) for ``duration``
+    seconds, open loop: each command is due at its time whether or not the ones before
+    it have finished, and its latency counts from then. ``lanes`` threads run scenarios
+    one step at a time (a scenario's steps depend on its first); a command that fails is
+    recorded and its scenario dropped (a failed create has no id to go on with)."""
+    report = PacedReport(profile, rate, duration)
+    due: queue.Queue[float | None] = queue.Queue()
+    source = scenarios(seed, 10**9)
+    source_lock = threading.Lock()
+
+    def lane() -> None:
+        scenario: Scenario | None = None
+        step, aggregate = 0, None
+        while (scheduled := due.get()) is not None:
+            if scenario is None or step >= len(scenario.steps):
+                with source_lock:
+                    scenario = next(source)
+                step, aggregate = 0, None
+            error: str | None = None
+            try:
+                result = app.execute(scenario.steps[step](app, aggregate))
+                aggregate = aggregate or result.aggregate_id
+                step += 1
+            except Exception as e:  # an outage past the deadline, a conflict: recorded
+                error = type(e).__name__
+                scenario = None
+            report.record(scheduled, time.monotonic(), error)
+            if on_progress is not None:
+                on_progress(1)
+
+    threads = [threading.Thread(target=lane, name=f"paced-{i}", daemon=True)
+               for i in range(max(1, lanes))]
+    for thread in threads:
+        thread.start()
+    started = time.monotonic()
+    for k in itertools.count():
+        offset = due_at(profile, rate, duration, k)
+        if offset >= duration:
+            break
+        wait = started + offset - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        due.put(started + offset)
+    for _ in threads:
+        due.put(None)
+    for thread in threads:
+        thread.join()
     return report

@@ -19,10 +19,23 @@ def load(
     batch_size: int = typer.Option(
         1, "--batch-size", help="Scenarios a thread runs side by side, one transaction a wave."
     ),
+    rate: float | None = typer.Option(
+        None, "--rate", help="Commands per second, open loop (with --duration): reports"
+                             " success ratio, latency percentiles and the longest outage."),
+    duration: float | None = typer.Option(
+        None, "--duration", help="Seconds to send at --rate (1 to 86400)."),
+    profile: str = typer.Option(
+        "sustained", "--profile",
+        help="With --rate: sustained (the rate), spike (a ramp from 1% to all of it) or"
+             " soak (80% of it)."),
     database_url: DatabaseUrl = None,
     json: Json = False,
 ) -> None:
-    """Send a realistic workload of debates, decisions and LLM calls."""
+    """Send a realistic workload of debates, decisions and LLM calls: a number of
+    commands as fast as they go (--commands), or a steady rate (--rate, --duration)."""
+    if rate is not None or duration is not None:
+        _paced(seed, rate, duration, profile, concurrency, database_url, json)
+        return
     if commands < 1:
         raise fail(f"--commands must be >= 1, got {commands}")
     if not 0.0 <= duplicate_rate <= 1.0:
@@ -55,3 +68,42 @@ def load(
         f"stored {data['events_stored']} events, absorbed {data['duplicates_absorbed']} "
         f"duplicates, {data['events_per_second']} events/s"
     )
+
+
+def _paced(seed: int, rate: float | None, duration: float | None, profile: str,
+           concurrency: int, database_url: str | None, json: bool) -> None:
+    if rate is None or duration is None:
+        raise fail("--rate and --duration go together")
+    if not 0.1 <= rate <= 100_000 or rate != rate:
+        raise fail(f"--rate must be between 0.1 and 100000 commands/s, got {rate:g}")
+    if not 1 <= duration <= 86_400 or duration != duration:
+        raise fail(f"--duration must be between 1 and 86400 s, got {duration:g}")
+    from aura_es.app import AuraApp
+    from aura_es.load import PROFILES, run_paced
+
+    if profile not in PROFILES:
+        raise fail(f"--profile must be one of {', '.join(PROFILES)}, got {profile[:40]!r}")
+    lanes = max(concurrency, 32)
+    app = AuraApp(settings(database_url).resolved_database_url(), pool_size=min(lanes, 16))
+    try:
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=console, disable=json, transient=True,
+        ) as progress:
+            task = progress.add_task(f"{profile} load at {rate:g}/s",
+                                     total=int(rate * duration))
+            report = run_paced(app, seed=seed, rate=rate, duration=duration, profile=profile,
+                               lanes=lanes, on_progress=lambda n: progress.advance(task, n))
+    finally:
+        app.close()
+    data = report.as_dict()
+    if json:
+        emit_json(data)
+        return
+    latency = data["latency_ms"]
+    assert isinstance(latency, dict)
+    typer.echo(
+        f"{data['succeeded']}/{data['sent']} commands succeeded ({data['success_ratio']:.4%});"
+        f" latency p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms;"
+        f" longest unavailability {data['longest_unavailability_seconds']} s"
+        + (f"; errors {data['errors']}" if data["errors"] else ""))

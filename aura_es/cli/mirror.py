@@ -16,13 +16,14 @@ from aura_es.cli.common import (
     NatsUrl,
     console,
     emit_json,
+    fail,
     handle_errors,
     parse_duration,
     settings,
 )
-from aura_es.db import connect
+from aura_es.db import connect, hosts_of
 from aura_es.errors import AuraError, ServiceUnavailable
-from aura_es.mirror import schema_registry
+from aura_es.mirror import replication, schema_registry
 from aura_es.mirror.relay import Relay
 from aura_es.mirror.stream import StreamSettings
 from aura_es.mirror.verify import verify as verify_stream
@@ -52,6 +53,10 @@ def run(
     schemas_dir: Annotated[Path, typer.Option(
         "--schemas-dir", envvar="AURA_ES_SCHEMAS",
         help="The event schema registry to publish to the AURA_SCHEMAS bucket.")] = Path("schemas"),
+    standby_guard: Annotated[bool, typer.Option(
+        "--standby-guard/--no-standby-guard",
+        help="Publish an event only once every streaming standby has flushed it (so a"
+             " failover never leaves the stream ahead of the store).")] = True,
 ) -> None:
     """Relay every stored event to JetStream, in order, exactly once, until SIGTERM."""
     config = _settings(stream, subject_prefix, replicas, max_age)
@@ -59,8 +64,15 @@ def run(
     url = resolved.resolved_database_url()
     with connect(url) as conn:
         tables.require_all(conn)
+    if standby_guard:
+        lagging = replication.standbys_named_in(hosts_of(url), lambda host, port: connect(
+            url, host=host, port=port))
+        if lagging:
+            raise fail(f"standby {lagging[0]} (named in the database URL) is not streaming"
+                       " from the primary: start its replication or leave it out of the URL")
     relay = Relay(url, resolved.resolved_nats_url(), config, force_pipelined=force_pipelined,
-                  schemas=schema_registry.local_schemas(schemas_dir))
+                  schemas=schema_registry.local_schemas(schemas_dir),
+                  standby_guard=standby_guard)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -105,9 +117,9 @@ def verify(
             f" events (mirrored up to position {report.mirrored_up_to},"
             f" {report.not_yet_mirrored} not yet mirrored); missing {len(report.missing)},"
             f" duplicated {len(report.duplicated)}, out of order {len(report.out_of_order)},"
-            f" different {len(report.different)}"
+            f" different {len(report.different)}, phantoms {len(report.phantoms)}"
         )
-        for name in ("missing", "duplicated", "out_of_order", "different"):
+        for name in ("missing", "duplicated", "out_of_order", "different", "phantoms"):
             if data[name]:
                 typer.echo(f"  {name}: positions {data[name][:50]}")
         if report.foreign_messages:

@@ -27,7 +27,7 @@ from aura_es.db import connect_async
 from aura_es.dsn import nats_servers, redact
 from aura_es.errors import ConfigurationError
 from aura_es.log import get_logger
-from aura_es.mirror import progress, schema_registry
+from aura_es.mirror import divergence, progress, replication, schema_registry
 from aura_es.mirror.cloudevents import Message, message_id, to_message
 from aura_es.mirror.publish import (
     MAX_ATOMIC_BATCH,
@@ -45,6 +45,8 @@ from aura_es.store.eventlog import Cursor
 RECONNECT = Backoff(base=1.0, cap=30.0)
 #: Waits before re-reading the stream's tail after an unconfirmed batch.
 REPUBLISH = Backoff(base=0.4, cap=10.0)
+#: While idle, how often the stream's tail is compared with what the relay confirmed.
+TAIL_CHECK_SECONDS = 5.0
 
 
 def supports_atomic(version: str) -> bool:
@@ -61,6 +63,7 @@ class Relay:
         self, database_url: str, nats_url: str, settings: StreamSettings, *,
         batch_size: int = MAX_ATOMIC_BATCH, force_pipelined: bool = False,
         poll_seconds: float = 0.5, schemas: Mapping[str, dict[str, Any]] | None = None,
+        standby_guard: bool = True,
     ) -> None:
         self.database_url = database_url
         self.nats_url = nats_url
@@ -75,6 +78,9 @@ class Relay:
         self.max_payload = 0
         #: The event schemas to put in the registry bucket, by URI (docs/schemas.md).
         self.schemas = dict(schemas or {})
+        #: Publish an event only once every streaming standby has flushed it.
+        self.standby_guard = standby_guard
+        self._tail_checked = 0.0
 
     async def run(self) -> None:
         # Unreachable services are said, backed off and tried again for ever; a
@@ -183,7 +189,12 @@ class Relay:
             if not messages:
                 await progress.record(conn, self.settings.name, cursor, last_seq)
                 await self._wait(conn)
+                if await self._tail_went_back(js, last_seq):
+                    last_seq, cursor = await self._resume(js, conn)
                 continue
+            if self.standby_guard:
+                # Nothing goes on the stream that a failover could take from the store.
+                await replication.wait_until_standbys_have(conn, self.stop)
             # Read the next batch while this one is published: store and broker work in
             # parallel. It is used only if this batch is confirmed.
             prefetched = asyncio.ensure_future(self._read(conn, messages[-1].cursor))
@@ -223,6 +234,10 @@ class Relay:
 
         resume = await resume_point(js, self.settings.name, self.store_id, is_own_legacy,
                                     on_foreign=still_reading)
+        if resume.msg_id and not await divergence.matches(conn, resume.cursor.position,
+                                                           resume.msg_id):
+            raise divergence.refuse(self.settings.name, await divergence.first_phantom(
+                js, self.settings.name, str(self.store_id), conn, resume.seq))
         if resume.foreign:
             # Loudly: someone else publishes on the events' subjects.
             self.log.error(
@@ -232,6 +247,19 @@ class Relay:
                 subjects=f"{self.settings.subject_prefix}.>",
             )
         return resume.last_seq, resume.cursor
+
+    async def _tail_went_back(self, js: JetStreamContext, last_seq: int) -> bool:
+        """While idle, now and then: has the stream lost its tail (a cluster that crashed
+        before its data reached the disk)? Then what it lost is published again."""
+        if time.monotonic() - self._tail_checked < TAIL_CHECK_SECONDS:
+            return False
+        self._tail_checked = time.monotonic()
+        info = await js.stream_info(self.settings.name)
+        if (info.state.last_seq or 0) >= last_seq:
+            return False
+        self.log.warning("the stream lost messages it had confirmed; publishing them again",
+                         stream_seq=info.state.last_seq, expected=last_seq)
+        return True
 
     async def _read(self, conn: psycopg.AsyncConnection[Any], after: Cursor) -> list[Message]:
         # NOTIFYs received so far are for events this read sees; psycopg keeps later ones

@@ -120,6 +120,9 @@ class Resume:
     #: Messages after this store's last one that are not its own (skipped, reported).
     foreign: int = 0
     foreign_example: str | None = None
+    #: The stream sequence and message id of this store's last message (0 and "": none).
+    seq: int = 0
+    msg_id: str = ""
 
 
 #: Answers whether a message without a store id (published before stores had ids) is
@@ -160,7 +163,8 @@ async def resume_point(
                     " stream (--stream)"
                 )
             transaction = _int(headers.get(TRANSACTION_HEADER)) or 0
-            return Resume(last_seq, Cursor(transaction, position), foreign, example)
+            return Resume(last_seq, Cursor(transaction, position), foreign, example, seq,
+                          headers.get("Nats-Msg-Id", ""))
         if position is not None and await is_own_legacy(position, headers.get("Nats-Msg-Id", "")):
             return Resume(last_seq, Cursor(0, position), foreign, example)
         if position is not None:

@@ -44,6 +44,9 @@ class Report:
     duplicated: list[int] = field(default_factory=list)
     out_of_order: list[int] = field(default_factory=list)
     different: list[int] = field(default_factory=list)
+    #: Events on the stream that the store does not hold (its position is empty in the
+    #: store, or holds another event): left by a failover that lost commits.
+    phantoms: list[int] = field(default_factory=list)
     #: Messages this store did not publish (no Aura headers): reported, not compared.
     foreign_messages: int = 0
     #: Messages another store published (another Aura-Store id).
@@ -51,7 +54,8 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.duplicated or self.out_of_order or self.different)
+        return not (self.missing or self.duplicated or self.out_of_order or self.different
+                    or self.phantoms)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -160,10 +164,12 @@ def compare(settings: StreamSettings, database_url: str, messages: list[Mirrored
             expected = to_message(event, settings.subject_prefix,
                                   UUID(store) if found.store else None,
                                   dataschema=found.dataschema)
-            if (found.msg_id, found.digest) != (expected.msg_id, body_hash(expected.body)):
+            if found.msg_id != expected.msg_id:
+                report.phantoms.append(event.position)  # another event at that position
+            elif found.digest != body_hash(expected.body):
                 report.different.append(event.position)
-    # Messages whose position no stored event has are differences too.
-    report.different.extend(sorted(first))
+    # Messages whose position no stored event has: the store never kept them.
+    report.phantoms = sorted([*report.phantoms, *first])
     return report
 
 

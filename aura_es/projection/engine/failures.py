@@ -59,6 +59,8 @@ def _transient_types(paths: tuple[str, ...]) -> tuple[type[BaseException], ...]:
 # resources, an administrator, the server itself. Dead-lettering events one by one for
 # them would flood the DLQ, so they count as systemic: retried behind the breaker.
 SYSTEMIC_SQLSTATE_CLASSES = frozenset({"42", "53", "57", "58", "XX"})
+#: A read-only transaction (a standby, a server in recovery): every write fails alike.
+SYSTEMIC_SQLSTATES = frozenset({"25006"})
 
 
 def is_transient(error: BaseException, types: tuple[type[BaseException], ...]) -> bool:
@@ -68,7 +70,8 @@ def is_transient(error: BaseException, types: tuple[type[BaseException], ...]) -
         if isinstance(seen, types):
             return True
         sqlstate = getattr(seen, "sqlstate", None) if isinstance(seen, psycopg.Error) else None
-        if sqlstate and sqlstate[:2] in SYSTEMIC_SQLSTATE_CLASSES:
+        if sqlstate and (sqlstate[:2] in SYSTEMIC_SQLSTATE_CLASSES
+                         or sqlstate in SYSTEMIC_SQLSTATES):
             return True
         seen = seen.__cause__
     return False
