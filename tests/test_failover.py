@@ -5,14 +5,24 @@ succeed without the caller retrying, and nothing acknowledged is lost or doubled
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from aura_es import AuraApp, ServiceUnavailable
-from aura_es.testing.cluster import PostgresPair
+from aura_es.db import connect
+from aura_es.testing.cluster import NatsCluster, PostgresPair
+from tests.support.chaos import writer
+from tests.support.cli import assert_one_line_error, aura
+from tests.support.logs import LogLines
+from tests.support.mirror import start_relay, verify
+from tests.support.workers import env_for, wait_for
 
 pytestmark = [pytest.mark.failover, pytest.mark.timeout(300)]
 
@@ -73,3 +83,157 @@ def test_an_outage_longer_than_the_deadline_is_one_clear_error(
         assert "\n" not in str(refused.value)
     finally:
         app.close()
+
+
+# -- the mirror across failovers --------------------------------------------------------
+
+
+def start_debates(url: str, prefix: str, count: int) -> None:
+    app = AuraApp(url, pool_size=1)
+    try:
+        for i in range(count):
+            app.start_debate(f"{prefix} {i}", ["a"], idempotency_key=f"{prefix}-{i}")
+    finally:
+        app.close()
+
+
+def stored(url: str) -> int:
+    with connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM aura_events").fetchone()
+        return int(row[0]) if row else 0
+
+
+def relay_waits_for_its_standby(url: str) -> bool:
+    """The relay's session is inside the standby guard (asking how far standbys are)."""
+    with connect(url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND query LIKE '%%flush_lsn <%%'").fetchone() != (0,)
+
+
+@pytest.mark.aura_async_replication
+def test_an_asynchronous_failover_leaves_no_event_on_the_stream_the_store_lost(
+    aura_pg_pair: PostgresPair, private_nats: tuple[str, Path],
+) -> None:
+    """The issue's reproduction: the standby's WAL receiver stalls, commands go on, the
+    primary dies and the stale standby is promoted. The relay (on the multi-host URL)
+    published nothing the standby had not flushed, so the stream holds no phantom, and
+    what is written after the promotion reaches it."""
+    url, nats_url = aura_pg_pair.url(), private_nats[0]
+    start_debates(url, "before", 20)
+    relay = start_relay(url, nats_url, "FAILOVER")
+    lines = LogLines(relay)
+    try:
+        wait_for("the first 20 on the stream", lambda: verify_ok(url, nats_url, 20))
+        aura_pg_pair.stall_replication()
+        start_debates(url, "lost", 30)  # acknowledged by the primary alone
+        wait_for("the relay to wait for its standby", lambda: relay_waits_for_its_standby(url))
+        aura_pg_pair.crash_primary()
+        aura_pg_pair.promote_standby()
+        assert stored(url) == 20  # the 30 were never on the standby: lost with the primary
+        start_debates(url, "after", 10)
+        wait_for("the stream to equal the new primary", lambda: verify_ok(url, nats_url, 30))
+        report = verify(url, nats_url, "FAILOVER")
+        assert report["phantoms"] == [] and report["missing"] == []
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=60)
+    assert "relaying" in lines.text()
+
+
+def verify_ok(url: str, nats_url: str, events: int, stream: str = "FAILOVER") -> bool:
+    report = verify_if_there(url, nats_url, stream)
+    return bool(report and report["ok"] and report["stream_messages"]
+                == report["stored_events"] == events)
+
+
+def verify_if_there(url: str, nats_url: str, stream: str) -> dict[str, Any] | None:
+    """verify's report, or None while the relay has not made the stream yet."""
+    result = aura("mirror", "verify", "--nats-url", nats_url, "--stream", stream,
+                  "--subject-prefix", stream.lower(), "--json", env=env_for(url))
+    if result.returncode == 2 and "stream not found" in result.stderr:
+        return None
+    assert result.returncode in (0, 1), result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def test_a_relay_on_a_store_behind_its_stream_stops_naming_the_first_phantom(
+    db_url: str, private_nats: tuple[str, Path],
+) -> None:
+    """As after restoring a backup taken before the last events: the stream holds events
+    the store lacks. The relay stops with one line; verify lists them as phantoms."""
+    nats_url = private_nats[0]
+    start_debates(db_url, "kept", 12)
+    relay = start_relay(db_url, nats_url, "RESTORED")
+    wait_for("the stream", lambda: published(db_url, nats_url, "RESTORED") == 12)
+    relay.send_signal(signal.SIGTERM)
+    relay.wait(timeout=60)
+    with connect(db_url) as conn:  # the backup: the last 4 events never happened
+        gone = [r[0] for r in conn.execute(
+            "DELETE FROM aura_events WHERE notification_id IN (SELECT notification_id FROM"
+            " aura_events ORDER BY notification_id DESC LIMIT 4) RETURNING notification_id")]
+    stopped = aura("mirror", "run", "--nats-url", nats_url, "--stream", "RESTORED",
+                   "--subject-prefix", "restored", env=env_for(db_url), timeout=60)
+    assert_one_line_error(stopped, f"from position {min(gone)}", "Nothing was published",
+                          "mirror verify")
+    report = verify(db_url, nats_url, "RESTORED")
+    assert sorted(report["phantoms"]) == sorted(gone) and not report["ok"]
+
+
+# -- a JetStream cluster ----------------------------------------------------------------
+
+
+def stream_holds_the_store(url: str, nats_url: str, stream: str) -> bool:
+    report = verify_if_there(url, nats_url, stream)
+    return bool(report and report["ok"]
+                and report["stream_messages"] == report["stored_events"] > 0)
+
+
+def published(url: str, nats_url: str, stream: str) -> int:
+    report = verify_if_there(url, nats_url, stream)
+    return int(report["stream_messages"]) if report else 0
+
+
+def test_the_stream_leader_killed_and_restarted_loses_and_doubles_nothing(
+    db_url: str, aura_nats_cluster: NatsCluster,
+) -> None:
+    """An R3 stream; its leader node SIGKILLed while the relay publishes, restarted 10 s
+    later: every event once, in order."""
+    nats_url = aura_nats_cluster.url
+    writers = [writer(db_url, seed, 40) for seed in (21, 22)]
+    relay = start_relay(db_url, nats_url, "CLUSTERED", "--replicas", "3")
+    try:
+        wait_for("the relay to publish", lambda: published(db_url, nats_url, "CLUSTERED") > 20)
+        leader = aura_nats_cluster.stream_leader("CLUSTERED")
+        aura_nats_cluster.kill_node(leader)
+        restart = threading.Timer(10.0, aura_nats_cluster.start_node, args=(leader,))
+        restart.start()
+        assert [w.wait(timeout=180) for w in writers] == [0, 0]
+        restart.join()
+        wait_for("the stream to hold the store", lambda: stream_holds_the_store(
+            db_url, nats_url, "CLUSTERED"), timeout=120)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=60)
+
+
+def test_a_cluster_killed_whole_gets_back_what_it_lost(
+    db_url: str, aura_nats_cluster: NatsCluster,
+) -> None:
+    """All three nodes SIGKILLed while the relay publishes (JetStream flushes to disk
+    every two minutes by default, so a coordinated crash may lose acknowledged
+    messages): once they are back, whatever the stream lost is published again."""
+    nats_url = aura_nats_cluster.url
+    load = writer(db_url, 23, 60)
+    relay = start_relay(db_url, nats_url, "CRASHED", "--replicas", "3")
+    try:
+        wait_for("the relay to publish", lambda: published(db_url, nats_url, "CRASHED") > 20)
+        aura_nats_cluster.kill_all()
+        for node in range(aura_nats_cluster.size):
+            aura_nats_cluster.start_node(node)
+        assert load.wait(timeout=180) == 0
+        wait_for("the stream to hold the store again", lambda: stream_holds_the_store(
+            db_url, nats_url, "CRASHED"), timeout=180)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=60)

@@ -8,7 +8,6 @@ import json
 import random
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -217,6 +216,10 @@ def test_bad_mirror_input_is_exit_2(
     wrong_prefix = aura("mirror", "verify", "--nats-url", url, "--stream", "TAKEN",
                         "--subject-prefix", "other", env=cli_env)
     assert_one_line_error(wrong_prefix, "takes subjects taken.>", "--subject-prefix")
+    # More replicas than the servers can hold (one server here): a wrong setting.
+    too_many = aura("mirror", "run", "--nats-url", url, "--stream", "R3", "--subject-prefix",
+                    "r3", "--replicas", "3", env=cli_env, timeout=60)
+    assert_one_line_error(too_many, "cannot create stream 'R3' with 3 replicas", "--replicas")
 
 
 def stream_exists(url: str, stream: str) -> bool:
@@ -232,18 +235,31 @@ def stream_exists(url: str, stream: str) -> bool:
     return asyncio.run(check())
 
 
-def test_an_unreachable_broker_is_retried_not_a_crash(cli_env: dict[str, str]) -> None:
-    relay = subprocess.Popen(
-        [sys.executable, "-m", "aura_es.cli", "mirror", "run", "--nats-url", "nats://127.0.0.1:1"],
-        env=cli_env, cwd=ROOT, text=True, stderr=subprocess.PIPE,
-    )
+def test_an_unreachable_broker_is_one_line_then_an_outage_is_retried(
+    app: AuraApp, cli_env: dict[str, str], private_nats: tuple[str, Path],
+) -> None:
+    """No server of the list answering at the start is a wrong URL (exit 2, one line);
+    a broker that goes away once the relay runs is an outage, retried until it is back."""
+    refused = aura("mirror", "run", "--nats-url", "nats://127.0.0.1:1,nats://127.0.0.1:2",
+                   env=cli_env, timeout=60)
+    assert_one_line_error(refused, "no NATS server answers at nats://127.0.0.1:1")
+    url, nats_dir = private_nats
+    port = int(url.rsplit(":", 1)[1])
+    app.start_debate("t", ["a"], idempotency_key="k1")
+    relay = start_relay(app.database_url, url, "OUTAGE")
     lines = LogLines(relay)
-    # Retried, not crashed: two refusals logged, and the relay is still there after them.
-    lines.wait_for("two refused connections", lambda text: text.count(
-        "ConnectionRefusedError") >= 2 and "nats connection" in text)
-    assert relay.poll() is None
-    relay.send_signal(signal.SIGTERM)
-    assert relay.wait(timeout=30) == 0
+    try:
+        wait_for("the first event", lambda: mirrored_up_to(app.database_url) > 0, 30)
+        embedded.stop_nats(nats_dir)
+        lines.wait_for("the relay to notice", lambda text: "nats connection" in text)
+        assert relay.poll() is None
+        assert embedded.start_nats(nats_dir, port) == url
+        app.start_debate("u", ["a"], idempotency_key="k2")
+        wait_for("the mirror after the outage", lambda: mirrored_up_to(
+            app.database_url) == head(app.database_url), 60)
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=60) == 0
 
 
 

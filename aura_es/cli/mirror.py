@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from aura_es import tables
+from aura_es import broker, tables
 from aura_es.cli.common import (
     DatabaseUrl,
     Json,
@@ -23,7 +23,7 @@ from aura_es.cli.common import (
 )
 from aura_es.db import connect, hosts_of
 from aura_es.errors import AuraError, ServiceUnavailable
-from aura_es.mirror import replication, schema_registry
+from aura_es.mirror import divergence, replication, schema_registry
 from aura_es.mirror.relay import Relay
 from aura_es.mirror.stream import StreamSettings
 from aura_es.mirror.verify import verify as verify_stream
@@ -64,6 +64,10 @@ def run(
     url = resolved.resolved_database_url()
     with connect(url) as conn:
         tables.require_all(conn)
+    # Checked once at the start, like the database: a list of servers none of which
+    # answers is a wrong URL to report, not an outage to wait out.
+    asyncio.run(broker.check(resolved.resolved_nats_url()))
+    asyncio.run(divergence.check(url, resolved.resolved_nats_url(), stream))
     if standby_guard:
         lagging = replication.standbys_named_in(hosts_of(url), lambda host, port: connect(
             url, host=host, port=port))

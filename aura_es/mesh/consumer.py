@@ -34,8 +34,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from nats.js import JetStreamContext
 
+from aura_es import broker
 from aura_es.db import connect
-from aura_es.dsn import nats_servers
 from aura_es.errors import ConfigurationError, ServiceUnavailable
 from aura_es.log import get_logger
 from aura_es.mesh import checkpoint, rejected, resume
@@ -161,9 +161,7 @@ class MeshConsumer:
 
     async def run(self) -> None:
         """Until ``stop`` is set. Broker and database outages are retried for ever."""
-        nc = await nats.connect(nats_servers(self.nats_url), max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.5, connect_timeout=5,
-                                error_cb=self._nats_error)
+        nc = await broker.connect(self.nats_url, error_cb=self._nats_error)
         try:
             while not self.stop.is_set():
                 try:
@@ -349,8 +347,7 @@ class MeshConsumer:
         """Hands the poison and parked events (of one aggregate, or all) to their handlers
         again, in stream order, in one transaction that also forgets them; returns how
         many were applied. A handler that still fails raises, and nothing changes."""
-        nc = await nats.connect(nats_servers(self.nats_url), connect_timeout=5,
-                                max_reconnect_attempts=1, error_cb=self._nats_error)
+        nc = await broker.connect(self.nats_url, error_cb=self._nats_error, forever=False)
         try:
             js = nc.jetstream()
             with connect(self.database_url) as conn:

@@ -71,3 +71,33 @@ def refuse(stream: str, phantom: Phantom) -> StreamAheadOfStore:
         " to mirror this store again, delete the stream (`nats stream rm"
         f" {stream}`) and run `aura-es mirror run`; services that consumed those events"
         " hold them too and must be rebuilt (docs/operations.md)")
+
+
+async def check(database_url: str, nats_url: str, stream: str) -> None:
+    """Before a relay starts: ``StreamAheadOfStore`` when the stream's last event of this
+    store is not in the store (a stream that does not exist yet is fine)."""
+    from aura_es import broker
+    from aura_es.db import connect_async
+    from aura_es.mirror.stream import resume_point
+    from aura_es.store import identity
+
+    async with await connect_async(database_url) as conn:
+        store_id = await identity.store_id_async(conn)
+        nc = await broker.connect(nats_url, forever=False)
+        try:
+            js = nc.jetstream()
+            try:
+                await js.stream_info(stream)
+            except NotFoundError:
+                return
+
+            async def is_own_legacy(position: int, msg_id: str) -> bool:
+                return await matches(conn, position, msg_id)
+
+            resume = await resume_point(js, stream, store_id, is_own_legacy)
+            if resume.msg_id and not await matches(conn, resume.cursor.position,
+                                                   resume.msg_id):
+                raise refuse(stream, await first_phantom(js, stream, str(store_id), conn,
+                                                         resume.seq))
+        finally:
+            await nc.close()

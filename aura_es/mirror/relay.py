@@ -17,14 +17,13 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-import nats
 import psycopg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from aura_es import locks
+from aura_es import broker, locks
 from aura_es.db import connect_async
-from aura_es.dsn import nats_servers, redact
+from aura_es.dsn import redact
 from aura_es.errors import ConfigurationError
 from aura_es.log import get_logger
 from aura_es.mirror import divergence, progress, replication, schema_registry
@@ -117,10 +116,8 @@ class Relay:
 
     async def _connect_nats(self) -> Client | None:
         """Connects (reconnecting for ever once connected), or None if stopped meanwhile."""
-        connecting = asyncio.ensure_future(nats.connect(
-            nats_servers(self.nats_url), connect_timeout=5, max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, error_cb=self._nats_error,
-        ))
+        connecting = asyncio.ensure_future(broker.connect(
+            self.nats_url, error_cb=self._nats_error))
         stopping = asyncio.ensure_future(self.stop.wait())
         done, _ = await asyncio.wait(
             {connecting, stopping}, timeout=15, return_when=asyncio.FIRST_COMPLETED

@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from aura_es.errors import ConfigurationError
 from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER, TRANSACTION_HEADER
@@ -73,6 +73,8 @@ def require_subjects(have: api.StreamConfig, settings: StreamSettings) -> None:
 
 #: JetStream's error code for "subjects overlap with an existing stream".
 _SUBJECTS_OVERLAP = 10065
+#: "insufficient resources" and "replicas > 1 not supported in non-clustered mode".
+_TOO_MANY_REPLICAS = frozenset({10023, 10074})
 
 
 async def ensure_stream(js: JetStreamContext, settings: StreamSettings, atomic: bool) -> bool:
@@ -83,10 +85,15 @@ async def ensure_stream(js: JetStreamContext, settings: StreamSettings, atomic: 
     except NotFoundError:
         try:
             await js.add_stream(want)
-        except BadRequestError as e:
-            if e.err_code != _SUBJECTS_OVERLAP:
-                raise
-            raise ConfigurationError(await _overlap(js, settings)) from None
+        except APIError as e:
+            if e.err_code == _SUBJECTS_OVERLAP:
+                raise ConfigurationError(await _overlap(js, settings)) from None
+            if e.err_code in _TOO_MANY_REPLICAS:
+                raise ConfigurationError(
+                    f"cannot create stream {settings.name!r} with {settings.replicas}"
+                    f" replicas: {e.description or 'the NATS servers cannot hold them'}"
+                    " (give --replicas at most the number of JetStream servers)") from None
+            raise
         return atomic
     diffs = _differences(want, info.config)
     if diffs:

@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import UUID
 
-import nats
 import orjson
 
+from aura_es import broker
 from aura_es.db import connect
-from aura_es.dsn import nats_servers
 from aura_es.mirror.cloudevents import (
     POSITION_HEADER,
     STORE_HEADER,
@@ -88,8 +87,7 @@ def _has_dataschema(body: bytes) -> bool:
 
 async def read_stream(nats_url: str, settings: StreamSettings) -> list[Mirrored]:
     """Every message, in stream order."""
-    nc = await nats.connect(nats_servers(nats_url), connect_timeout=5,
-                            max_reconnect_attempts=1, error_cb=_ignore)
+    nc = await broker.connect(nats_url, forever=False)
     try:
         js = nc.jetstream()
         info = await js.stream_info(settings.name)
@@ -122,9 +120,6 @@ def _int(value: str | None) -> int | None:
     except ValueError:
         return None
 
-
-async def _ignore(_: Exception) -> None:
-    """nats-py prints a traceback for every connection error; the caller reports it."""
 
 
 def compare(settings: StreamSettings, database_url: str, messages: list[Mirrored]) -> Report:

@@ -199,16 +199,30 @@ class PostgresPair:
     def restart(self, node: PgNode, mode: str = "fast") -> None:
         node.ctl("-w", "-m", mode, "-l", str(self.workdir / f"{node.name}.log"), "restart")
 
-    def stall_wal_receiver(self) -> int:
-        """SIGSTOPs the standby's WAL receiver, as a lagging link would: the primary goes on
-        committing (asynchronous mode) and the standby falls behind. Returns its pid."""
-        standby = self.standby
-        with psycopg.connect(standby.url, autocommit=True) as conn:
-            row = conn.execute("SELECT pid FROM pg_stat_wal_receiver").fetchone()
-        if row is None:
-            raise ServiceUnavailable("the standby has no WAL receiver to stall")
-        os.kill(int(row[0]), signal.SIGSTOP)
-        return int(row[0])
+    def stall_replication(self) -> list[int]:
+        """SIGSTOPs the primary's WAL senders, as a lagging link would: in asynchronous
+        mode the primary goes on committing, and what it commits now never reaches the
+        standby. Returns their pids (``crash_primary`` ends them with the primary)."""
+        primary = self.primary
+        with psycopg.connect(primary.url, autocommit=True) as conn:
+            pids = [int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_replication")]
+        if not pids:
+            raise ServiceUnavailable("the primary has no WAL sender to stall")
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def crash_primary(self) -> PgNode:
+        """SIGKILL to the primary's postmaster and every process of it, as a machine
+        that loses power: nothing more is sent to anyone (a stalled WAL sender included)."""
+        primary = self.primary
+        postmaster = int((primary.datadir / "postmaster.pid").read_text().split()[0])
+        for pid in [postmaster, *_children(postmaster)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait("the crashed primary to be gone", lambda: not _alive(postmaster))
+        (primary.datadir / "postmaster.pid").unlink(missing_ok=True)
+        return primary
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -327,6 +341,24 @@ class NatsCluster:
     def stop(self) -> None:
         self.kill_all()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def _accepts(port: int) -> bool:
