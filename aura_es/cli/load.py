@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+from typing import Annotated
+
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -24,6 +28,9 @@ def load(
                              " success ratio, latency percentiles and the longest outage."),
     duration: float | None = typer.Option(
         None, "--duration", help="Seconds to send at --rate (1 to 86400)."),
+    samples: Annotated[Path | None, typer.Option(
+        "--samples", help="With --rate: also write each command's due and finish times"
+                          " (monotonic seconds) and error to this CSV file.")] = None,
     profile: str = typer.Option(
         "sustained", "--profile",
         help="With --rate: sustained (the rate), spike (a ramp from 1% to all of it) or"
@@ -34,7 +41,7 @@ def load(
     """Send a realistic workload of debates, decisions and LLM calls: a number of
     commands as fast as they go (--commands), or a steady rate (--rate, --duration)."""
     if rate is not None or duration is not None:
-        _paced(seed, rate, duration, profile, concurrency, database_url, json)
+        _paced(seed, rate, duration, profile, concurrency, database_url, json, samples)
         return
     if commands < 1:
         raise fail(f"--commands must be >= 1, got {commands}")
@@ -71,7 +78,8 @@ def load(
 
 
 def _paced(seed: int, rate: float | None, duration: float | None, profile: str,
-           concurrency: int, database_url: str | None, json: bool) -> None:
+           concurrency: int, database_url: str | None, json: bool,
+           samples: Path | None) -> None:
     if rate is None or duration is None:
         raise fail("--rate and --duration go together")
     if not 0.1 <= rate <= 100_000 or rate != rate:
@@ -96,6 +104,11 @@ def _paced(seed: int, rate: float | None, duration: float | None, profile: str,
                                lanes=lanes, on_progress=lambda n: progress.advance(task, n))
     finally:
         app.close()
+    if samples is not None:
+        with samples.open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["due", "finished", "error"])
+            out.writerows(report.samples)
     data = report.as_dict()
     if json:
         emit_json(data)
