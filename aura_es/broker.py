@@ -44,8 +44,9 @@ async def connect(url: str, *, error_cb: ErrorCallback | None = None,
 async def check(url: str) -> None:
     """One clear error when none of the servers ``url`` lists answers."""
     try:
+        # One attempt at each server (nats-py reads 0 attempts as "for ever").
         nc = await nats.connect(nats_servers(url), connect_timeout=5, allow_reconnect=False,
-                                max_reconnect_attempts=0, error_cb=_quiet)
+                                max_reconnect_attempts=1, error_cb=_quiet)
     except Exception as e:
         raise ServiceUnavailable(f"no NATS server answers at {redact(url)}:"
                                  f" {type(e).__name__}") from None

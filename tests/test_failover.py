@@ -265,10 +265,13 @@ def test_an_idle_relay_publishes_again_what_its_stream_lost(
     try:
         wait_for("the stream", lambda: published(db_url, nats_url, "SHRUNK") == 10)
         asyncio.run(keep_only_the_first(nats_url, "SHRUNK", 6))
-        assert published(db_url, nats_url, "SHRUNK") == 6
         wait_for("the lost events again", lambda: stream_holds_the_store(
             db_url, nats_url, "SHRUNK"), timeout=60)
-        assert "the stream lost messages it had confirmed" in lines.text()
+        # Noticed by the idle check (or, if it looked while the stream was being made
+        # again, by the failed look): either way from the stream's own tail.
+        text = lines.text()
+        assert ("the stream lost messages it had confirmed" in text
+                or text.count('"event": "relaying"') >= 2), text[-2000:]
     finally:
         relay.send_signal(signal.SIGTERM)
         relay.wait(timeout=60)
