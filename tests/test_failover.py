@@ -357,3 +357,28 @@ def test_a_synchronous_failover_under_load_loses_and_doubles_nothing(
                 process.send_signal(signal.SIGTERM)
         for process in (supervisor, relay, *writers):
             process.wait(timeout=60)
+
+
+def test_status_watch_rides_out_a_restart(aura_pg_pair: PostgresPair, tmp_path: Path) -> None:
+    """`status --watch` keeps watching across a restart of the database (it reconnects),
+    and ends when the workers, started after it, have caught up."""
+    url = aura_pg_pair.url()
+    start_debates(url, "watched", 5)
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "aura_es.cli", "status", "--watch", "--until-caught-up",
+         "--timeout", "120"], env=env_for(url), cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with connect(url) as conn:
+        # The only other client is the watch (nothing else runs yet).
+        wait_for("the watch to look", lambda: conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'").fetchone() != (0,))
+    aura_pg_pair.restart(aura_pg_pair.primary, "fast")
+    supervisor = start_supervisor(url, *ALL, log=tmp_path / "workers.log")
+    try:
+        out, err = watching.communicate(timeout=150)
+        assert watching.returncode == 0, err
+        assert "DebateStateProjection" in out
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(timeout=60)

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import orjson
+import psycopg
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from aura_es import durations
+from aura_es.db import first_line
 from aura_es.dsn import redact
 from aura_es.errors import AuraError
 from aura_es.settings import Settings
@@ -65,6 +67,8 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except AuraError as e:
             raise fail(str(e)) from None
+        except psycopg.OperationalError as e:  # the server went away in mid-command
+            raise fail(f"the database connection failed: {redact(first_line(e))}") from None
 
     return wrapper
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
+import psycopg
 import typer
 from psycopg import sql
 from rich.live import Live
@@ -19,10 +21,12 @@ from aura_es.cli.catalog import DEFAULT_PATH, CatalogPath
 from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors, settings
 from aura_es.cli.render import Format
 from aura_es.db import connect
+from aura_es.errors import ServiceUnavailable
 from aura_es.ops.status import horizon_status, mirror_status, projection_status
 from aura_es.projection.engine.loading import build, select
 from aura_es.projection.handlers.declarative import DeclarativeProjection
 
+T = TypeVar("T")
 _COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": "red",
            "breaker_open": "red"}
 
@@ -96,6 +100,28 @@ def _dead_letters(row: dict[str, Any]) -> str:
     return f"[red]{row['dead_letters']}[/] (+{row['parked_events']})"
 
 
+class _Reader:
+    """The watch's connection: lost to an outage, it is made again at the next look."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = connect(url)
+
+    def read(self, look: Callable[[psycopg.Connection[Any]], T], last: T) -> T:
+        """``look`` on a live connection; while the database is away, ``last``."""
+        try:
+            if self.conn.closed or self.conn.broken:
+                self.conn = connect(self.url)
+            return look(self.conn)
+        except (psycopg.OperationalError, ServiceUnavailable):
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()
+            return last
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 @handle_errors
 def status(
     catalog: CatalogPath = DEFAULT_PATH,
@@ -115,9 +141,11 @@ def status(
     out = render.console()
     # Redrawn in place on a terminal; a pipe or a log gets the final table once.
     live = watch and out.is_terminal and not json
-    with connect(settings(database_url).resolved_database_url()) as conn:
-        tables.require_all(conn)
-        rows = projection_status(conn, specs)
+    url = settings(database_url).resolved_database_url()
+    reader = _Reader(url)
+    with contextlib.closing(reader):
+        tables.require_all(reader.conn)
+        rows = projection_status(reader.conn, specs)
         if watch:
             deadline = time.monotonic() + timeout if timeout else None
             with Live(_table(rows, wide), console=out, auto_refresh=False,
@@ -126,11 +154,14 @@ def status(
                     if deadline and time.monotonic() > deadline:
                         raise fail(f"projections did not catch up within {timeout:g}s")
                     time.sleep(1)
-                    rows = projection_status(conn, specs)
+                    # A failover or a restart while watching: the next look reconnects
+                    # (to the new primary of a multi-host URL) instead of ending.
+                    rows = reader.read(lambda c: projection_status(c, specs), rows)
                     if screen is not None:
                         screen.update(_table(rows, wide), refresh=True)
-        mirrors = mirror_status(conn)
-        horizon = horizon_status(conn)
+        no_mirrors: list[dict[str, Any]] = []
+        mirrors = reader.read(mirror_status, no_mirrors)
+        horizon = reader.read(horizon_status, {"horizon": None, "held_back": None})
     if json:
         emit_json({"projections": rows, "mirror": mirrors, "horizon": horizon})
         return
