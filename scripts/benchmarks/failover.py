@@ -12,7 +12,6 @@ latency with the standby guard and without it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import json
@@ -25,16 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats
 import psycopg
 
 from aura_es import tables
-from aura_es.app import AuraApp
-from aura_es.mirror.cloudevents import POSITION_HEADER
-from aura_es.mirror.relay import Relay
 from aura_es.mirror.stream import StreamSettings
 from aura_es.testing.cluster import NatsCluster, PostgresPair
-from scripts.benchmarks._common import console, paced_appends, percentile, report
+from scripts.benchmarks import mirror
+from scripts.benchmarks._common import console, percentile, report, scalar
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITERS = 4
@@ -150,56 +146,15 @@ def availability(pair: PostgresPair, cluster: NatsCluster, rate: float, seconds:
 
 
 def relay_latency(pair: PostgresPair, cluster: NatsCluster, guard: bool, rate: int,
-                  seconds: float) -> dict[str, float]:
+                  seconds: float) -> dict[str, Any]:
     """Append-to-stream latency at ``rate``/s, with or without the standby guard."""
-    url, nats_url = pair.url(), cluster.url
     name = "BENCH_GUARD" if guard else "BENCH_NOGUARD"
-    settings = StreamSettings(name=name, subject_prefix=name.lower(), replicas=3)
-    relay = Relay(url, nats_url, settings, standby_guard=guard)
-    thread = threading.Thread(target=lambda: asyncio.run(relay.run()), daemon=True)
-    thread.start()
-    received: dict[int, float] = {}
-    ready, stop = threading.Event(), threading.Event()
-
-    async def listen() -> None:
-        nc = await nats.connect(nats_url.split(","))
-        while True:
-            try:
-                await nc.jetstream().stream_info(name)
-                break
-            except Exception:
-                await asyncio.sleep(0.05)
-
-        async def on_message(msg: Any) -> None:
-            received[int((msg.headers or {})[POSITION_HEADER])] = time.perf_counter()
-
-        await nc.jetstream().subscribe(f"{name.lower()}.>", cb=on_message,
-                                       deliver_policy=nats.js.api.DeliverPolicy.NEW)
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await nc.close()
-
-    listener = threading.Thread(target=lambda: asyncio.run(listen()), daemon=True)
-    listener.start()
-    ready.wait(60)
-    time.sleep(2.0)  # the relay has caught up with what was stored before
-    committed: dict[int, float] = {}
-    app = AuraApp(url, pool_size=2)
-    try:
-        paced_appends(app, rate, seconds, f"guard-{guard}", committed)
-    finally:
-        app.close()
-    deadline = time.monotonic() + 30
-    while not all(p in received for p in committed) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    listener.join(timeout=10)
-    relay.stop.set()
-    thread.join(timeout=30)
-    ms = [(received[p] - t) * 1000 for p, t in committed.items() if p in received]
-    return {"seen": len(ms), "events": len(committed), "p50": percentile(ms, 50),
-            "p95": percentile(ms, 95)}
+    with psycopg.connect(mirror.connect_info(pair.url()), autocommit=True) as conn:
+        head = int(scalar(conn, "SELECT coalesce(max(notification_id), 0) FROM aura_events"))
+    return mirror.latency(pair.url(), cluster.url, rate, seconds, head,
+                          settings=StreamSettings(name=name, subject_prefix=name.lower(),
+                                                  replicas=3),
+                          standby_guard=guard)
 
 
 def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:

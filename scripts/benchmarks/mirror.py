@@ -18,6 +18,7 @@ import psycopg
 
 from aura_es import embedded
 from aura_es.app import AuraApp
+from aura_es.db import conninfo
 from aura_es.dsn import parse_database_url
 from aura_es.load import run_load
 from aura_es.mirror.cloudevents import POSITION_HEADER, to_message
@@ -46,14 +47,20 @@ def nats_server() -> Iterator[str]:
     embedded.stop_nats(workdir / "nats")
 
 
+def connect_info(url: str) -> str:
+    """The URL as conninfo, on the host that takes writes (a multi-host URL's primary)."""
+    return str(conninfo(url)[0])
+
+
 def mirror_position(url: str) -> int:
-    with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn:
+    with psycopg.connect(connect_info(url), autocommit=True) as conn:
         row = conn.execute("SELECT max(position) FROM aura_mirror_progress").fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
 
-def run_relay(url: str, nats_url: str, settings: StreamSettings, pipelined: bool) -> Relay:
-    relay = Relay(url, nats_url, settings, force_pipelined=pipelined)
+def run_relay(url: str, nats_url: str, settings: StreamSettings, pipelined: bool,
+              **options: Any) -> Relay:
+    relay = Relay(url, nats_url, settings, force_pipelined=pipelined, **options)
     thread = threading.Thread(target=lambda: asyncio.run(relay.run()), daemon=True)
     thread.start()
     relay.thread = thread  # type: ignore[attr-defined]
@@ -98,11 +105,14 @@ def raw_throughput(url: str, nats_url: str) -> float:
     return asyncio.run(publish())
 
 
-def latency(url: str, nats_url: str, rate: int, seconds: float, head: int) -> dict[str, Any]:
-    settings = StreamSettings(name="BENCH_LIVE", subject_prefix="bench_live")
-    with psycopg.connect(parse_database_url(url).conninfo(), autocommit=True) as conn:
+def latency(url: str, nats_url: str, rate: int, seconds: float, head: int, *,
+            settings: StreamSettings | None = None, **options: Any) -> dict[str, Any]:
+    """Append-to-stream latency at ``rate``/s through a relay of ``settings`` (after the
+    backlog up to ``head`` is mirrored); ``options`` go to the relay."""
+    settings = settings or StreamSettings(name="BENCH_LIVE", subject_prefix="bench_live")
+    with psycopg.connect(connect_info(url), autocommit=True) as conn:
         conn.execute("DELETE FROM aura_mirror_progress")
-    relay = run_relay(url, nats_url, settings, False)
+    relay = run_relay(url, nats_url, settings, False, **options)
     while mirror_position(url) < head:  # the backlog first: measure live events only
         time.sleep(0.05)
     committed: dict[int, float] = {}
@@ -111,10 +121,10 @@ def latency(url: str, nats_url: str, rate: int, seconds: float, head: int) -> di
     stop = threading.Event()
 
     async def listen() -> None:
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(nats_url.split(","))
         while True:
             try:
-                await nc.jetstream().stream_info("BENCH_LIVE")
+                await nc.jetstream().stream_info(settings.name)
                 break
             except Exception:
                 await asyncio.sleep(0.05)
@@ -122,7 +132,7 @@ def latency(url: str, nats_url: str, rate: int, seconds: float, head: int) -> di
         async def on_message(msg: Any) -> None:
             received[int((msg.headers or {})[POSITION_HEADER])] = time.perf_counter()
 
-        await nc.jetstream().subscribe("bench_live.>", cb=on_message,
+        await nc.jetstream().subscribe(f"{settings.subject_prefix}.>", cb=on_message,
                                        deliver_policy=nats.js.api.DeliverPolicy.NEW)
         ready.set()
         while not stop.is_set():
@@ -134,7 +144,7 @@ def latency(url: str, nats_url: str, rate: int, seconds: float, head: int) -> di
     ready.wait(30)
     time.sleep(1.0)
     app = AuraApp(url, pool_size=2)
-    paced_appends(app, rate, seconds, "m", committed)
+    paced_appends(app, rate, seconds, settings.name.lower(), committed)
     time.sleep(1.5)
     stop.set()
     listener.join()
