@@ -50,7 +50,7 @@ from aura_es.errors import (
 )
 from aura_es.schemas.validate import check_payload
 from aura_es.settings import Settings
-from aura_es.store import eventlog, idempotency, identity, owners
+from aura_es.store import eventlog, idempotency, identity, liveness, owners
 from aura_es.store.factory import SERIAL_APPENDS, WAKE_INTERVAL_MS, AuraFactory
 from aura_es.store.idempotency import IdempotencyRecord
 from aura_es.store.mapper import JsonMapper
@@ -139,7 +139,8 @@ class EventSourcedApp(Application[UUID]):
             "POSTGRES_MAX_OVERFLOW": str(self._pool_size),
             "POSTGRES_CONNECT_TIMEOUT": "5",
             # A pooled connection is checked before use: after a failover or a restart
-            # the pool's connections are dead, and a dead one is dropped, not handed out.
+            # the pool's connections are dead, and a dead one is dropped, not handed out
+            # (``store/liveness.py`` makes the check cost a poll(), not a round trip).
             "POSTGRES_PRE_PING": "y",
             "CREATE_TABLE": "n",
             SERIAL_APPENDS: "y" if self.serial_appends else os.environ.get(SERIAL_APPENDS, "n"),
@@ -153,7 +154,11 @@ class EventSourcedApp(Application[UUID]):
         factory = AuraFactory(env)
         # The library's pool knows five parameters; every other one the URL gives
         # (sslmode, sslrootcert, options, …) must reach its connections too.
-        pool_kwargs = factory.datastore.pool.kwargs
+        pool = factory.datastore.pool
+        # The library passes psycopg_pool's own check (a query per checkout); ours asks
+        # the socket first. The pool keeps its check here; the library offers no other way.
+        pool._check = liveness.check  # type: ignore[attr-defined]
+        pool_kwargs = pool.kwargs
         assert isinstance(pool_kwargs, dict)
         pool_kwargs.update(self._pg.connect_kwargs())
         # Writes go only where writes are taken: of a URL's hosts, the primary (a

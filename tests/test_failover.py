@@ -18,6 +18,7 @@ from typing import Any
 import nats
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from aura_es import AuraApp, ServiceUnavailable
 from aura_es.db import connect
@@ -74,10 +75,14 @@ def test_a_restart_is_invisible_to_the_next_keyed_command(aura_pg_pair: Postgres
     app = AuraApp(aura_pg_pair.url(), pool_size=2)
     try:
         debate = app.start_debate("t", ["a"], idempotency_key="k1")
+        retries = REGISTRY.get_sample_value("aura_command_outage_retries_total")
         aura_pg_pair.restart(aura_pg_pair.primary, "fast")  # every pooled connection dies
         app.add_argument(debate, "a", "for", "after the restart", round=1,
                          idempotency_key="k2")
         assert app.get_debate(debate).arguments == 1
+        # The pool's check saw the dead connections (their server said goodbye) and
+        # handed out a new one: the command did not even need its outage retry.
+        assert REGISTRY.get_sample_value("aura_command_outage_retries_total") == retries
     finally:
         app.close()
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import select
 from decimal import Decimal
 from uuid import uuid4
 
+import psycopg
 import pytest
 
 from aura_es import (
@@ -15,7 +17,9 @@ from aura_es import (
     InvalidIdempotencyKey,
 )
 from aura_es.domain.debate import ArgumentAdded
+from aura_es.store import liveness
 from aura_es.testing import event, scenario
+from tests.support.workers import wait_for
 
 
 def test_debate_lifecycle_and_state(app: AuraApp) -> None:
@@ -142,3 +146,20 @@ def test_prune_forgets_old_keys_only(app: AuraApp) -> None:
     with app.connect() as conn:
         keys = [r[0] for r in conn.execute("SELECT idempotency_key FROM aura_idempotency")]
     assert keys == ["new"]
+
+
+def test_the_pool_check_finds_a_session_its_server_ended_without_a_round_trip(
+    db_url: str,
+) -> None:
+    """A live idle connection passes the pool's check at the cost of a poll(); one whose
+    server ended it (a restart, a failover, pg_terminate_backend) fails it."""
+    with psycopg.connect(db_url, autocommit=True) as admin, \
+            psycopg.connect(db_url, autocommit=True) as pooled:
+        before = pooled.pgconn.transaction_status
+        liveness.check(pooled)  # alive: no query sent, nothing changed
+        assert pooled.pgconn.transaction_status == before
+        admin.execute("SELECT pg_terminate_backend(%s)", (pooled.info.backend_pid,))
+        wait_for("the goodbye to arrive", lambda: select.select(
+            [pooled.fileno()], [], [], 0)[0])
+        with pytest.raises(psycopg.OperationalError):
+            liveness.check(pooled)

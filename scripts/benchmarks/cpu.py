@@ -1,0 +1,132 @@
+"""`scripts/bench cpu`: client CPU per command, aura-es next to its anchors, in one run.
+
+Measured with ``time.process_time`` (this process's CPU, user and system) over many
+commands from one thread, so the server's work and the round trips' waiting are left
+out: what a writer process spends of a core. The anchors: one bare autocommit psycopg
+``INSERT`` of a row like an event's, and the `eventsourcing` library's own
+``app.save`` without keys. ``--profile`` adds where a keyed command's CPU goes, by
+stage, from cProfile.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import uuid4
+
+import orjson
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from aura_es.app import AuraApp
+from aura_es.commands import Create
+from scripts.benchmarks._common import fresh_database, postgres, report
+from scripts.benchmarks.append import PlainDebate, UsageBatch, plain_app
+
+#: A stored event as the bare INSERT writes it: the same columns, a similar payload.
+_ROW = orjson.dumps({"topic": "AI ethics", "participants": ["a", "b"],
+                     "timestamp": "2026-12-06T00:00:00+00:00",
+                     "meta": {"event_id": str(uuid4()), "tenant_id": "default"}})
+
+
+def cpu_per_call(calls: int, one: Callable[[int], object]) -> float:
+    """Microseconds of this process's CPU per call, after a short warm-up."""
+    for i in range(min(50, calls)):
+        one(-1 - i)
+    started = time.process_time()
+    for i in range(calls):
+        one(i)
+    return (time.process_time() - started) / calls * 1e6
+
+
+def measure(url: str, n: int) -> dict[str, float]:
+    app = AuraApp(url, pool_size=2)
+    # The same app with psycopg_pool's own check (a query at every checkout): the
+    # pool check before store/liveness.py.
+    pinged = AuraApp(url, pool_size=2)
+    pinged.factory.datastore.pool._check = ConnectionPool.check_connection  # type: ignore[attr-defined]
+    library = plain_app(url, 2, create_table=True)
+    raw = psycopg.connect(url, autocommit=True)
+    insert = ("INSERT INTO aura_events (originator_id, originator_version, topic, state)"
+              " VALUES (%s, 1, 'bench.raw.v1', %s)")
+    try:
+        figures = {
+            "bare psycopg INSERT": cpu_per_call(
+                n, lambda i: raw.execute(insert, (uuid4(), _ROW))),
+            "library app.save, no key": cpu_per_call(
+                n, lambda i: library.save(PlainDebate("AI ethics", ["a", "b"]))),
+            "keyed single-event command": cpu_per_call(
+                n, lambda i: app.start_debate("AI ethics", ["a", "b"],
+                                              idempotency_key=f"k{i}-{uuid4()}")),
+            "keyed single-event command, pool check by query": cpu_per_call(
+                n, lambda i: pinged.start_debate("AI ethics", ["a", "b"],
+                                                 idempotency_key=f"q{i}-{uuid4()}")),
+            "a retried keyed command (absorbed)": cpu_per_call(
+                n, lambda i: app.start_debate("AI ethics", ["a", "b"],
+                                              idempotency_key="the-same-key")),
+            "100-event command, per event": cpu_per_call(
+                max(1, n // 50), lambda i: app.execute(Create(
+                    "import", f"b{i}-{uuid4()}", {"n": i},
+                    lambda batch_id: UsageBatch.imported(batch_id, "bench", 100)))) / 100,
+            "100 keyed commands in one transaction, per command": cpu_per_call(
+                max(1, n // 50), lambda i: app.execute_many([app.start_debate_command(
+                    "AI ethics", ["a", "b"], idempotency_key=f"m{i}-{j}-{uuid4()}")
+                    for j in range(100)])) / 100,
+        }
+    finally:
+        raw.close()
+        library.close()
+        pinged.close()
+        app.close()
+    return figures
+
+
+def profile(url: str, n: int) -> list[dict[str, Any]]:
+    """Where a keyed single-event command's CPU goes: cumulative time of the stages."""
+    app = AuraApp(url, pool_size=2)
+    stages = {
+        "aggregate and event creation (the command's decide)": "commands.py:_decide",
+        "key hashing and argument checks": "commands.py:_prepare",
+        "mapping, JSON and payload checks": "mapper.py:to_stored_event",
+        "schema validation": "validate.py:check_payload",
+        "the append: arrays, statement, driver, round trip": "recorder.py:insert_events",
+    }
+    try:
+        for i in range(50):
+            app.start_debate("warm", ["a"], idempotency_key=f"w{i}-{uuid4()}")
+        profiler = cProfile.Profile(time.process_time)
+        profiler.enable()
+        for i in range(n):
+            app.start_debate("AI ethics", ["a", "b"], idempotency_key=f"p{i}-{uuid4()}")
+        profiler.disable()
+    finally:
+        app.close()
+    stats = pstats.Stats(profiler)
+    total = float(stats.total_tt)  # type: ignore[attr-defined]
+    rows: list[dict[str, Any]] = [{"stage": "the whole command", "µs per command":
+                                   round(total / n * 1e6, 1), "share": "100%"}]
+    for stage, where in stages.items():
+        file, _, name = where.partition(":")
+        cumulative = sum(v[3] for (path, _, fn), v in stats.stats.items()  # type: ignore[attr-defined]
+                         if path.endswith(file) and fn == name)
+        rows.append({"stage": stage, "µs per command": round(cumulative / n * 1e6, 1),
+                     "share": f"{cumulative / total:.0%}" if total else ""})
+    return rows
+
+
+def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
+    n = 500 if quick else 3000
+    with postgres() as admin, fresh_database(admin) as url:
+        figures = measure(url, n)
+        stages = profile(url, n) if "--profile" in argv else []
+    bare = figures["bare psycopg INSERT"]
+    rows = [{"case": case, "client CPU, µs": round(us, 1), "x bare INSERT": round(us / bare, 2)}
+            for case, us in figures.items()]
+    report("cpu: client CPU per command, one process (time.process_time, same run)", rows,
+           as_json=as_json)
+    if stages:
+        report("where a keyed command's client CPU goes (cProfile, cumulative)", stages,
+               as_json=as_json)
