@@ -27,6 +27,8 @@ from aura_es.projection.engine.loading import build, select
 from aura_es.projection.handlers.declarative import DeclarativeProjection
 
 T = TypeVar("T")
+#: How long `status --watch` waits for a database that went away before its first look.
+OUTAGE_PATIENCE_SECONDS = 60.0
 _COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": "red",
            "breaker_open": "red"}
 
@@ -118,6 +120,22 @@ class _Reader:
                 self.conn.close()
             return last
 
+    def first(self, look: Callable[[psycopg.Connection[Any]], T], *, patient: bool) -> T:
+        """The first look: a watch waits out an outage (up to a minute), a single look
+        reports it."""
+        deadline = time.monotonic() + (OUTAGE_PATIENCE_SECONDS if patient else 0)
+        while True:
+            try:
+                if self.conn.closed or self.conn.broken:
+                    self.conn = connect(self.url)
+                return look(self.conn)
+            except (psycopg.OperationalError, ServiceUnavailable):
+                if time.monotonic() >= deadline:
+                    raise
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.close()
+                time.sleep(1)
+
     def close(self) -> None:
         self.conn.close()
 
@@ -144,8 +162,11 @@ def status(
     url = settings(database_url).resolved_database_url()
     reader = _Reader(url)
     with contextlib.closing(reader):
-        tables.require_all(reader.conn)
-        rows = projection_status(reader.conn, specs)
+        def first_look(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+            tables.require_all(conn)
+            return projection_status(conn, specs)
+
+        rows = reader.first(first_look, patient=watch)
         if watch:
             deadline = time.monotonic() + timeout if timeout else None
             with Live(_table(rows, wide), console=out, auto_refresh=False,
