@@ -65,7 +65,12 @@ OUTAGE_SECONDS = "AURA_ES_OUTAGE_SECONDS"
 
 def outage_seconds_from_env(default: float) -> float:
     """``AURA_ES_OUTAGE_SECONDS`` (0 to 3600), or ``default``; anything else is one line."""
-    raw = os.environ.get(OUTAGE_SECONDS, "").strip()
+    return outage_seconds(os.environ.get(OUTAGE_SECONDS, ""), default)
+
+
+def outage_seconds(raw: str, default: float) -> float:
+    """An ``AURA_ES_OUTAGE_SECONDS`` value: seconds from 0 to 3600 ("" for ``default``)."""
+    raw = raw.strip()
     if not raw:
         return default
     try:

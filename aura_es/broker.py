@@ -36,6 +36,7 @@ async def connect(url: str, *, error_cb: ErrorCallback | None = None,
     defaults: dict[str, Any] = {
         "connect_timeout": 5, "ping_interval": PING_SECONDS,
         "max_outstanding_pings": MAX_OUTSTANDING_PINGS, "reconnect_time_wait": 0.5,
+        # 1, not 0, for one attempt at each server: nats-py reads 0 as "for ever".
         "max_reconnect_attempts": -1 if forever else 1, "error_cb": error_cb or _quiet,
     }
     return await nats.connect(nats_servers(url), **{**defaults, **options})
@@ -44,9 +45,7 @@ async def connect(url: str, *, error_cb: ErrorCallback | None = None,
 async def check(url: str) -> None:
     """One clear error when none of the servers ``url`` lists answers."""
     try:
-        # One attempt at each server (nats-py reads 0 attempts as "for ever").
-        nc = await nats.connect(nats_servers(url), connect_timeout=5, allow_reconnect=False,
-                                max_reconnect_attempts=1, error_cb=_quiet)
+        nc = await connect(url, forever=False, allow_reconnect=False)
     except Exception as e:
         raise ServiceUnavailable(f"no NATS server answers at {redact(url)}:"
                                  f" {type(e).__name__}") from None

@@ -33,7 +33,7 @@ from aura_es.errors import (
 from aura_es.events import CommandContext, command_context
 from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED, OUTAGE_RETRIES
 from aura_es.observability.tracing import span
-from aura_es.retry import Backoff
+from aura_es.retry import Backoff, until_deadline
 from aura_es.store import idempotency
 from aura_es.store.idempotency import IdempotencyRecord
 from aura_es.store.recorder import SerialLockTimeout
@@ -112,17 +112,8 @@ def through_outages(seconds: float, attempt: Callable[[], R]) -> R:
     """``attempt`` again while the store is unreachable, for up to ``seconds``: for keyed
     commands (the key makes every attempt one command) and reads. The last outage error
     is raised when the time is up."""
-    deadline = time.monotonic() + seconds
-    failures = 0
-    while True:
-        try:
-            return attempt()
-        except Exception as e:
-            if not is_outage(e) or time.monotonic() >= deadline:
-                raise
-            failures += 1
-            OUTAGE_RETRIES.inc()
-            time.sleep(min(OUTAGE.delay(failures), max(0.0, deadline - time.monotonic())))
+    return until_deadline(seconds, attempt, is_outage, OUTAGE,
+                          on_retry=lambda _: OUTAGE_RETRIES.inc())
 
 
 class CommandStore(Protocol):

@@ -5,8 +5,12 @@ side effects), and a small tracker of consecutive failures."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -62,3 +66,22 @@ class Retrier:
 
     def succeeded(self) -> None:
         self.failures = 0
+
+
+def until_deadline(seconds: float, attempt: Callable[[], R],
+                   retryable: Callable[[BaseException], bool], backoff: Backoff,
+                   on_retry: Callable[[BaseException], None] | None = None) -> R:
+    """``attempt`` again after each retryable failure, for up to ``seconds``; the last
+    failure is raised when the time is up (``seconds`` 0: one attempt)."""
+    deadline = time.monotonic() + seconds
+    failures = 0
+    while True:
+        try:
+            return attempt()
+        except Exception as e:
+            if not retryable(e) or time.monotonic() >= deadline:
+                raise
+            failures += 1
+            if on_retry is not None:
+                on_retry(e)
+            time.sleep(min(backoff.delay(failures), max(0.0, deadline - time.monotonic())))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,31 @@ def test_yaml_round_trip_of_the_shipped_catalog_is_stable() -> None:
     data = yaml.safe_load(CATALOG.read_text())
     assert {p["name"] for p in data["projections"]} == {
         p.name for p in load_catalog(CATALOG).projections}
+
+
+@pytest.mark.parametrize(("modules", "needle"), [
+    ('["no.such.module"]', "cannot import 'no.such.module'"),
+    ('["myapp.broken"]', "cannot import 'myapp.broken' (RuntimeError: on purpose)"),
+    ('["a b"]', "event_modules"),
+    ('["x\\u0000y"]', "event_modules"),
+    ('["' + "m" * 5000 + '"]', "cannot import"),
+    ('"aura_es.domain"', "event_modules"),
+])
+def test_event_modules_that_do_not_import_are_one_line_and_run_nothing(
+    tmp_path: Path, modules: str, needle: str,
+) -> None:
+    """A catalog's event_modules are imported from the current directory, as handlers
+    are; a name that is not a module path, or a module that does not import, is one line
+    naming it (never a traceback), and no worker starts."""
+    package = tmp_path / "myapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "broken.py").write_text("raise RuntimeError('on purpose')\n")
+    path = tmp_path / "catalog.yaml"
+    path.write_text(CATALOG.read_text().replace(
+        "event_modules:\n  - aura_es.domain", f"event_modules: {modules}"))
+    result = subprocess.run([sys.executable, "-m", "aura_es.cli", "catalog", "validate",
+                             str(path)], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert_one_line_error(result, str(path), needle)
+    assert len(result.stderr) < 1000  # a huge name is not echoed whole

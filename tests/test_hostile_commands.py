@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp, AuraError, EventSourcedApp, InvalidPayload
+from aura_es.application import outage_seconds
 from aura_es.catalog import load_catalog
-from aura_es.errors import InvalidIdempotencyKey
+from aura_es.errors import ConfigurationError, InvalidIdempotencyKey
 from aura_es.http.keys import InvalidKeyHeader, parse_key
 from aura_es.payload import MAX_EVENT_BYTES
 from aura_es.projection.engine.loading import build
@@ -217,3 +218,22 @@ def test_the_api_and_the_http_header_accept_the_same_keys(key: str) -> None:
     except InvalidIdempotencyKey:
         by_api = False
     assert by_header == by_api
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.text(max_size=12), st.floats().map(str), st.integers().map(str),
+                       st.just("x" * 100_000), st.just("1\x005")))
+def test_any_outage_setting_is_used_as_given_or_refused_in_one_line(value: str) -> None:
+    """AURA_ES_OUTAGE_SECONDS: seconds from 0 to 3600, or one line naming it (never NaN,
+    infinity or a negative wait taken as given)."""
+    try:
+        seconds = outage_seconds(value, 30.0)
+    except ConfigurationError as e:
+        message = str(e)
+        assert message.startswith("AURA_ES_OUTAGE_SECONDS=") and "\n" not in message
+        assert len(message) < 200  # a huge value is not echoed whole
+        return
+    if value.strip():
+        assert seconds == float(value) and 0 <= seconds <= 3600
+    else:
+        assert seconds == 30.0

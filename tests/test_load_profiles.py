@@ -9,6 +9,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aura_es.db import connect
 from aura_es.load import PROFILES, PacedReport, due_at
 from tests.support.cli import assert_one_line_error, aura
 from tests.support.workers import env_for
@@ -55,7 +56,14 @@ def test_a_paced_run_reports_as_it_promises_and_refuses_bad_values(db_url: str) 
                          (("--duration", "5"), "go together"),
                          (("--rate", "5", "--duration", "1e9"), "--duration"),
                          (("--rate", "5", "--duration", "2", "--profile", "flat"),
-                          "--profile")):
+                          "--profile"),
+                         (("--rate", "inf"), "--rate"), (("--rate", "-1e308"), "--rate"),
+                         (("--rate", "5", "--duration", "2", "--profile", "x\x01y" * 1000),
+                          "--profile"),
+                         (("--rate", "5", "--duration", "2", "--samples",
+                           "/nonexistent/dir/samples.csv"), "--samples")):
         if "--duration" not in args and "--rate" in args:
             args = (*args, "--duration", "2")
         assert_one_line_error(aura("load", *args, env=env_for(db_url)), needle)
+    with connect(db_url) as conn:  # the refused runs sent nothing
+        assert conn.execute("SELECT count(*) FROM aura_idempotency").fetchone() == (80,)

@@ -59,8 +59,10 @@ def import_event_modules(path: Path, modules: list[str]) -> None:
         try:
             importlib.import_module(name)
         except Exception as e:  # an application's module: any failure is its own
+            shown = name if len(name) <= 100 else name[:100] + "…"
+            detail = str(e).splitlines()[0][:200] if str(e) else ""
             raise ConfigurationError(f"catalog {path}: event_modules: cannot import"
-                                     f" {name!r} ({type(e).__name__}: {e})") from None
+                                     f" {shown!r} ({type(e).__name__}: {detail})") from None
 
 
 def _reject_duplicate_keys(path: Path, node: yaml.Node, visited: list[int]) -> None:

@@ -91,8 +91,19 @@ def _paced(seed: int, rate: float | None, duration: float | None, profile: str,
 
     if profile not in PROFILES:
         raise fail(f"--profile must be one of {', '.join(PROFILES)}, got {profile[:40]!r}")
+    # Opened before a command is sent: a path that cannot be written is a one-line error
+    # with nothing sent, not a lost run.
+    try:
+        sink = samples.open("w", newline="") if samples is not None else None
+    except OSError as e:
+        raise fail(f"--samples {samples}: cannot write it ({e.strerror})") from None
     lanes = max(concurrency, 32)
-    app = AuraApp(settings(database_url).resolved_database_url(), pool_size=min(lanes, 16))
+    try:
+        app = AuraApp(settings(database_url).resolved_database_url(), pool_size=min(lanes, 16))
+    except BaseException:
+        if sink is not None:
+            sink.close()
+        raise
     try:
         with Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
@@ -104,9 +115,9 @@ def _paced(seed: int, rate: float | None, duration: float | None, profile: str,
                                lanes=lanes, on_progress=lambda n: progress.advance(task, n))
     finally:
         app.close()
-    if samples is not None:
-        with samples.open("w", newline="") as f:
-            out = csv.writer(f)
+    if sink is not None:
+        with sink:
+            out = csv.writer(sink)
             out.writerow(["due", "finished", "error"])
             out.writerows(report.samples)
     data = report.as_dict()

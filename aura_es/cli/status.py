@@ -25,8 +25,11 @@ from aura_es.errors import ServiceUnavailable
 from aura_es.ops.status import horizon_status, mirror_status, projection_status
 from aura_es.projection.engine.loading import build, select
 from aura_es.projection.handlers.declarative import DeclarativeProjection
+from aura_es.retry import FIXED, until_deadline
 
 T = TypeVar("T")
+#: The database is away (a restart, a failover), as opposed to anything being wrong.
+_AWAY = (psycopg.OperationalError, ServiceUnavailable)
 #: How long `status --watch` waits for a database that went away before its first look.
 OUTAGE_PATIENCE_SECONDS = 60.0
 _COLOUR = {"running": "green", "standby": "yellow", "stopped": "red", "paused": "red",
@@ -109,32 +112,30 @@ class _Reader:
         self.url = url
         self.conn = connect(url)
 
-    def read(self, look: Callable[[psycopg.Connection[Any]], T], last: T) -> T:
-        """``look`` on a live connection; while the database is away, ``last``."""
+    def _look(self, look: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``look`` on a live connection (made again if the last one was lost)."""
         try:
             if self.conn.closed or self.conn.broken:
                 self.conn = connect(self.url)
             return look(self.conn)
-        except (psycopg.OperationalError, ServiceUnavailable):
+        except _AWAY:
             with contextlib.suppress(psycopg.Error):
                 self.conn.close()
+            raise
+
+    def read(self, look: Callable[[psycopg.Connection[Any]], T], last: T) -> T:
+        """``look``; while the database is away, ``last``."""
+        try:
+            return self._look(look)
+        except _AWAY:
             return last
 
     def first(self, look: Callable[[psycopg.Connection[Any]], T], *, patient: bool) -> T:
         """The first look: a watch waits out an outage (up to a minute), a single look
         reports it."""
-        deadline = time.monotonic() + (OUTAGE_PATIENCE_SECONDS if patient else 0)
-        while True:
-            try:
-                if self.conn.closed or self.conn.broken:
-                    self.conn = connect(self.url)
-                return look(self.conn)
-            except (psycopg.OperationalError, ServiceUnavailable):
-                if time.monotonic() >= deadline:
-                    raise
-                with contextlib.suppress(psycopg.Error):
-                    self.conn.close()
-                time.sleep(1)
+        return until_deadline(OUTAGE_PATIENCE_SECONDS if patient else 0.0,
+                              lambda: self._look(look),
+                              lambda e: isinstance(e, _AWAY), FIXED)
 
     def close(self) -> None:
         self.conn.close()

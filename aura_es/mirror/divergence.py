@@ -9,8 +9,10 @@ store lacks, and says how to repair it. Nothing is ever skipped silently.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from nats.js import JetStreamContext
@@ -18,6 +20,7 @@ from nats.js.errors import NotFoundError
 
 from aura_es.errors import ConfigurationError
 from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER, message_id
+from aura_es.mirror.stream import Resume, resume_point
 from aura_es.store import eventlog
 
 #: How far back from the tail the first missing event is looked for.
@@ -73,12 +76,24 @@ def refuse(stream: str, phantom: Phantom) -> StreamAheadOfStore:
         " hold them too and must be rebuilt (docs/operations.md)")
 
 
+async def checked_resume(js: JetStreamContext, stream: str, store_id: UUID,
+                         conn: psycopg.AsyncConnection[Any],
+                         on_foreign: Callable[[int], None] | None = None) -> Resume:
+    """Where a relay goes on (``stream.resume_point``), or ``StreamAheadOfStore`` when the
+    stream's last event of this store is not in the store."""
+    resume = await resume_point(js, stream, store_id,
+                                lambda position, msg_id: matches(conn, position, msg_id),
+                                on_foreign=on_foreign)
+    if resume.msg_id and not await matches(conn, resume.cursor.position, resume.msg_id):
+        raise refuse(stream, await first_phantom(js, stream, str(store_id), conn, resume.seq))
+    return resume
+
+
 async def check(database_url: str, nats_url: str, stream: str) -> None:
     """Before a relay starts: ``StreamAheadOfStore`` when the stream's last event of this
     store is not in the store (a stream that does not exist yet is fine)."""
     from aura_es import broker
     from aura_es.db import connect_async
-    from aura_es.mirror.stream import resume_point
     from aura_es.store import identity
 
     async with await connect_async(database_url) as conn:
@@ -91,13 +106,6 @@ async def check(database_url: str, nats_url: str, stream: str) -> None:
             except NotFoundError:
                 return
 
-            async def is_own_legacy(position: int, msg_id: str) -> bool:
-                return await matches(conn, position, msg_id)
-
-            resume = await resume_point(js, stream, store_id, is_own_legacy)
-            if resume.msg_id and not await matches(conn, resume.cursor.position,
-                                                   resume.msg_id):
-                raise refuse(stream, await first_phantom(js, stream, str(store_id), conn,
-                                                         resume.seq))
+            await checked_resume(js, stream, store_id, conn)
         finally:
             await nc.close()

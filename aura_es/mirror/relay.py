@@ -27,14 +27,14 @@ from aura_es.dsn import redact
 from aura_es.errors import ConfigurationError
 from aura_es.log import get_logger
 from aura_es.mirror import divergence, progress, replication, schema_registry
-from aura_es.mirror.cloudevents import Message, message_id, to_message
+from aura_es.mirror.cloudevents import Message, to_message
 from aura_es.mirror.publish import (
     MAX_ATOMIC_BATCH,
     AtomicBatchPublisher,
     PipelinedPublisher,
     Publisher,
 )
-from aura_es.mirror.stream import StreamSettings, ensure_stream, resume_point
+from aura_es.mirror.stream import StreamSettings, ensure_stream
 from aura_es.observability.tracing import span
 from aura_es.retry import Backoff, Retrier
 from aura_es.store import eventlog, identity
@@ -222,19 +222,11 @@ class Relay:
     ) -> tuple[int, Cursor]:
         """The stream's last sequence and this store's last mirrored event's cursor."""
 
-        async def is_own_legacy(position: int, msg_id: str) -> bool:
-            event = await eventlog.read_one(conn, position)
-            return event is not None and message_id(event) == msg_id
-
         def still_reading(count: int) -> None:
             self.log.warning("reading back past foreign messages", foreign=count)
 
-        resume = await resume_point(js, self.settings.name, self.store_id, is_own_legacy,
-                                    on_foreign=still_reading)
-        if resume.msg_id and not await divergence.matches(conn, resume.cursor.position,
-                                                           resume.msg_id):
-            raise divergence.refuse(self.settings.name, await divergence.first_phantom(
-                js, self.settings.name, str(self.store_id), conn, resume.seq))
+        resume = await divergence.checked_resume(js, self.settings.name, self.store_id, conn,
+                                                 on_foreign=still_reading)
         if resume.foreign:
             # Loudly: someone else publishes on the events' subjects.
             self.log.error(

@@ -18,7 +18,6 @@ Middleware (``middleware.py``) watch every step; the engine knows none of them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -146,23 +145,6 @@ class Engine:
         self.attempts, self.first_failed_at = 0, None
         self.signals.emit("after_step", self, step)
         return Progress(step=step, dead_lettered_type=step.dead_lettered_type)
-
-    def run_until_caught_up(self) -> int:
-        """Steps until the head seen at the last step is reached, honouring every wait;
-        returns the events applied. A broken connection, or more transient failures in a
-        row than ``max_transient_failures``, raises the failure."""
-        applied = 0
-        while True:
-            progress = self.advance()
-            if progress.reconnect:
-                assert progress.failure is not None
-                raise progress.failure
-            if progress.wait:
-                time.sleep(progress.wait)
-            if progress.step is not None:
-                applied += progress.step.applied
-                if progress.step.caught_up:
-                    return applied
 
     def refold(self, cur: psycopg.Cursor[Any], aggregate_ids: Sequence[UUID],
                events: Sequence[EventEnvelope]) -> None:
