@@ -50,7 +50,7 @@ from aura_es.errors import (
 )
 from aura_es.schemas.validate import check_payload
 from aura_es.settings import Settings
-from aura_es.store import eventlog, idempotency, identity, liveness, owners
+from aura_es.store import eventlog, idempotency, identity, liveness, owners, pooled
 from aura_es.store.factory import SERIAL_APPENDS, WAKE_INTERVAL_MS, AuraFactory
 from aura_es.store.idempotency import IdempotencyRecord
 from aura_es.store.mapper import JsonMapper
@@ -187,7 +187,7 @@ class EventSourcedApp(Application[UUID]):
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
-        with self.factory.datastore.get_connection() as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
+        with pooled.connection(self.factory.datastore) as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
             yield cur
 
     def init_schema(self) -> None:

@@ -342,6 +342,14 @@ def _as_row(first: _Prepared) -> dict[str, Any]:
     }
 
 
+# One counter per topic, looked up once: ``labels()`` takes a lock and builds a key.
+_appended_by_topic: dict[str, Any] = {}
+
+
 def count_appended(recordings: Sequence[Any]) -> None:
     for recording in recordings:
-        EVENTS_APPENDED.labels(recording.notification.topic).inc()
+        topic = recording.notification.topic
+        counter = _appended_by_topic.get(topic)
+        if counter is None:
+            counter = _appended_by_topic[topic] = EVENTS_APPENDED.labels(topic)
+        counter.inc()

@@ -280,3 +280,14 @@ def test_without_opentelemetry_a_span_is_one_shared_null_context(
     assert first is second and not tracing.enabled()
     with first as value:
         assert value is None
+
+
+def test_until_a_tracer_provider_is_installed_a_span_is_the_null_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tracing, "_tracing", False)
+    monkeypatch.setattr(tracing, "_provider_installed", lambda: False)
+    assert tracing.span("aura.append", command="x") is tracing.span("b")
+    monkeypatch.setattr(tracing, "_provider_installed", lambda: True)
+    opened = tracing.span("aura.append", command="x")
+    assert opened is not tracing.span("b") and tracing._tracing

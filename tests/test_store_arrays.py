@@ -58,3 +58,43 @@ def test_what_the_append_never_writes_is_refused_before_the_server(
         conn.execute("SELECT %s::text[]", (Texts(["a", None]),))
     with pytest.raises(psycopg.DataError, match="NUL"):
         conn.execute("SELECT %s::text[]", (Texts(["a\x00b"]),))
+
+
+_ONE_OR_MORE = st.lists(
+    st.tuples(st.binary(max_size=30), TEXT.filter(bool)), min_size=1, max_size=3)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=_ONE_OR_MORE, keyed=st.booleans(), key=TEXT.filter(str.strip))
+def test_one_event_and_many_are_stored_alike_by_their_two_statements(
+    app: Any, events: list[tuple[bytes, str]], keyed: bool, key: str,
+) -> None:
+    """One event with at most one key row goes by plain parameters, the rest by the
+    typed arrays: the rows stored, the positions returned and the keys are the same."""
+    from uuid import uuid4
+
+    from eventsourcing.persistence import StoredEvent
+
+    from aura_es.store import idempotency
+
+    aggregate_id = uuid4()
+    stored = [StoredEvent(aggregate_id, v, f"t.{topic}", state)
+              for v, (state, topic) in enumerate(events, start=1)]
+    record = idempotency.IdempotencyRecord(
+        key_hash=uuid4().hex, command_type="c", idempotency_key=key,
+        aggregate_id=aggregate_id, request_hash="r", from_version=1, to_version=len(events))
+    kwargs = idempotency.KeyRows((record,)).as_save_kwargs() if keyed else {}
+    positions = app.recorder.insert_events(stored, **kwargs)
+    with app.connect() as conn:
+        rows = conn.execute(
+            "SELECT notification_id, originator_version, topic, state FROM aura_events"
+            " WHERE originator_id = %s ORDER BY originator_version", (aggregate_id,)).fetchall()
+        keys = conn.execute(
+            "SELECT idempotency_key, aggregate_id, from_version, to_version"
+            " FROM aura_idempotency WHERE key_hash = %s", (record.key_hash,)).fetchall()
+    assert [(r[1], r[2], bytes(r[3])) for r in rows] == [
+        (e.originator_version, e.topic, e.state) for e in stored]
+    assert list(positions) == [r[0] for r in rows]
+    assert list(positions) == list(range(positions[0], positions[0] + len(positions)))
+    assert keys == ([(key, aggregate_id, 1, len(events))] if keyed else [])

@@ -105,6 +105,14 @@ INSERT = sql.SQL(
     " %s::bigint[], %s::bigint[])"
 ).format(t=sql.Identifier(TABLE))
 
+#: One key row, as plain parameters (the common case: one command per append).
+INSERT_ONE = sql.SQL(
+    "INSERT INTO {t} (key_hash, command_type, idempotency_key, aggregate_id, request_hash,"
+    " from_version, to_version)"
+    " VALUES (%s::text, %s::text, %s::text, %s::uuid, %s::text, %s::bigint, %s::bigint)"
+).format(t=sql.Identifier(TABLE))
+
+
 @dataclass(frozen=True)
 class KeyRows:
     """The key rows of one save, as they travel through the library's ``save(**kwargs)``
@@ -136,6 +144,11 @@ def insert_params(records: tuple[IdempotencyRecord, ...]) -> tuple[list[Any], ..
         BigInts(r.from_version for r in records),
         BigInts(r.to_version for r in records),
     )
+
+
+def insert_one_params(r: IdempotencyRecord) -> tuple[Any, ...]:
+    return (r.key_hash, r.command_type, r.idempotency_key, r.aggregate_id, r.request_hash,
+            r.from_version, r.to_version)
 
 
 def prune(conn: psycopg.Connection[Any], older_than: timedelta) -> int:

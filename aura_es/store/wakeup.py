@@ -65,6 +65,10 @@ class Waker:
 
     def committed(self) -> None:
         """An append has committed: readers are woken soon, without this caller waiting."""
+        # Pending means the waker has not yet cleared it for its next NOTIFY, which it does
+        # before sending: that NOTIFY covers this commit. No lock for a busy writer.
+        if self._pending.is_set() and self._pid == os.getpid():
+            return
         with self._lock:
             self._idle.clear()
             self._pending.set()

@@ -5,15 +5,19 @@ commands from one thread, so the server's work and the round trips' waiting are 
 out: what a writer process spends of a core. The anchors: one bare autocommit psycopg
 ``INSERT`` of a row like an event's, and the `eventsourcing` library's own
 ``app.save`` without keys. ``--profile`` adds where a keyed command's CPU goes, by
-stage, from cProfile.
+stage, from cProfile. When the server runs on this machine (the embedded default), the
+server's side is reported too: the CPU time of the backend process that ran the
+commands (``/proc/PID/stat``), per command.
 """
 
 from __future__ import annotations
 
 import cProfile
+import os
 import pstats
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -84,6 +88,61 @@ def measure(url: str, n: int) -> dict[str, float]:
     return figures
 
 
+def _backend_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a local server process so far, or None (not on this machine)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(url: str, n: int) -> dict[str, float]:
+    """The server's CPU per command: the CPU time of every backend of the database
+    (the commands' connection, and the waker's that sends their NOTIFYs), read before
+    and after. Empty when the server is on another machine."""
+    app = AuraApp(url, pool_size=1)
+    raw = psycopg.connect(url, autocommit=True)
+    insert = ("INSERT INTO aura_events (originator_id, originator_version, topic, state)"
+              " VALUES (%s, 1, 'bench.raw.v1', %s)")
+    cases: dict[str, Callable[[int], object]] = {
+        "bare psycopg INSERT": lambda i: raw.execute(insert, (uuid4(), _ROW)),
+        "keyed single-event command": lambda i: app.start_debate(
+            "AI ethics", ["a", "b"], idempotency_key=f"s{i}-{uuid4()}"),
+    }
+    spent: dict[str, float] = dict.fromkeys(cases, 0.0)
+    try:
+        for i in range(50):
+            for one in cases.values():
+                one(-1 - i)
+        # Twice each, taking turns: a server's background work lands on both alike.
+        for _ in range(2):
+            for case, one in cases.items():
+                before = _backends_cpu(raw)
+                if before is None:
+                    return {}
+                for i in range(n):
+                    one(i)
+                after = _backends_cpu(raw) or {}
+                # A backend that started meanwhile (the waker's) counts from nothing.
+                spent[case] += sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+    finally:
+        raw.close()
+        app.close()
+    return {case: seconds / (2 * n) * 1e6 for case, seconds in spent.items()}
+
+
+def _backends_cpu(conn: psycopg.Connection[Any]) -> dict[int, float] | None:
+    """CPU seconds so far of each backend of this database, or None (not this machine)."""
+    pids = [row[0] for row in conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+    seconds = {pid: _backend_cpu_seconds(pid) for pid in pids}
+    if any(v is None for v in seconds.values()):
+        return None
+    return {pid: v for pid, v in seconds.items() if v is not None}
+
+
 def profile(url: str, n: int) -> list[dict[str, Any]]:
     """Where a keyed single-event command's CPU goes: cumulative time of the stages."""
     app = AuraApp(url, pool_size=2)
@@ -92,7 +151,8 @@ def profile(url: str, n: int) -> list[dict[str, Any]]:
         "key hashing and argument checks": "commands.py:_prepare",
         "mapping, JSON and payload checks": "mapper.py:to_stored_event",
         "schema validation": "validate.py:check_payload",
-        "the append: arrays, statement, driver, round trip": "recorder.py:insert_events",
+        "the append: statement, driver, round trip": "recorder.py:insert_events",
+        "taking and returning a pooled connection (in the append)": "pooled.py:connection",
     }
     try:
         for i in range(50):
@@ -121,12 +181,19 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
     n = 500 if quick else 3000
     with postgres() as admin, fresh_database(admin) as url:
         figures = measure(url, n)
+        server = server_cpu(url, n)
         stages = profile(url, n) if "--profile" in argv else []
     bare = figures["bare psycopg INSERT"]
     rows = [{"case": case, "client CPU, µs": round(us, 1), "x bare INSERT": round(us / bare, 2)}
             for case, us in figures.items()]
     report("cpu: client CPU per command, one process (time.process_time, same run)", rows,
            as_json=as_json)
+    if server:
+        bare_server = server["bare psycopg INSERT"]
+        report("server CPU per command (its backends' CPU time, same run)",
+               [{"case": case, "server CPU, µs": round(us, 1),
+                 "x bare INSERT": round(us / bare_server, 2)} for case, us in server.items()],
+               as_json=as_json)
     if stages:
         report("where a keyed command's client CPU goes (cProfile, cumulative)", stages,
                as_json=as_json)
