@@ -39,6 +39,8 @@ from aura_es.observability.tracing import span
 from aura_es.retry import Backoff, Retrier
 from aura_es.store import eventlog, identity
 from aura_es.store.eventlog import Cursor
+from aura_es.store.factory import wake_interval_from_env
+from aura_es.store.following import Follow
 
 #: Waits before reconnecting to an unreachable database or broker.
 RECONNECT = Backoff(base=1.0, cap=30.0)
@@ -70,6 +72,8 @@ class Relay:
         self.batch_size = min(batch_size, MAX_ATOMIC_BATCH)
         self.force_pipelined = force_pipelined
         self.poll_seconds = poll_seconds
+        # Reads again on its own while the log is busy, so writers may hold NOTIFYs back.
+        self.follow = Follow(wake_interval_from_env())
         self.stop = asyncio.Event()
         self.log = get_logger(component="mirror", stream=settings.name)
         self.published = 0
@@ -179,12 +183,17 @@ class Relay:
                       stream_seq=last_seq, store=str(self.store_id))
         unconfirmed = Retrier(REPUBLISH, lambda e: True)
         recorded_at = 0.0
+        recorded: tuple[Cursor, int] | None = None
         prefetched: asyncio.Future[list[Message]] | None = None
         while not self.stop.is_set():
             messages = await (prefetched or self._read(conn, cursor))
             prefetched = None
             if not messages:
-                await progress.record(conn, self.settings.name, cursor, last_seq)
+                # A busy log's short pauses need not each write the progress row.
+                if (cursor, last_seq) != recorded or (
+                        time.monotonic() - recorded_at >= self.poll_seconds / 2):
+                    await progress.record(conn, self.settings.name, cursor, last_seq)
+                    recorded, recorded_at = (cursor, last_seq), time.monotonic()
                 await self._wait(conn)
                 if await self._tail_went_back(js, last_seq):
                     last_seq, cursor = await self._resume(js, conn)
@@ -215,7 +224,7 @@ class Relay:
             # Progress is for `status` only (the stream is the truth): twice a second is enough.
             if time.monotonic() - recorded_at > 0.5:
                 await progress.record(conn, self.settings.name, cursor, last_seq)
-                recorded_at = time.monotonic()
+                recorded, recorded_at = (cursor, last_seq), time.monotonic()
 
     async def _resume(
         self, js: JetStreamContext, conn: psycopg.AsyncConnection[Any]
@@ -253,12 +262,15 @@ class Relay:
     async def _read(self, conn: psycopg.AsyncConnection[Any], after: Cursor) -> list[Message]:
         # NOTIFYs received so far are for events this read sees; psycopg keeps later ones
         # (even those arriving during other queries) for the next wait, so none is lost.
+        self.follow.reading()
         async for _ in conn.notifies(timeout=0):
-            pass
+            self.follow.heard()
         messages = [
             to_message(event, self.settings.subject_prefix, self.store_id)
             for event in await eventlog.read_all_after(conn, after, self.batch_size)
         ]
+        if messages:
+            self.follow.heard()
         for message in messages:
             if self.max_payload and message.size() > self.max_payload:
                 raise ConfigurationError(
@@ -269,7 +281,9 @@ class Relay:
         return messages
 
     async def _wait(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        async for _ in conn.notifies(timeout=self.poll_seconds, stop_after=1):
+        async for _ in conn.notifies(timeout=self.follow.timeout(self.poll_seconds),
+                                     stop_after=1):
+            self.follow.heard()
             break
 
     async def _sleep(self, seconds: float) -> None:

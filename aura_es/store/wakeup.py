@@ -29,10 +29,12 @@ from aura_es.log import get_logger
 EXIT_FLUSH_SECONDS = 2.0
 #: NOTIFYs from one process are at least this far apart: commits in between share the
 #: next one. The first commit after a quiet interval is notified at once; under a steady
-#: stream a reader wakes at most this much later. At 2 ms, 8 busy writer processes sent
-#: about one NOTIFY per append, which cost them a quarter of their rate (measured:
-#: 2,328 vs 3,260 appends/s; docs/benchmarks.md).
-MIN_INTERVAL_SECONDS = 0.010
+#: stream the readers do not wait for the next NOTIFY, they follow the log for 2.5
+#: intervals after the last one they heard (``store/following.py``). Each NOTIFY is a
+#: transaction on the server: at 10 ms, 32 writer processes appending 40 times a second
+#: each sent one per append, and 8 processes appended 10-20% slower than at 100 ms
+#: (docs/benchmarks.md).
+MIN_INTERVAL_SECONDS = 0.100
 #: A waker with nothing to send for this long ends its thread and closes its
 #: connection; the next commit starts them again.
 IDLE_SECONDS = 5.0

@@ -46,6 +46,8 @@ from aura_es.projection.middleware.metrics import Metrics
 from aura_es.projection.middleware.tracing import Tracing
 from aura_es.settings import Settings
 from aura_es.store import eventlog
+from aura_es.store.factory import wake_interval_from_env
+from aura_es.store.following import Follow
 from aura_es.worker.middleware.presence import Presence
 from aura_es.worker.middleware.side_effects import SideEffects
 from aura_es.worker.shutdown import Shutdown, follow_supervisor
@@ -68,11 +70,15 @@ class Worker:
     def __init__(
         self, database_url: str, spec: ProjectionSpec, shutdown: Shutdown,
         *, poll_seconds: float = 1.0, middleware: Sequence[Middleware] | None = None,
+        wake_interval: float | None = None,
     ) -> None:
         self.database_url = database_url
         self.spec = spec
         self.shutdown = shutdown
         self.poll_seconds = poll_seconds
+        # Reads again on its own while the log is busy, so writers may hold NOTIFYs back.
+        self.follow = Follow(wake_interval if wake_interval is not None
+                             else wake_interval_from_env())
         projection_class(spec)  # a handler that does not import fails before connecting
         self.fingerprint = fingerprint(spec)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
@@ -150,6 +156,8 @@ class Worker:
             except Paused as e:
                 self._pause(e, engine.attempts)
                 continue
+            if progress.step is not None and (progress.step.applied or progress.step.parked):
+                self.follow.heard()
             if progress.reconnect:
                 raise _Reconnect(progress.wait)
             if progress.step is not None and self.role == "paused":
@@ -186,20 +194,28 @@ class Worker:
         two together are unreliable, and its plain-text warning broke the JSON log.)
         """
         assert self.conn is not None
+        self.follow.reading()
+        heard = False
         for _ in self.conn.notifies(timeout=0):
-            pass
+            heard = True
+        if heard:
+            self.follow.heard()
 
     def _wait_for_events(self) -> None:
-        """Until a NOTIFY, a poll interval or shutdown; a lost NOTIFY costs one interval."""
+        """Until a NOTIFY, the next read while the log is busy (``store/following.py``),
+        a poll interval or shutdown; a lost NOTIFY costs one interval."""
         assert self.conn is not None
-        deadline = time.monotonic() + self.poll_seconds
+        wait = self.follow.timeout(self.poll_seconds)
+        deadline = time.monotonic() + wait
         while not self.shutdown.requested:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             for _ in self.conn.notifies(timeout=min(left, IDLE_TICK_SECONDS), stop_after=1):
+                self.follow.heard()
                 return
-            self.signals.emit("on_idle")
+            if wait >= IDLE_TICK_SECONDS:  # a pause between reads of a busy log is not idle
+                self.signals.emit("on_idle")
 
     def _idle_for(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
