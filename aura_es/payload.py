@@ -19,7 +19,7 @@ marks, emoji.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -103,29 +103,28 @@ def _storable(value: Any) -> bool:
     if kind is str:
         return "\x00" not in value
     if kind is dict:
-        for key, child in value.items():
+        for key in value:
             if type(key) is not str or "\x00" in key:
                 return False
-            if type(child) is str:
-                if "\x00" in child:
-                    return False
-            elif not _storable(child):
-                return False
-        return True
+        return _all_storable(value.values())
     if kind is list or kind is tuple or kind is set or kind is frozenset:
-        for child in value:
-            if type(child) is str:
-                if "\x00" in child:
-                    return False
-            elif not _storable(child):
-                return False
-        return True
+        return _all_storable(value)
     if kind is float:
         return bool(value - value == 0.0)  # False for NaN and both infinities
     if kind is int:
         return bool(MIN_INT <= value <= MAX_INT)
     if isinstance(value, Decimal):
         return value.is_finite()
+    return True
+
+
+def _all_storable(children: Iterable[Any]) -> bool:
+    for child in children:
+        if type(child) is str:
+            if "\x00" in child:
+                return False
+        elif not _storable(child):
+            return False
     return True
 
 
