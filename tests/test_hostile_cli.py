@@ -61,6 +61,9 @@ def test_each_careless_command_line_is_one_clear_line(
     ]
     for args, needles in cases:
         assert_one_line_error(aura(*args, env=cli_env), *needles)
+    slow = {**cli_env, "AURA_ES_WAKE_INTERVAL_MS": "soon"}
+    for args in (("workers", "run"), ("mirror", "run", "--stream", "WAKE")):
+        assert_one_line_error(aura(*args, env=slow), "AURA_ES_WAKE_INTERVAL_MS='soon'")
     bad = tmp_path / "bad"
     bad.mkdir()
     broken = catalog_with(bad, error_handling={"transient_exceptions": ["nosuch:Exc"]})

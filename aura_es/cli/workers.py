@@ -15,6 +15,7 @@ from aura_es.db import connect
 from aura_es.ops.health import DEFAULT_MAX_LAG_SECONDS
 from aura_es.ops.status import projection_status
 from aura_es.projection.engine.loading import check_imports, select, topic_warnings
+from aura_es.store.factory import wake_interval_from_env
 from aura_es.worker.shutdown import Shutdown
 from aura_es.worker.supervisor import Supervisor
 
@@ -55,6 +56,7 @@ def run(
 ) -> None:
     """Run one worker process per projection until SIGTERM or Ctrl-C."""
     url = settings(database_url).resolved_database_url()
+    wake_interval_from_env()  # the workers follow the log by it: refused here, in one line
     specs = select(load_catalog(catalog), projection or [])
     if not specs:
         raise fail(f"catalog {catalog} names no projection to run")
