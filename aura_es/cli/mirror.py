@@ -27,6 +27,7 @@ from aura_es.mirror import divergence, replication, schema_registry
 from aura_es.mirror.relay import Relay
 from aura_es.mirror.stream import StreamSettings
 from aura_es.mirror.verify import verify as verify_stream
+from aura_es.store.factory import wake_interval_from_env
 
 mirror_cli = typer.Typer(help="The JetStream mirror of the event store.", no_args_is_help=True)
 Stream = Annotated[str, typer.Option("--stream", help="JetStream stream name.")]
@@ -60,6 +61,7 @@ def run(
 ) -> None:
     """Relay every stored event to JetStream, in order, exactly once, until SIGTERM."""
     config = _settings(stream, subject_prefix, replicas, max_age)
+    wake_interval_from_env()  # the relay follows the log by it: refused before connecting
     resolved = settings(database_url, nats_url)
     url = resolved.resolved_database_url()
     with connect(url) as conn:
