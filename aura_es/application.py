@@ -58,7 +58,6 @@ from aura_es.store.recorder import STATEMENT_TIMEOUT_SECONDS
 
 A = TypeVar("A", bound=AuraAggregate)
 
-#: The tables this application writes; the rest are the workers' and the mirror's.
 DEFAULT_OUTAGE_SECONDS = 30.0
 OUTAGE_SECONDS = "AURA_ES_OUTAGE_SECONDS"
 
@@ -82,6 +81,7 @@ def outage_seconds(raw: str, default: float) -> float:
     return value
 
 
+#: The tables this application writes; the rest are the workers' and the mirror's.
 STORE_TABLES = [eventlog.OWNER, idempotency.OWNER, identity.OWNER]
 
 

@@ -26,7 +26,7 @@ from aura_es.testing.cluster import NatsCluster, PostgresPair
 from tests.support.chaos import writer
 from tests.support.cli import assert_one_line_error, aura
 from tests.support.logs import LogLines
-from tests.support.mirror import start_relay, verify
+from tests.support.mirror import running_relay, start_relay, verify
 from tests.support.workers import (
     ALL,
     ROOT,
@@ -138,9 +138,8 @@ def test_an_asynchronous_failover_leaves_no_event_on_the_stream_the_store_lost(
     what is written after the promotion reaches it."""
     url, nats_url = aura_pg_pair.url(), private_nats[0]
     start_debates(url, "before", 20)
-    relay = start_relay(url, nats_url, "FAILOVER")
-    lines = LogLines(relay)
-    try:
+    with running_relay(url, nats_url, "FAILOVER") as relay:
+        lines = LogLines(relay)
         wait_for("the first 20 on the stream", lambda: verify_ok(url, nats_url, 20))
         aura_pg_pair.stall_replication()
         start_debates(url, "lost", 30)  # acknowledged by the primary alone
@@ -152,9 +151,6 @@ def test_an_asynchronous_failover_leaves_no_event_on_the_stream_the_store_lost(
         wait_for("the stream to equal the new primary", lambda: verify_ok(url, nats_url, 30))
         report = verify(url, nats_url, "FAILOVER")
         assert report["phantoms"] == [] and report["missing"] == []
-    finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(timeout=60)
     assert "relaying" in lines.text()
 
 
@@ -219,8 +215,7 @@ def test_the_stream_leader_killed_and_restarted_loses_and_doubles_nothing(
     later: every event once, in order."""
     nats_url = aura_nats_cluster.url
     writers = [writer(db_url, seed, 40) for seed in (21, 22)]
-    relay = start_relay(db_url, nats_url, "CLUSTERED", "--replicas", "3")
-    try:
+    with running_relay(db_url, nats_url, "CLUSTERED", "--replicas", "3"):
         wait_for("the relay to publish", lambda: published(db_url, nats_url, "CLUSTERED") > 20)
         leader = aura_nats_cluster.stream_leader("CLUSTERED")
         aura_nats_cluster.kill_node(leader)
@@ -230,9 +225,6 @@ def test_the_stream_leader_killed_and_restarted_loses_and_doubles_nothing(
         restart.join()
         wait_for("the stream to hold the store", lambda: stream_holds_the_store(
             db_url, nats_url, "CLUSTERED"), timeout=120)
-    finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(timeout=60)
 
 
 def test_a_cluster_killed_whole_gets_back_what_it_lost(
@@ -243,8 +235,7 @@ def test_a_cluster_killed_whole_gets_back_what_it_lost(
     messages): once they are back, whatever the stream lost is published again."""
     nats_url = aura_nats_cluster.url
     load = writer(db_url, 23, 60)
-    relay = start_relay(db_url, nats_url, "CRASHED", "--replicas", "3")
-    try:
+    with running_relay(db_url, nats_url, "CRASHED", "--replicas", "3"):
         wait_for("the relay to publish", lambda: published(db_url, nats_url, "CRASHED") > 20)
         aura_nats_cluster.kill_all()
         for node in range(aura_nats_cluster.size):
@@ -252,9 +243,6 @@ def test_a_cluster_killed_whole_gets_back_what_it_lost(
         assert load.wait(timeout=180) == 0
         wait_for("the stream to hold the store again", lambda: stream_holds_the_store(
             db_url, nats_url, "CRASHED"), timeout=180)
-    finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(timeout=60)
 
 
 def test_an_idle_relay_publishes_again_what_its_stream_lost(
@@ -265,9 +253,8 @@ def test_an_idle_relay_publishes_again_what_its_stream_lost(
     publishes the lost events again; the stream equals the store."""
     nats_url = private_nats[0]
     start_debates(db_url, "kept", 10)
-    relay = start_relay(db_url, nats_url, "SHRUNK")
-    lines = LogLines(relay)
-    try:
+    with running_relay(db_url, nats_url, "SHRUNK") as relay:
+        lines = LogLines(relay)
         wait_for("the stream", lambda: published(db_url, nats_url, "SHRUNK") == 10)
         asyncio.run(keep_only_the_first(nats_url, "SHRUNK", 6))
         wait_for("the lost events again", lambda: stream_holds_the_store(
@@ -277,9 +264,6 @@ def test_an_idle_relay_publishes_again_what_its_stream_lost(
         text = lines.text()
         assert ("the stream lost messages it had confirmed" in text
                 or text.count('"event": "relaying"') >= 2), text[-2000:]
-    finally:
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(timeout=60)
 
 
 async def keep_only_the_first(nats_url: str, stream: str, count: int) -> None:

@@ -18,10 +18,12 @@ import psycopg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from aura_es import broker
+from aura_es.db import connect_async
 from aura_es.errors import ConfigurationError
 from aura_es.mirror.cloudevents import POSITION_HEADER, STORE_HEADER, message_id
 from aura_es.mirror.stream import Resume, resume_point
-from aura_es.store import eventlog
+from aura_es.store import eventlog, identity
 
 #: How far back from the tail the first missing event is looked for.
 SCAN_LIMIT = 100_000
@@ -92,10 +94,6 @@ async def checked_resume(js: JetStreamContext, stream: str, store_id: UUID,
 async def check(database_url: str, nats_url: str, stream: str) -> None:
     """Before a relay starts: ``StreamAheadOfStore`` when the stream's last event of this
     store is not in the store (a stream that does not exist yet is fine)."""
-    from aura_es import broker
-    from aura_es.db import connect_async
-    from aura_es.store import identity
-
     async with await connect_async(database_url) as conn:
         store_id = await identity.store_id_async(conn)
         nc = await broker.connect(nats_url, forever=False)
@@ -105,7 +103,6 @@ async def check(database_url: str, nats_url: str, stream: str) -> None:
                 await js.stream_info(stream)
             except NotFoundError:
                 return
-
             await checked_resume(js, stream, store_id, conn)
         finally:
             await nc.close()

@@ -121,7 +121,6 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-
 def compare(settings: StreamSettings, database_url: str, messages: list[Mirrored]) -> Report:
     with connect(database_url) as conn:
         store = str(identity.store_id(conn))

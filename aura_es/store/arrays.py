@@ -82,7 +82,7 @@ class _UuidsDumper(_ArrayDumper):
     element_oid = 2950
 
     def element(self, value: Any) -> bytes:
-        return b"\x00\x00\x00\x10" + _uuid(value).bytes
+        return b"\x00\x00\x00\x10" + as_uuid(value).bytes
 
 
 class _BigIntsDumper(_ArrayDumper):
@@ -109,7 +109,8 @@ def _text(value: Any) -> str:
     return text
 
 
-def _uuid(value: Any) -> UUID:
+def as_uuid(value: Any) -> UUID:
+    """A UUID, from a UUID or its text (the append writes only UUIDs)."""
     return value if isinstance(value, UUID) else UUID(str(value))
 
 

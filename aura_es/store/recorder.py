@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -41,7 +40,7 @@ from psycopg.rows import tuple_row
 
 from aura_es.errors import ServiceUnavailable
 from aura_es.store import idempotency, pooled, wakeup
-from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids
+from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids, as_uuid
 from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
 
 #: No append statement runs longer than this (a stalled client cannot hold rows it
@@ -209,7 +208,7 @@ class AuraRecorder(PostgresApplicationRecorder):
         records = keys.records if keys is not None else ()
         if len(stored_events) == 1 and len(records) <= 1:
             (e,) = stored_events
-            row = (_uuid(e.originator_id), e.originator_version, e.topic, e.state)
+            row = (as_uuid(e.originator_id), e.originator_version, e.topic, e.state)
             if records:
                 curs.execute(self._insert_one_with_key,
                              (*idempotency.insert_one_params(records[0]), *row), binary=True)
@@ -235,6 +234,3 @@ class AuraRecorder(PostgresApplicationRecorder):
 def _rendered(statement: sql.Composed) -> sql.SQL:
     return sql.SQL(statement.as_string())
 
-
-def _uuid(value: Any) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))

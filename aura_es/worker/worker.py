@@ -187,6 +187,7 @@ class Worker:
 
     def _forget_wakeups(self) -> None:
         """Drops NOTIFYs received so far: the batch about to be read sees their events.
+        Tells ``self.follow`` that a read starts, and whether any NOTIFY had come.
 
         psycopg keeps NOTIFYs that arrive during other queries (a batch's) and hands
         them to the next ``notifies()``: so one that arrives while a batch runs wakes

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import nats
@@ -22,6 +24,18 @@ def start_relay(db_url: str, nats_url: str, stream: str, *extra: str) -> subproc
          "--stream", stream, "--subject-prefix", stream.lower(), *extra],
         env=env_for(db_url), cwd=ROOT, text=True, stderr=subprocess.PIPE,
     )
+
+
+@contextlib.contextmanager
+def running_relay(db_url: str, nats_url: str, stream: str,
+                  *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """A relay for the block, stopped (SIGTERM) at its end whatever happened in it."""
+    relay = start_relay(db_url, nats_url, stream, *extra)
+    try:
+        yield relay
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=60)
 
 
 def verify(db_url: str, nats_url: str, stream: str) -> dict[str, Any]:
