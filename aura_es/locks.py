@@ -29,3 +29,8 @@ async def try_lock_async(conn: psycopg.AsyncConnection[Any], name: str) -> bool:
 
 def unlock(conn: psycopg.Connection[Any], name: str) -> None:
     conn.execute(_UNLOCK, (name,))
+
+
+def lock_for_transaction(cur: psycopg.Cursor[Any], name: str) -> None:
+    """Waits for the lock ``name``; it is held until the transaction ends."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))

@@ -103,6 +103,7 @@ def test_generated_catalogs_are_valid_or_one_line_errors(
 
     paths = st.sampled_from([
         ["projections", 0, "storage"], ["projections", 0, "batch_size"],
+        ["projections", 0, "partitions"], ["projections", 1, "partitions"],
         ["projections", 0, "name"], ["projections", 1, "declarative", "key"],
         ["projections", 1, "windowing", "duration"], ["projections", 0, "source_events"],
         ["projections", 0, "error_handling", "max_retries"], ["projections", 0, "handler"],

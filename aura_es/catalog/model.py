@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aura_es import durations, identifiers
+from aura_es.store.partitioning import MAX_PARTITIONS
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,49}$")
 _PATH = re.compile(
@@ -168,6 +169,16 @@ class ProjectionSpec(_Strict):
     error_handling: ErrorHandling = Field(default_factory=ErrorHandling)
     windowing: Windowing | None = None
     batch_size: int = Field(500, ge=1, le=100_000)
+    partitions: int = Field(
+        default=1, ge=1, le=MAX_PARTITIONS,
+        description=(
+            "How many partitions the projection is split into, by a stable hash of the"
+            " aggregate id (docs/partitions.md): each has its own checkpoint and is run by"
+            " one live worker at a time; an aggregate's events stay in order. A change to"
+            " a multiple splits the checkpoints in place; any other change needs"
+            " `aura-es replay`."
+        ),
+    )
     handler: str | None = Field(None, description="module:Class of a Python projection")
     declarative: DeclarativeSpec | None = None
 

@@ -22,7 +22,12 @@ from aura_es.cli.common import DatabaseUrl, Json, emit_json, fail, handle_errors
 from aura_es.cli.render import Format
 from aura_es.db import connect
 from aura_es.errors import ServiceUnavailable
-from aura_es.ops.status import horizon_status, mirror_status, projection_status
+from aura_es.ops.status import (
+    horizon_status,
+    mirror_status,
+    partition_status,
+    projection_status,
+)
 from aura_es.projection.engine.loading import build, select
 from aura_es.projection.handlers.declarative import DeclarativeProjection
 from aura_es.retry import FIXED, until_deadline
@@ -49,21 +54,44 @@ def _table(rows: list[dict[str, Any]], wide: bool = False) -> Table:
     for row in rows:
         state = f"[{_COLOUR[row['state']]}]{row['state']}[/]"
         if not wide:
-            table.add_row(row["projection"], state,
+            table.add_row(_name(row), state,
                           f"{row['lag_events']} ({row['lag_seconds']:g} s)",
                           _dead_letters(row), _attention(row))
             continue
         worker = f"{row['pid']}@{row['host']}" if row["pid"] else ""
+        if row["active_workers"] > 1:
+            worker = f"{row['active_workers']} workers"
         if row["standbys"]:
             worker += f" +{row['standbys']} standby"
         table.add_row(
-            row["projection"], state,
+            _name(row), state,
             f"{row['checkpoint']}/{row['head']}", str(row["lag_events"]),
             f"{row['lag_seconds']:g}", f"{row['events_per_second']:g}", worker,
             _breaker(row["breaker"], row["next_probe_seconds"]), _dead_letters(row),
             _generation(row),
             "[red]yes[/]" if row["drift"] else "no", escape(row["last_error"] or ""),
         )
+    return table
+
+
+def _name(row: dict[str, Any]) -> str:
+    name, split = str(row["projection"]), int(row["partitions"])
+    return name + (f" ({split} partitions)" if split > 1 else "")
+
+
+def _partition_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="aura-es partitions", title_justify="left")
+    for title in ("projection", "partition", "owner", "epoch", "checkpoint", "lag"):
+        render.header_column(table, title)
+    for row in rows:
+        if row["owner"] is None:
+            owner = "[red]none[/]"
+        elif row["owner_alive"]:
+            owner = f"{row['pid']}@{row['host']}"
+        else:
+            owner = f"[red]{row['pid'] or '?'}@{row['host'] or '?'} (gone)[/]"
+        table.add_row(row["projection"], f"{row['partition']}/{row['partitions']}", owner,
+                      str(row["epoch"]), str(row["checkpoint"]), str(row["lag_events"]))
     return table
 
 
@@ -151,11 +179,15 @@ def status(
     timeout: Annotated[float, typer.Option("--timeout", help="With --watch: give up after.")] = 0,
     wide: Annotated[bool, typer.Option(
         "--wide", help="Every column: checkpoint, rate, worker, breaker, generation.")] = False,
+    partitions: Annotated[bool, typer.Option(
+        "--partitions", help="Also each partition: its owner, epoch, checkpoint and lag.")
+    ] = False,
     database_url: DatabaseUrl = None,
     json: Json = False,
 ) -> None:
     """Per projection: state, lag, dead letters and what needs attention (fits 80
-    columns); --wide adds checkpoint, events/s, worker, breaker, generation, drift."""
+    columns); --wide adds checkpoint, events/s, worker, breaker, generation, drift;
+    --partitions lists every partition."""
     specs = load_catalog(catalog).projections
     out = render.console()
     # Redrawn in place on a terminal; a pipe or a log gets the final table once.
@@ -184,13 +216,19 @@ def status(
         no_mirrors: list[dict[str, Any]] = []
         mirrors = reader.read(mirror_status, no_mirrors)
         horizon = reader.read(horizon_status, {"horizon": None, "held_back": None})
+        no_partitions: list[dict[str, Any]] = []
+        parts = reader.read(lambda c: partition_status(c, specs),
+                            no_partitions) if partitions else no_partitions
     if json:
-        emit_json({"projections": rows, "mirror": mirrors, "horizon": horizon})
+        emit_json({"projections": rows, "mirror": mirrors, "horizon": horizon}
+                  | ({"partitions": parts} if partitions else {}))
         return
     if wide:
         render.print_whole(_table(rows, wide), out)
     else:
         out.print(_table(rows, wide))
+    if partitions:
+        out.print(_partition_table(parts))
     held = horizon["held_back"]
     if held:
         out.print(

@@ -15,9 +15,14 @@ from aura_es.db import connect
 from aura_es.ops.health import DEFAULT_MAX_LAG_SECONDS
 from aura_es.ops.status import projection_status
 from aura_es.projection.engine.loading import check_imports, select, topic_warnings
+from aura_es.projection.state import checkpoints
 from aura_es.store.factory import wake_interval_from_env
+from aura_es.worker.lease import lease_from_env
 from aura_es.worker.shutdown import Shutdown
 from aura_es.worker.supervisor import Supervisor
+
+#: Processes per projection on one host (more would only stand by on two cores).
+MAX_PROCESSES = 64
 
 workers_cli = typer.Typer(help="Projection worker processes.", no_args_is_help=True)
 
@@ -52,11 +57,18 @@ def run(
     health_max_lag: Annotated[
         float, typer.Option("--health-max-lag", help="/health is unready past this lag (s).")
     ] = DEFAULT_MAX_LAG_SECONDS,
+    processes: Annotated[
+        int, typer.Option("--processes", min=1, max=MAX_PROCESSES,
+                          help="Worker processes per projection on this host: they share its"
+                               " partitions (the rest stand by).")
+    ] = 1,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Run one worker process per projection until SIGTERM or Ctrl-C."""
+    """Run worker processes for each projection until SIGTERM or Ctrl-C."""
     url = settings(database_url).resolved_database_url()
-    wake_interval_from_env()  # the workers follow the log by it: refused here, in one line
+    # The workers read these: a bad value is refused here, in one line, before any starts.
+    wake_interval_from_env()
+    lease_from_env()
     specs = select(load_catalog(catalog), projection or [])
     if not specs:
         raise fail(f"catalog {catalog} names no projection to run")
@@ -65,6 +77,8 @@ def run(
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     with connect(url) as conn:
         tables.require_all(conn)
+        for spec in specs:  # another supervisor's catalog splits it otherwise: refused
+            checkpoints.check_layout(conn, spec.name, spec.partitions)
         drifted = [p["projection"] for p in projection_status(conn, specs) if p["drift"]]
     for name in drifted:
         action = "rebuilding it beside the live one" if rebuild_on_drift else (
@@ -77,7 +91,7 @@ def run(
         shutdown=shutdown, poll_seconds=poll_seconds,
         rebuild=drifted if rebuild_on_drift else (),
         metrics_port=metrics_port, metrics_host=metrics_host, specs=specs,
-        max_lag_seconds=health_max_lag,
+        max_lag_seconds=health_max_lag, processes=processes,
     )
     raise typer.Exit(supervisor.run())
 

@@ -16,6 +16,7 @@ from aura_es.projection.engine.loading import fingerprint
 from aura_es.projection.state import checkpoints, outbox, presence
 from aura_es.replay import generations
 from aura_es.store import eventlog
+from aura_es.store.partitioning import Partition
 
 #: Lag is counted up to this many events (a count of millions costs a scan).
 _LAG_CAP = 1_000_000
@@ -63,8 +64,13 @@ def _one(
 ) -> dict[str, Any]:
     position = checkpoint.position if checkpoint else 0
     cursor = checkpoint.cursor if checkpoint else eventlog.ORIGIN
-    lag_events = eventlog.pending(conn, spec.source_events, cursor, cap=_LAG_CAP)
-    oldest = eventlog.oldest_time_after(conn, cursor, spec.source_events)
+    parts = checkpoints.rows_of(conn, spec.name) if spec.partitions > 1 else []
+    if parts:  # each partition's own: their cursors differ
+        lag_events = sum(_lag(conn, spec, part) for part in parts)
+    else:
+        lag_events = eventlog.pending(conn, spec.source_events, cursor, cap=_LAG_CAP)
+    # From the cursor every partition has passed: the oldest event one may still lack.
+    oldest = eventlog.oldest_time_after(conn, cursor, spec.source_events) if lag_events else None
     alive = [w for w in workers if w.alive]
     active = next((w for w in alive if w.role in ("active", "paused")), None)
     # A worker whose breaker is open and whose connection is gone is waiting for its
@@ -96,6 +102,8 @@ def _one(
         "pid": active.pid if active else None,
         "host": active.host if active else None,
         "standbys": sum(1 for w in alive if w.role == "standby"),
+        "partitions": checkpoint.partitions if checkpoint else spec.partitions,
+        "active_workers": sum(1 for w in alive if w.role in ("active", "paused")),
         "breaker": shown.breaker if shown else None,
         "next_probe_seconds": (
             round(shown.next_probe_seconds, 1)
@@ -120,6 +128,40 @@ def _one(
         "fingerprint": current,
         "drift": built_by is not None and built_by != current,
     }
+
+
+def _lag(conn: psycopg.Connection[Any], spec: ProjectionSpec,
+         part: checkpoints.Checkpoint) -> int:
+    return eventlog.pending(conn, spec.source_events, part.cursor, cap=_LAG_CAP,
+                            partition=Partition(part.partition, part.partitions))
+
+
+def partition_status(
+    conn: psycopg.Connection[Any], specs: Sequence[ProjectionSpec]
+) -> list[dict[str, Any]]:
+    """One entry per (projection, partition): its owner (and whether that worker is
+    alive), the lease's epoch, its cursor, checkpoint and lag."""
+    workers = {w.worker_id: w for ws in presence.every(conn).values() for w in ws}
+    rows = []
+    for spec in specs:
+        for part in checkpoints.rows_of(conn, spec.name):
+            owner = workers.get(part.owner) if part.owner else None
+            rows.append({
+                "projection": spec.name,
+                "partition": part.partition,
+                "partitions": part.partitions,
+                "owner": part.owner,
+                "owner_alive": bool(owner and owner.alive),
+                "host": owner.host if owner else None,
+                "pid": owner.pid if owner else None,
+                "epoch": part.epoch,
+                "checkpoint": part.position,
+                "cursor": [part.cursor.transaction, part.cursor.position],
+                "lag_events": _lag(conn, spec, part),
+                "events_applied": part.events_applied,
+                "updated_at": part.updated_at.isoformat() if part.updated_at else None,
+            })
+    return rows
 
 
 #: A horizon held back longer than this is reported (readers wait for it).

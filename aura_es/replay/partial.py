@@ -26,7 +26,7 @@ from aura_es.projection.engine.engine import Engine
 from aura_es.projection.engine.loading import build
 from aura_es.projection.state import checkpoints
 from aura_es.replay import claim
-from aura_es.store import eventlog
+from aura_es.store import eventlog, partitioning
 from aura_es.store.envelope import EventEnvelope
 
 CHUNK_AGGREGATES = 500
@@ -77,6 +77,23 @@ def events_of(
     return eventlog.events_of_aggregates(cur, aggregate_ids, spec.source_events, upto)
 
 
+def _live_events(
+    cur: psycopg.Cursor[Any], spec: ProjectionSpec, ids: list[UUID], cursor: eventlog.Cursor,
+) -> list[EventEnvelope]:
+    """The events the live read model holds of ``ids``: each up to its own partition's
+    cursor when the projection is split."""
+    rows = checkpoints.rows_of(cur, spec.name)
+    if len(rows) <= 1:
+        return events_of(cur, spec, ids, cursor)
+    by_partition: dict[int, list[UUID]] = {}
+    for aggregate_id in ids:
+        by_partition.setdefault(partitioning.partition_of(aggregate_id, len(rows)),
+                                []).append(aggregate_id)
+    events = [e for p, group in by_partition.items()
+              for e in events_of(cur, spec, group, rows[p].cursor)]
+    return sorted(events, key=lambda e: (e.transaction, e.position))
+
+
 def replay_aggregates(
     conn: psycopg.Connection[Any], spec: ProjectionSpec, aggregate_ids: Sequence[UUID], *,
     on_progress: Callable[[int, int], None] | None = None,
@@ -114,8 +131,8 @@ def _replay_chunk(
     cur: psycopg.Cursor[Any], engine: Engine, ids: list[UUID]
 ) -> tuple[int, int, int, int]:
     spec = engine.spec
-    live = serving.current(cur, spec, lock=True)  # the live worker waits meanwhile
-    events = events_of(cur, spec, ids, live.cursor)
+    live = serving.current(cur, spec, lock=True)  # the live workers wait meanwhile
+    events = _live_events(cur, spec, ids, live.cursor)
     # An aggregate with an event that does not decode keeps its rows and its dead
     # letter: its events cannot all be folded, so its rows are left as the live worker
     # made them.

@@ -228,7 +228,7 @@ class Rebuild:
         shadow = checkpoints.get(cur, self.shadow)
         assert shadow is not None
         position, applied = shadow.position, shadow.events_applied
-        checkpoints.take_over(cur, self.spec.name, shadow)
+        checkpoints.take_over(cur, self.spec.name, shadow, self.spec.partitions)
         open_letters = dlq.hand_over(
             cur, self.spec.name, generations.shadow_checkpoint(self.spec, live.generation),
             self.shadow,

@@ -8,6 +8,7 @@ anywhere on the server; see "tailing the log" below and docs/guarantees.md.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,9 +19,10 @@ import psycopg
 from psycopg import sql
 
 from aura_es.positions import MAX_POSITION
-from aura_es.store import owners
+from aura_es.store import owners, partitioning
 from aura_es.store.envelope import EventEnvelope
 from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
+from aura_es.store.partitioning import WHOLE, Partition
 
 #: The channel the recorder NOTIFYs on every append (and a replay's switch).
 CHANNEL = EVENTS_TABLE
@@ -92,14 +94,20 @@ class Batch:
     covered: int
 
 
-def _batch_query(topics: int) -> sql.Composed:
+@functools.cache
+def _batch_query(topics: int, partitioned: bool = False) -> sql.Composed:
     """One index range scan per topic (topic, transaction_id, notification_id), merged:
-    a projection of rare topics reads only its own events, however long the log."""
+    a projection of rare topics reads only its own events, however long the log. A
+    partition's reader filters the scan by the aggregate's partition (``partitioning``):
+    it reads past the other partitions' rows, but never hands them to its handler."""
+    in_partition = (
+        sql.SQL(" AND {key} %% %s = %s").format(key=partitioning.key_sql("originator_id"))
+        if partitioned else sql.SQL(""))
     per_topic = sql.SQL(
         "(SELECT transaction_id, notification_id FROM {e} WHERE topic = %s AND {after}"
-        " AND transaction_id < (SELECT horizon FROM h)"
+        " AND transaction_id < (SELECT horizon FROM h){in_partition}"
         " ORDER BY transaction_id, notification_id LIMIT %s)"
-    ).format(e=_E, after=_AFTER)
+    ).format(e=_E, after=_AFTER, in_partition=in_partition)
     return sql.SQL(
         "WITH h AS (SELECT {horizon} AS horizon),"
         " picked AS (SELECT * FROM ({union}) AS u ORDER BY 1, 2 LIMIT %s)"
@@ -113,12 +121,18 @@ def _batch_query(topics: int) -> sql.Composed:
 
 def read_batch(
     cur: psycopg.Cursor[Any], after: Cursor, topics: Sequence[str], limit: int,
+    partition: Partition = WHOLE,
 ) -> Batch:
-    """At most ``limit`` events of ``topics`` after ``after``, in log order."""
+    """At most ``limit`` events of ``topics`` after ``after``, in log order; only those
+    of ``partition``'s aggregates when the projection is split."""
+    partitioned = partition.count > 1
     params: list[Any] = []
     for topic in topics:
-        params += [topic, after.transaction, after.position, limit]
-    rows = cur.execute(_batch_query(len(topics)), [*params, limit]).fetchall()
+        params += [topic, after.transaction, after.position]
+        if partitioned:
+            params += [partition.count, partition.index]
+        params.append(limit)
+    rows = cur.execute(_batch_query(len(topics), partitioned), [*params, limit]).fetchall()
     horizon = int(rows[0][0])
     events = [EventEnvelope.from_row(row[1:]) for row in rows if row[1] is not None]
     if len(events) == limit:
@@ -238,11 +252,17 @@ def held_back(conn: psycopg.Connection[Any], at_least_seconds: float = 0.0) -> H
 def pending(
     conn: psycopg.Connection[Any], topics: Sequence[str] | None, after: Cursor,
     upto: int | None = None, cap: int | None = None, above: int | None = None,
+    partition: Partition = WHOLE,
 ) -> int:
-    """Events (of ``topics``, all when None) after the cursor ``after``, at or below
-    position ``upto`` and above position ``above`` when given; counting stops at ``cap``."""
-    conditions = [_AFTER]
+    """Events (of ``topics``, all when None; of ``partition``'s aggregates) after the
+    cursor ``after``, at or below position ``upto`` and above position ``above`` when
+    given; counting stops at ``cap``."""
+    conditions: list[sql.Composable] = [_AFTER]
     params: list[Any] = [after.transaction, after.position]
+    if partition.count > 1:
+        conditions.append(sql.SQL("{key} %% %s = %s").format(
+            key=partitioning.key_sql("originator_id")))
+        params += [partition.count, partition.index]
     if upto is not None:
         conditions.append(sql.SQL("notification_id <= %s"))
         params.append(upto)

@@ -43,29 +43,40 @@ def caught_up(
     with connect(database_url) as conn:
         head = eventlog.head(conn)
         for spec in specs:
-            engine = Engine.attach(conn, spec)
             applied[spec.name] = dead[spec.name] = 0
-            last_failure: BaseException | None = None
-            while True:
-                if time.monotonic() > deadline:
-                    failed = (f"; its last failure: {type(last_failure).__name__}:"
-                              f" {last_failure}" if last_failure else "")
-                    raise NotCaughtUp(
-                        f"projection {spec.name!r} reached position"
-                        f" {engine.runner.position} of {head} within {timeout:g} s{failed}")
-                progress = engine.advance()
-                if progress.reconnect:
-                    assert progress.failure is not None
-                    raise progress.failure
-                last_failure = progress.failure or last_failure
-                if progress.wait:
-                    time.sleep(min(progress.wait, max(0.0, deadline - time.monotonic())))
-                if progress.step is not None:
-                    applied[spec.name] += progress.step.applied
-                    if progress.step.caught_up and engine.runner.position >= head:
-                        break
-                if progress.dead_lettered is not None or progress.dead_lettered_type:
-                    dead[spec.name] += 1
+            for partition in range(spec.partitions):
+                engine = Engine.attach(conn, spec, partition=partition)
+                done, lettered = _run(engine, head, deadline, timeout)
+                applied[spec.name] += done
+                dead[spec.name] += lettered
             if side_effects:
                 Dispatcher(spec.name, spec.error_handling).run_due(conn)
     return CaughtUp(head, applied, dead)
+
+
+def _run(engine: Engine, head: int, deadline: float, timeout: float) -> tuple[int, int]:
+    """Steps one partition's engine to ``head``; returns events applied and dead-lettered."""
+    applied = dead = 0
+    last_failure: BaseException | None = None
+    while True:
+        if time.monotonic() > deadline:
+            failed = (f"; its last failure: {type(last_failure).__name__}:"
+                      f" {last_failure}" if last_failure else "")
+            where = (f" partition {engine.runner.partition}"
+                     if engine.runner.partition.count > 1 else "")
+            raise NotCaughtUp(
+                f"projection {engine.spec.name!r}{where} reached position"
+                f" {engine.runner.position} of {head} within {timeout:g} s{failed}")
+        progress = engine.advance()
+        if progress.reconnect:
+            assert progress.failure is not None
+            raise progress.failure
+        last_failure = progress.failure or last_failure
+        if progress.wait:
+            time.sleep(min(progress.wait, max(0.0, deadline - time.monotonic())))
+        if progress.step is not None:
+            applied += progress.step.applied
+            if progress.step.caught_up and engine.runner.position >= head:
+                return applied, dead
+        if progress.dead_lettered is not None or progress.dead_lettered_type:
+            dead += 1

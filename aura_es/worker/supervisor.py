@@ -1,4 +1,5 @@
-"""The supervisor: one OS process per projection, restarted with backoff when it dies.
+"""The supervisor: ``processes`` OS processes per projection (they share its partitions,
+or stand by), each restarted with backoff when it dies.
 
 SIGTERM or Ctrl-C is passed on to every worker, which finishes its batch, commits and
 exits 0; workers still running after the grace period are killed (their uncommitted
@@ -28,7 +29,7 @@ from aura_es.ops.server import MetricsServer
 from aura_es.retry import Backoff
 from aura_es.worker.rebuild import EXIT_REFUSED, EXIT_SWITCHED
 from aura_es.worker.shutdown import SUPERVISOR_PID_ENV, Shutdown
-from aura_es.worker.worker import EXIT_CONFIG, EXIT_OK, EXIT_RELOAD, EXIT_TAKEN_OVER
+from aura_es.worker.worker import EXIT_CONFIG, EXIT_OK, EXIT_RELOAD
 
 #: Waits before restarting a worker that died: 1 s, 2 s, … up to 30 s.
 RESTART = Backoff(base=1.0, cap=30.0, jitter="none")
@@ -62,8 +63,9 @@ class Supervisor:
         metrics_host: str = "127.0.0.1",
         specs: Sequence[ProjectionSpec] = (),
         max_lag_seconds: float = DEFAULT_MAX_LAG_SECONDS,
+        processes: int = 1,
     ) -> None:
-        self.children = [Child(name) for name in projections]
+        self.children = [Child(name) for name in projections for _ in range(processes)]
         self.children += [Child(name, kind="rebuild") for name in rebuild]
         self.catalog = catalog
         self.database_url = database_url
@@ -133,7 +135,7 @@ class Supervisor:
                                projection=child.projection, exit_code=code)
                 self.children.remove(child)
                 return
-            if code in (EXIT_TAKEN_OVER, EXIT_RELOAD):
+            if code == EXIT_RELOAD:
                 delay = 0.0
             else:
                 child.restarts = 0 if ran > HEALTHY_AFTER_SECONDS else child.restarts + 1

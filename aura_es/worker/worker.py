@@ -1,24 +1,29 @@
-"""One projection worker process: stand by for the projection's lock, then apply batches.
+"""One projection worker process: holds some of the projection's partitions and applies
+their batches.
 
 Run by the supervisor as ``python -m aura_es.worker.worker --projection NAME``. The loop
-reads top to bottom: wait while the circuit breaker is open; connect and stand by for
-the lock; then ask its ``Engine`` to advance, step by step. The engine applies batches
-and the failure policy (poison isolated and dead-lettered, transient failures counted
-by the breaker and backed off) and tells the middleware; what stays here is the
-process's own: the lock, signals, LISTEN, reconnecting. Everything that watches the
-loop (presence row, log lines, metrics, tracing, drift warnings, side effects) is a
-middleware (``aura_es.worker.middleware``).
+reads top to bottom: wait while the circuit breaker is open; connect and join the
+projection's live members; then, round after round, rebalance (give up and claim
+partitions as the deal says, ``holdings.py``) and ask each held partition's ``Engine``
+to advance one step. A worker that holds nothing is a hot standby. The engine applies
+batches and the failure policy (poison isolated and dead-lettered, transient failures
+counted by the breaker and backed off) and tells the middleware; what stays here is the
+process's own: membership, leases, signals, LISTEN, reconnecting. Everything that
+watches the loop (presence row, log lines, metrics, tracing, drift warnings, side
+effects) is a middleware (``aura_es.worker.middleware``).
 
-Exit status: 0 after a graceful stop, 3 when another worker took the projection over
-(the supervisor restarts it at once, as a standby), 4 when a replay switched the read
-model to a definition this process does not have (restarted at once, to load it),
-2 on a configuration error (not restarted: a restart cannot fix it), 1 on any other
-failure (restarted with backoff). A worker stops by itself when its supervisor dies.
+Exit status: 0 after a graceful stop (its partitions released for the next owner at
+once), 4 when a replay switched the read model to a definition this process does not
+have (restarted at once, to load it), 2 on a configuration error (not restarted: a
+restart cannot fix it), 1 on any other failure (restarted with backoff). A worker whose
+partition was taken over carries on with the rest. A worker stops by itself when its
+supervisor dies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
@@ -28,6 +33,7 @@ from typing import Any
 
 import psycopg
 
+from aura_es import locks
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.db import connect
@@ -35,25 +41,27 @@ from aura_es.errors import AuraError, ConfigurationError
 from aura_es.log import get_logger
 from aura_es.observability import metrics
 from aura_es.projection.engine import serving
-from aura_es.projection.engine.engine import Engine, Paused, wired_policy
+from aura_es.projection.engine.engine import Engine, Paused, Progress, wired_policy
 from aura_es.projection.engine.failures import CircuitBreaker
 from aura_es.projection.engine.loading import fingerprint, projection_class
 from aura_es.projection.engine.middleware import Middleware, Signals
-from aura_es.projection.engine.runner import GenerationChanged, LostOwnership
+from aura_es.projection.engine.runner import GenerationChanged, Lease, LostOwnership
 from aura_es.projection.middleware.drift import DriftWarning
 from aura_es.projection.middleware.logging import LogLines
 from aura_es.projection.middleware.metrics import Metrics
 from aura_es.projection.middleware.tracing import Tracing
+from aura_es.projection.state import presence
 from aura_es.settings import Settings
 from aura_es.store import eventlog
 from aura_es.store.factory import wake_interval_from_env
 from aura_es.store.following import Follow
+from aura_es.worker.holdings import REBALANCE_SECONDS, Holdings
+from aura_es.worker.lease import lease_from_env
 from aura_es.worker.middleware.presence import Presence
 from aura_es.worker.middleware.side_effects import SideEffects
 from aura_es.worker.shutdown import Shutdown, follow_supervisor
-from aura_es.worker.standby import wait_for_lock
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_TAKEN_OVER, EXIT_RELOAD = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_RELOAD = 0, 1, 2, 4
 #: How often a waiting worker wakes to tell its middleware (heartbeat, due side effects).
 IDLE_TICK_SECONDS = 0.25
 
@@ -70,7 +78,7 @@ class Worker:
     def __init__(
         self, database_url: str, spec: ProjectionSpec, shutdown: Shutdown,
         *, poll_seconds: float = 1.0, middleware: Sequence[Middleware] | None = None,
-        wake_interval: float | None = None,
+        wake_interval: float | None = None, lease_seconds: float | None = None,
     ) -> None:
         self.database_url = database_url
         self.spec = spec
@@ -89,6 +97,11 @@ class Worker:
         # One policy and one breaker for the worker's life: they outlive each connection.
         self.failures = wired_policy(spec, self.signals)
         self.presence = Presence(self, database_url)
+        self.lease_seconds = lease_seconds if lease_seconds is not None else lease_from_env()
+        self.holdings = Holdings(
+            spec.name, spec.partitions, self.worker_id, self.lease_seconds,
+            lambda partition, lease: self._attach(self._connected(), partition, lease),
+            self.log)
         self.signals.middleware = list(
             middleware if middleware is not None else self.default_middleware())
 
@@ -104,6 +117,10 @@ class Worker:
 
     @property
     def connection(self) -> psycopg.Connection[Any] | None:
+        return self.conn
+
+    def _connected(self) -> psycopg.Connection[Any]:
+        assert self.conn is not None
         return self.conn
 
     # -- the loop ---------------------------------------------------------------------------
@@ -130,48 +147,97 @@ class Worker:
 
     def _run_connected(self) -> int:
         self.conn = conn = connect(self.database_url)
-        self._become("standby")
-        if not wait_for_lock(conn, self.spec.name, self.shutdown,
-                             while_waiting=lambda: self.signals.emit("on_idle")):
-            return self._stop()
-        engine = self._attach(conn)
-        self._become("active")
+        self._join(conn)
+        self._become("standby", force=True)  # the presence row: this worker is a member
         eventlog.listen(conn)
+        self.holdings.forget()
         while not self.shutdown.requested:
+            self._rebalance_if_due(conn)
+            if not self.holdings:
+                self._stand_by()
+                continue
             self._forget_wakeups()
-            try:
-                progress = engine.advance()
-            except GenerationChanged as e:
-                if self._live_fingerprint(conn) != self.fingerprint:
-                    self.log.info("read model replaced by another definition; reloading",
-                                  reason=str(e))
-                    self._stop()
-                    return EXIT_RELOAD
-                engine = self._attach(conn)  # rebuilt with this definition: carry on
-                continue
-            except LostOwnership as e:
-                self.log.warning("taken over", reason=str(e))
-                self._stop()
-                return EXIT_TAKEN_OVER
-            except Paused as e:
-                self._pause(e, engine.attempts)
-                continue
-            if progress.step is not None and (progress.step.applied or progress.step.parked):
-                self.follow.heard()
-            if progress.reconnect:
-                raise _Reconnect(progress.wait)
-            if progress.step is not None and self.role == "paused":
-                self._become("active")
-            if progress.wait:
-                self._idle_for(progress.wait)
-            elif progress.step is not None and progress.step.caught_up:
+            caught_up, waits = True, [0.0]
+            for partition, engine in self.holdings:
+                if self.shutdown.requested:
+                    break
+                # Between any two batches, not only after a round: a worker that holds
+                # many partitions hands some over without first stepping them all.
+                self._rebalance_if_due(conn)
+                if self.holdings.engines.get(partition) is not engine:
+                    continue
+                outcome = self._advance(conn, partition, engine)
+                if outcome is None:
+                    continue
+                if isinstance(outcome, int):
+                    return outcome
+                step = outcome.step
+                if step is not None and (step.applied or step.parked):
+                    self.follow.heard()
+                if outcome.reconnect:
+                    raise _Reconnect(outcome.wait)
+                if step is not None and self.role == "paused":
+                    self._become("active")
+                waits.append(outcome.wait)
+                caught_up = caught_up and step is not None and step.caught_up
+            if max(waits):
+                self._idle_for(max(waits))
+            elif caught_up:
                 self._wait_for_events()
         self.log.info("stopped", signal=self.shutdown.signal_name)
         return self._stop()
 
-    def _attach(self, conn: psycopg.Connection[Any]) -> Engine:
+    def _rebalance_if_due(self, conn: psycopg.Connection[Any]) -> None:
+        if self.holdings.due():
+            self.holdings.rebalance(conn)
+            if not self.holdings or self.role != "paused":
+                self._become("active" if self.holdings else "standby")
+
+    def _advance(self, conn: psycopg.Connection[Any], partition: int,
+                 engine: Engine) -> Progress | int | None:
+        """One step of one partition: its progress, an exit status, or None when the
+        partition is no longer this worker's to run."""
+        try:
+            return engine.advance()
+        except GenerationChanged as e:
+            if self._live_fingerprint(conn) != self.fingerprint:
+                self.log.info("read model replaced by another definition; reloading",
+                              reason=str(e))
+                self._stop()
+                return EXIT_RELOAD
+            self._check_layout(conn)  # rebuilt with this definition: claim afresh
+            self.holdings.forget()
+        except LostOwnership as e:
+            self.holdings.lost(partition, str(e))
+        except Paused as e:
+            self._pause(e, engine.attempts)
+        return None
+
+    def _join(self, conn: psycopg.Connection[Any]) -> None:
+        """Makes this connection the worker's membership: its session lock says the worker
+        is alive, and a transaction left open past the lease (a paused process) is ended
+        by the server, so its partitions' rows are free for the next owner."""
+        locks.try_lock(conn, presence.MEMBER_LOCK + self.worker_id)
+        conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                     (str(int(self.lease_seconds * 1000)),))
+        self._check_layout(conn)
+
+    def _check_layout(self, conn: psycopg.Connection[Any]) -> None:
+        """The read model is split as this catalog says (made or split now), or
+        ``PartitionsChanged`` stops the worker before it claims anything."""
+        self._attach(conn, 0, None)
+
+    def _attach(self, conn: psycopg.Connection[Any], partition: int,
+                lease: Lease | None) -> Engine:
         return Engine.attach(conn, self.spec, fingerprint=self.fingerprint,
-                             signals=self.signals, failures=self.failures, log=self.log)
+                             signals=self.signals, failures=self.failures, log=self.log,
+                             partition=partition, lease=lease)
+
+    @property
+    def dispatches_side_effects(self) -> bool:
+        """One worker runs a projection's recorded side effects: the holder of
+        partition 0 (recording them is fenced with each partition's batch)."""
+        return 0 in self.holdings.engines
 
     def _live_fingerprint(self, conn: psycopg.Connection[Any]) -> str | None:
         with conn.cursor() as cur:
@@ -202,11 +268,17 @@ class Worker:
         if heard:
             self.follow.heard()
 
+    def _stand_by(self) -> None:
+        """Holds no partition: looks again at the next rebalance (or sooner, on a NOTIFY,
+        which changes nothing but costs nothing)."""
+        self._idle_for(REBALANCE_SECONDS)
+
     def _wait_for_events(self) -> None:
         """Until a NOTIFY, the next read while the log is busy (``store/following.py``),
-        a poll interval or shutdown; a lost NOTIFY costs one interval."""
+        a poll interval (or the next rebalance) or shutdown; a lost NOTIFY costs one
+        interval."""
         assert self.conn is not None
-        wait = self.follow.timeout(self.poll_seconds)
+        wait = min(self.follow.timeout(self.poll_seconds), REBALANCE_SECONDS)
         deadline = time.monotonic() + wait
         while not self.shutdown.requested:
             left = deadline - time.monotonic()
@@ -229,11 +301,14 @@ class Worker:
 
     # -- roles ------------------------------------------------------------------------------
 
-    def _become(self, role: str) -> None:
-        self.role = role
-        self.signals.emit("after_role", role)
+    def _become(self, role: str, *, force: bool = False) -> None:
+        if role != self.role or force:
+            self.role = role
+            self.signals.emit("after_role", role)
 
     def _stop(self) -> int:
+        with contextlib.suppress(psycopg.Error):
+            self.holdings.release_all(self.conn)  # the next owner need not wait a lease
         self.signals.emit("before_stop")
         return EXIT_OK
 

@@ -35,6 +35,7 @@ from aura_es.projection.engine.middleware import Middleware, Signals
 from aura_es.projection.engine.runner import (
     BatchRunner,
     GenerationChanged,
+    Lease,
     LostOwnership,
     Step,
 )
@@ -80,6 +81,7 @@ class Engine:
         batch_size: int | None = None, middleware: Sequence[Middleware] = (),
         signals: Signals | None = None, failures: FailurePolicy | None = None,
         log: Any = None, max_transient_failures: int | None = None,
+        partition: int = 0, lease: Lease | None = None,
     ) -> None:
         self.conn = conn
         self.spec = spec
@@ -94,7 +96,7 @@ class Engine:
         self.runner = BatchRunner(
             conn, spec, build(spec, storage), checkpoint_name=checkpoint_name,
             fingerprint=fingerprint, replaying=replaying, generation=generation,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size, partition=partition, lease=lease,
         )
         self.limit = self.batch_size
         self.attempts = 0

@@ -42,9 +42,10 @@ def build(spec: ProjectionSpec, storage: str | None = None) -> Projection:
 
 def fingerprint(spec: ProjectionSpec) -> str:
     """Changes when the catalog entry or the handler's ``version`` changes (drift)."""
-    # Only what shapes the read model: retries or batch sizes do not make it drift.
+    # Only what shapes the read model: retries, batch sizes or partitions do not make it
+    # drift (a read model split four ways holds what the unsplit one holds).
     definition = spec.model_dump(
-        mode="json", exclude={"description", "error_handling", "batch_size"}
+        mode="json", exclude={"description", "error_handling", "batch_size", "partitions"}
     )
     definition["handler_version"] = projection_class(spec).version
     return hashlib.sha256(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]

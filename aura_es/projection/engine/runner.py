@@ -1,10 +1,11 @@
 """Applies a projection's batches: read-model writes and checkpoint in ONE transaction.
 
-The runner owns no process, no lock and no failure policy (the ``Engine`` around it
-does): its driver gives it a connection that holds the projection's lock. Each step
-locks the checkpoint row and checks it still says what this runner last wrote: if
-another worker moved it (a lost lock, a takeover), the step aborts before writing
-anything (G4).
+The runner owns no process, no lease and no failure policy (the ``Engine`` around it
+does). It applies one partition of its projection (the whole of it when unsplit). Each
+step locks the partition's checkpoint row and checks it still says what this runner last
+wrote and, for a worker's runner, that the lease is still the one its worker claimed
+(``state/leases.py``): if another worker moved it or took the partition over, the step
+aborts before writing anything (G4, G12).
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ from uuid import UUID
 
 import psycopg
 
+from aura_es import locks
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError, EventUndecodable
 from aura_es.projection import dlq
 from aura_es.projection.handlers.api import Projection, Tx
 from aura_es.projection.state import checkpoints, registry
 from aura_es.schemas import versions
-from aura_es.store import eventlog
+from aura_es.store import eventlog, partitioning
 from aura_es.store.envelope import EventEnvelope
 from aura_es.store.eventlog import ORIGIN, Batch, Cursor
+from aura_es.store.partitioning import Partition
+
+#: Who may write a partition: its worker's id and the epoch of its claim.
+Lease = tuple[str, int]
+SETUP_LOCK = "aura.projection-setup:"
 
 
 class LostOwnership(AuraError):
@@ -70,6 +77,8 @@ class BatchRunner:
         replaying: bool = False,
         generation: int = 1,
         batch_size: int | None = None,
+        partition: int = 0,
+        lease: Lease | None = None,
     ) -> None:
         self.conn = conn
         self.spec = spec
@@ -80,6 +89,13 @@ class BatchRunner:
         self.replaying = replaying
         self.generation = generation
         self.topics = list(spec.source_events)
+        # A rebuild's shadow (or a trial) reads the log whole; the live read model is
+        # split as its catalog entry says.
+        live = self.checkpoint_name == spec.name
+        self.partition = Partition(partition, spec.partitions if live else 1)
+        #: The (owner, epoch) this runner's worker claimed; None: no lease to check
+        #: (a replay, a dead letter's retry, the test kit).
+        self.lease = lease
         self.cursor = ORIGIN
         self.position = 0
         self.setup()
@@ -87,6 +103,8 @@ class BatchRunner:
     def setup(self) -> None:
         """Creates the read model's tables and the checkpoint row, and reads where it is."""
         with self.conn.transaction(), self.conn.cursor() as cur:
+            # Workers of one projection start together: one creates its tables at a time.
+            locks.lock_for_transaction(cur, SETUP_LOCK + self.checkpoint_name)
             resuming = checkpoints.get(cur, self.checkpoint_name) is not None
             # Tables are registered to this read model before they are created, so a
             # replay later drops exactly these, and no other projection's table (or a
@@ -96,12 +114,20 @@ class BatchRunner:
                 self.projection.stable_tables(), adopt_existing=resuming,
             )
             self.projection.create(Tx(cur, replaying=self.replaying))
-            checkpoint = checkpoints.ensure(
-                cur, self.checkpoint_name, fingerprint=self.fingerprint,
-                generation=self.generation, storage=self.projection.storage,
-            )
+            checkpoint = self._checkpoint_row(cur)
         self._check_generation(checkpoint.generation)
         self.cursor, self.position = checkpoint.cursor, checkpoint.position
+
+    def _checkpoint_row(self, cur: psycopg.Cursor[Any]) -> checkpoints.Checkpoint:
+        """This partition's row, after the read model's rows are laid out (made, or split)
+        as ``self.partition`` says; ``PartitionsChanged`` if they cannot be."""
+        row = checkpoints.get(cur, self.checkpoint_name, self.partition.index)
+        if row is None or row.partitions != self.partition.count:
+            rows = checkpoints.layout(
+                cur, self.checkpoint_name, self.partition.count, fingerprint=self.fingerprint,
+                generation=self.generation, storage=self.projection.storage)
+            row = rows[self.partition.index]
+        return row
 
     def _check_generation(self, stored: int) -> None:
         if stored != self.generation:
@@ -122,7 +148,7 @@ class BatchRunner:
         with self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
             batch = _up_to_undecodable(eventlog.read_batch(
-                cur, self.cursor, self.topics, limit or self.batch_size
+                cur, self.cursor, self.topics, limit or self.batch_size, self.partition
             ))
             events = list(batch.events)
             parked = 0
@@ -171,7 +197,7 @@ class BatchRunner:
     def peek(self) -> EventEnvelope | None:
         """The next event this runner would apply (for logging a failure)."""
         with self.conn.cursor() as cur:
-            batch = eventlog.read_batch(cur, self.cursor, self.topics, 1)
+            batch = eventlog.read_batch(cur, self.cursor, self.topics, 1, self.partition)
         return batch.events[0] if batch.events else None
 
     def dead_letter_next(
@@ -180,7 +206,7 @@ class BatchRunner:
         """Moves the next event to the DLQ and the checkpoint past it; returns its position."""
         with self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
-            batch = eventlog.read_batch(cur, self.cursor, self.topics, 1)
+            batch = eventlog.read_batch(cur, self.cursor, self.topics, 1, self.partition)
             if not batch.events:
                 raise LookupError(f"projection {self.checkpoint_name!r}: no event to dead-letter")
             event = batch.events[0]
@@ -208,12 +234,16 @@ class BatchRunner:
         worker's dispatcher). A failure keeps the events parked, one more attempt noted.
         """
         with self.conn.transaction(), self.conn.cursor() as cur:
-            checkpoint = checkpoints.get(cur, self.checkpoint_name, lock=True)
-            if checkpoint is not None:
-                self._check_generation(checkpoint.generation)
             letter = dlq.get(cur, dead_letter_id, lock=True)
             if letter is None or letter["status"] != dlq.PARKED_STATUS:
                 raise LookupError(f"dead letter {dead_letter_id} is not open")
+            # The partition of the letter's aggregate: its live batches are the ones
+            # that must not interleave.
+            partition = partitioning.partition_of(
+                UUID(str(letter["aggregate_id"])), self.partition.count)
+            checkpoint = checkpoints.get(cur, self.checkpoint_name, partition, lock=True)
+            if checkpoint is not None:
+                self._check_generation(checkpoint.generation)
             events = dlq.events_of(cur, letter)
             try:
                 broken = next((e for e in events if e.undecodable is not None), None)
@@ -228,13 +258,15 @@ class BatchRunner:
                 dlq.record_retry_failure(cur, dead_letter_id, e)
                 return False
             applied = dlq.resolve(cur, dead_letter_id)
-            checkpoints.count_applied(cur, self.checkpoint_name, applied)
+            checkpoints.count_applied(cur, self.checkpoint_name, applied, partition)
         return True
 
     def _lock_checkpoint(self, cur: psycopg.Cursor[Any]) -> None:
-        checkpoint = checkpoints.lock_for_batch(cur, self.checkpoint_name)
+        checkpoint = checkpoints.lock_for_batch(cur, self.checkpoint_name,
+                                                self.partition.index)
         if checkpoint is not None:
             self._check_generation(checkpoint.generation)
+            self._check_lease(checkpoint)
         stored = checkpoint.cursor if checkpoint else None
         if stored != self.cursor:
             raise LostOwnership(
@@ -242,13 +274,26 @@ class BatchRunner:
                 f"expected {self.cursor}; another worker has taken over"
             )
 
+    def _check_lease(self, checkpoint: checkpoints.Checkpoint) -> None:
+        """The fence (G12): in the batch's own transaction, before anything is written."""
+        if checkpoint.partitions != self.partition.count:
+            raise LostOwnership(
+                f"projection {self.checkpoint_name!r}: split into {checkpoint.partitions}"
+                f" partitions, this runner reads partition {self.partition}")
+        if self.lease is not None and (checkpoint.owner, checkpoint.epoch) != self.lease:
+            raise LostOwnership(
+                f"projection {self.checkpoint_name!r} partition {self.partition}: the lease"
+                f" is {checkpoint.owner or 'free'} epoch {checkpoint.epoch}, this worker held"
+                f" epoch {self.lease[1]}; another worker has taken it over")
+
     def _advance(
         self, cur: psycopg.Cursor[Any], cursor: Cursor, covered: int, applied: int,
     ) -> tuple[Cursor, int]:
         """Moves the checkpoint in the batch's transaction; returns where the runner is
         once that commits (a rolled-back batch leaves it where its checkpoint is)."""
         if cursor != self.cursor or covered > self.position:
-            checkpoints.advance(cur, self.checkpoint_name, cursor, covered, applied)
+            checkpoints.advance(cur, self.checkpoint_name, cursor, covered, applied,
+                                self.partition.index)
         return cursor, max(self.position, covered)
 
     def run_until_caught_up(self) -> int:

@@ -27,7 +27,11 @@ class Live:
 
 
 def current(cur: psycopg.Cursor[Any], spec: ProjectionSpec, *, lock: bool = False) -> Live:
-    found = checkpoints.get(cur, spec.name, lock=lock)
+    """``lock``: every partition's row is held until the transaction ends, so no live
+    batch of any partition interleaves (a replay's switch, a partial replay)."""
+    if lock:
+        checkpoints.rows_of(cur, spec.name, lock=True)
+    found = checkpoints.get(cur, spec.name)
     if found is None:
         return Live(1, spec.storage, 0, 0, None, exists=False)
     return Live(found.generation, found.storage or spec.storage, found.position,

@@ -116,6 +116,7 @@ class Worker:
     next_probe_seconds: float | None
     #: Its last error came after its last healthy step: it still needs attention.
     error_current: bool = False
+    worker_id: str = ""
 
 
 def every(conn: psycopg.Connection[Any]) -> dict[str, list[Worker]]:
@@ -125,8 +126,8 @@ def every(conn: psycopg.Connection[Any]) -> dict[str, list[Worker]]:
         "SELECT projection, role, pid, host, events_per_second, last_error, last_error_at,"
         " heartbeat_at > now() - make_interval(secs => %s), breaker,"
         " greatest(0, extract(epoch FROM next_probe_at - now()))::float,"
-        " last_error_at IS NOT NULL AND last_error_at >= coalesce(healthy_at, '-infinity')"
-        " FROM {t}"
+        " last_error_at IS NOT NULL AND last_error_at >= coalesce(healthy_at, '-infinity'),"
+        " worker_id FROM {t}"
         " ORDER BY started_at"
     ).format(t=_T), (ALIVE_SECONDS,)):
         workers.setdefault(row[0], []).append(Worker(*row))
@@ -139,3 +140,31 @@ def active_pids(conn: psycopg.Connection[Any], projection: str) -> list[int]:
                 " AND heartbeat_at > now() - make_interval(secs => %s)").format(t=_T),
         (projection, ALIVE_SECONDS),
     )]
+
+
+#: The session lock a worker holds while its connection lives: a member whose session
+#: died (SIGKILL, a lost host) is dead at once, without waiting out its heartbeat.
+MEMBER_LOCK = "aura.worker:"
+
+
+@dataclass(frozen=True, order=True)
+class Member:
+    """A live worker of a projection, in the order partitions are dealt: oldest first."""
+
+    started_at: datetime
+    worker_id: str
+
+
+def members(conn: psycopg.Connection[Any], projection: str, lease_seconds: float) -> list[Member]:
+    """The workers of ``projection`` that are alive: a heartbeat within the lease, and
+    their session (which holds ``MEMBER_LOCK`` + id) still open on this server."""
+    return [Member(row[0], row[1]) for row in conn.execute(sql.SQL(
+        "SELECT started_at, worker_id FROM {t} w WHERE projection = %s"
+        " AND heartbeat_at > now() - make_interval(secs => %s)"
+        " AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+        "  AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database"
+        "   WHERE datname = current_database())"
+        "  AND ((l.classid::bigint << 32) | l.objid::bigint)"
+        "   = hashtextextended(%s || w.worker_id, 0))"
+        " ORDER BY started_at, worker_id"
+    ).format(t=_T), (projection, lease_seconds, MEMBER_LOCK))]

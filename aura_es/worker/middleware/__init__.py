@@ -25,3 +25,6 @@ class WorkerView(Protocol):
 
     @property
     def connection(self) -> psycopg.Connection[Any] | None: ...
+
+    @property
+    def dispatches_side_effects(self) -> bool: ...

@@ -35,7 +35,7 @@ class SideEffects(Middleware):
 
     def _run(self) -> None:
         conn = self.worker.connection
-        if conn is None or conn.broken or self.worker.role not in ("active", "paused"):
+        if conn is None or conn.broken or not self.worker.dispatches_side_effects:
             return
         self._checked = time.monotonic()
         self.dispatcher.run_due(conn)
