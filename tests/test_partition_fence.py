@@ -239,3 +239,45 @@ def test_a_replay_with_another_count_rebuilds_and_switches_every_partition_at_on
         # The old count's workers meet the new layout: refused, nothing written.
         with pytest.raises(checkpoints.PartitionsChanged):
             Engine.attach(conn, _spec(tmp_path, 2), partition=0)
+
+
+def test_a_partitioned_replay_builds_its_partitions_in_parallel_and_switches_once(
+    db_url: str, tmp_path: Path,
+) -> None:
+    _write(db_url, 12, 3)
+    spec = _spec(tmp_path, 4)
+    with connect(db_url) as conn:
+        _catch_up(conn, spec)
+        live = sorted(conn.execute(f"SELECT * FROM {parts.STORAGE}").fetchall())
+        rebuild = Rebuild(conn, spec, processes=2, database_url=db_url)
+        try:
+            assert rebuild.partitions == 4  # the shadow is split like the projection
+            done: list[int] = []
+            result = rebuild.run(lambda p: done.append(p.done))
+        finally:
+            rebuild.close()
+        assert result.events == 36 and done[-1] == 36
+        with conn.cursor() as cur:
+            rows = checkpoints.rows_of(cur, parts.NAME)
+            assert checkpoints.rows_of(cur, rebuild.shadow) == []
+        assert [(r.partition, r.partitions, r.generation) for r in rows] == [
+            (p, 4, 2) for p in range(4)]
+        assert sum(r.events_applied for r in rows) == 36
+        assert sorted(conn.execute(f"SELECT * FROM {parts.STORAGE}").fetchall()) == live
+        assert parts.applied(conn) == 36  # once each: a second application breaks the key
+
+
+def test_replay_of_a_partitioned_projection_from_the_command_line(
+    db_url: str, tmp_path: Path, cli_env: dict[str, str],
+) -> None:
+    _write(db_url, 6, 2)
+    spec = _spec(tmp_path, 2)
+    with connect(db_url) as conn:
+        _catch_up(conn, spec)
+    env = cli_env | {"PYTHONPATH": str(parts.ROOT)}
+    result = aura("replay", parts.NAME, "--processes", "2", "--json", "--catalog",
+                  str(tmp_path / "catalog.yaml"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["events"] == 12
+    with connect(db_url) as conn:
+        assert parts.applied(conn) == 12

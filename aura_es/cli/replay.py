@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -76,6 +77,12 @@ def replay(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Events per rebuild transaction.")
     ] = None,
+    processes: Annotated[
+        int | None, typer.Option(
+            "--processes", min=1, max=64,
+            help="Processes that build a partitioned projection's partitions side by side"
+                 " (default: one per core, at most one per partition).")
+    ] = None,
     catalog: CatalogPath = DEFAULT_PATH,
     database_url: DatabaseUrl = None,
     json: Json = False,
@@ -116,13 +123,16 @@ def replay(
             else:
                 _print_plan(plan.as_dict())
         else:
-            _rebuild(conn, spec, keep_old=keep_old, batch_size=batch_size, json=json)
+            _rebuild(conn, spec, keep_old=keep_old, batch_size=batch_size, json=json,
+                     processes=processes or min(spec.partitions, os.cpu_count() or 1),
+                     database_url=settings(database_url).resolved_database_url())
 
 
 def _rebuild(conn: psycopg.Connection[Any], spec: ProjectionSpec, *, keep_old: bool,
-             batch_size: int | None, json: bool) -> None:
+             batch_size: int | None, json: bool, processes: int, database_url: str) -> None:
     log = get_logger(component="replay")
-    rebuild = Rebuild(conn, spec, keep_old=keep_old, batch_size=batch_size, log=log)
+    rebuild = Rebuild(conn, spec, keep_old=keep_old, batch_size=batch_size, log=log,
+                      processes=processes, database_url=database_url)
     if rebuild.resumed_from:
         console.print(f"resuming generation {rebuild.generation} of {spec.name} from position"
                       f" {rebuild.resumed_from}", highlight=False)

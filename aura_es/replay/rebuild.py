@@ -4,11 +4,14 @@ then takes over in one transaction (G7).
 1. Claim the projection's replay lock; resume this definition's unfinished rebuild or
    start generation N into ``<storage>__g<N>`` with its own checkpoint (``name@gN``).
 2. Catch up from position 0 with the same poison handling as a worker (its own DLQ
-   entries), while the live worker keeps serving and updating generation N-1.
-3. Switch: lock the live checkpoint row (the live worker waits), apply the last few
-   events, hand the checkpoint and dead letters over, point every stable name at the
-   new tables, drop (or keep) the old ones, commit. The live worker sees the new
-   generation at its next batch and carries on from the handed-over checkpoint.
+   entries), while the live workers keep serving and updating generation N-1. A
+   partitioned projection's shadow is split like it and built by helper processes side
+   by side (``parallel.py``), one checkpoint per partition.
+3. Switch: lock the live checkpoint rows (the live workers wait), apply the last few
+   events of every shadow partition, hand the checkpoints and dead letters over, point
+   every stable name at the new tables, drop (or keep) the old ones, commit: once, for
+   every partition. The live workers see the new generation at their next batch and
+   carry on from the handed-over checkpoints.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from aura_es.projection.engine.runner import LostOwnership, Step
 from aura_es.projection.middleware.logging import LogLines
 from aura_es.projection.middleware.tracing import Tracing
 from aura_es.projection.state import checkpoints, registry
-from aura_es.replay import claim, generations
+from aura_es.replay import claim, generations, parallel
 from aura_es.store import eventlog
 
 #: Rebuild batches are larger than live ones: throughput matters, latency does not.
@@ -85,11 +88,16 @@ class Rebuild:
     def __init__(
         self, conn: psycopg.Connection[Any], spec: ProjectionSpec, *,
         keep_old: bool = False, batch_size: int | None = None, log: Any = None,
+        processes: int = 1, database_url: str | None = None,
     ) -> None:
         self.conn = conn
         self.spec = spec
         self.keep_old = keep_old
         self.log = log
+        #: Helper processes that catch the shadow's partitions up (a partitioned
+        #: projection only; they need ``database_url`` to connect).
+        self.processes = processes if database_url is not None else 1
+        self.database_url = database_url
         self.fingerprint = fingerprint(spec)
         claim.claim(conn, spec.name, "rebuild")
         with conn.transaction(), conn.cursor() as cur:
@@ -104,40 +112,60 @@ class Rebuild:
                 storage = generations.physical_storage(spec, self.generation)
                 generations.start(cur, spec, self.generation, storage, self.fingerprint)
         self.shadow = generations.shadow_checkpoint(spec, self.generation)
+        self.storage = storage
+        self.batch_size = batch_size or max(spec.batch_size, MIN_REBUILD_BATCH)
         middleware: list[Middleware] = [Tracing("aura.replay.batch",
                                                 generation=self.generation)]
         if log is not None:
             middleware.append(LogLines(log))
-        # A transient failure is retried on this connection as the catalog says; a lost
-        # connection or a takeover ends the run (running again resumes).
-        self.engine = Engine(
-            conn, spec, storage=storage, checkpoint_name=self.shadow,
+        self.middleware = middleware
+        self.partitions = self._shadow_partitions()
+        self._attach()
+        self.resumed_from = self._position()
+
+    def _attach(self) -> None:
+        """An engine per shadow partition, from where its checkpoint is now. A transient
+        failure is retried on this connection as the catalog says; a lost connection or
+        a takeover ends the run (running again resumes)."""
+        self.engines = [Engine(
+            self.conn, self.spec, storage=self.storage, checkpoint_name=self.shadow,
             fingerprint=self.fingerprint, replaying=True, generation=self.generation,
-            batch_size=batch_size or max(spec.batch_size, MIN_REBUILD_BATCH),
-            middleware=middleware, log=log,
-            max_transient_failures=spec.error_handling.max_retries,
-        )
+            batch_size=self.batch_size, middleware=self.middleware, log=self.log,
+            max_transient_failures=self.spec.error_handling.max_retries,
+            partition=partition, partitions=self.partitions,
+        ) for partition in range(self.partitions)]
+        self.engine = self.engines[0]
         self.runner = self.engine.runner
-        self.resumed_from = self.runner.position
+
+    def _shadow_partitions(self) -> int:
+        """The shadow is split like the projection when helpers will build it in
+        parallel; a rebuild that resumes keeps the shadow's split as it is."""
+        with self.conn.cursor() as cur:
+            found = checkpoints.get(cur, self.shadow)
+        if found is not None:
+            return found.partitions
+        return self.spec.partitions if self.processes > 1 else 1
 
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self, on_progress: Callable[[RebuildProgress], None] | None = None) -> RebuildResult:
-        """Catches up, then switches; returns what was done. Raises on a handler failure
-        the DLQ cannot take (``dead_letter_queue: false``) or a lost connection: running
-        again resumes from the rebuild's checkpoint."""
+        """Catches up (the shadow's partitions in helper processes first, when it is
+        split), then switches; returns what was done. Raises on a handler failure the
+        DLQ cannot take (``dead_letter_queue: false``) or a lost connection: running
+        again resumes from the rebuild's checkpoints."""
         started = time.perf_counter()
         done = self._applied()
-        counted_to, total = self._count(self.runner.cursor, done)
+        counted_to, total = self._count(done)
+        if self.partitions > 1 and self.processes > 1:
+            parallel.catch_up(self, lambda: self._report(on_progress, total))
+            self._attach()  # from where the helpers left each partition
+            done = self._applied()
         snapshots_cleared = False
+        turn = 0
         while True:
-            progress = self.engine.advance()
-            if progress.reconnect:
-                assert progress.failure is not None
-                raise progress.failure
-            if progress.wait:
-                time.sleep(progress.wait)
-            step = progress.step
+            engine = self.engines[turn % len(self.engines)]
+            turn += 1
+            step = engine.advance_or_raise().step
             if step is None:
                 continue
             done += step.applied
@@ -147,10 +175,10 @@ class Rebuild:
                                           cap=None, above=counted_to)
                 counted_to = head
             if on_progress is not None:
-                on_progress(RebuildProgress(done, max(total, done), step.position, head))
-            remaining = 0 if step.caught_up else eventlog.pending(
-                self.conn, self.spec.source_events, step.cursor, cap=SWITCH_WITHIN_EVENTS + 1)
-            if remaining <= SWITCH_WITHIN_EVENTS:
+                on_progress(RebuildProgress(done, max(total, done), self._position(), head))
+            if turn % len(self.engines):
+                continue  # every partition steps once before the shadow is measured
+            if self._remaining() <= SWITCH_WITHIN_EVENTS:
                 if not snapshots_cleared:
                     # Wait out older snapshots first, then catch up again (see below).
                     self._wait_for_older_snapshots()
@@ -162,6 +190,32 @@ class Rebuild:
                         final = result.switched_at_position
                         on_progress(RebuildProgress(result.events, result.events, final, final))
                     return result
+
+    def _report(self, on_progress: Callable[[RebuildProgress], None] | None,
+                total: int) -> None:
+        if on_progress is not None:  # read from the checkpoints: the helpers move them
+            with self.conn.cursor() as cur:
+                rows = checkpoints.rows_of(cur, self.shadow)
+            done = sum(row.events_applied for row in rows)
+            position = min((row.position for row in rows), default=0)
+            on_progress(RebuildProgress(done, max(total, done), position,
+                                        eventlog.head(self.conn)))
+
+    def _position(self) -> int:
+        return min(e.runner.position for e in self.engines)
+
+    def _remaining(self) -> int:
+        """Events of the projection's topics the shadow has still to read (each
+        partition from its own cursor), counted up to just past the switch's bound."""
+        remaining = 0
+        for engine in self.engines:
+            runner = engine.runner
+            remaining += eventlog.pending(
+                self.conn, self.spec.source_events, runner.cursor,
+                cap=SWITCH_WITHIN_EVENTS + 1, partition=runner.partition)
+            if remaining > SWITCH_WITHIN_EVENTS:
+                break
+        return remaining
 
     # -- the switch -------------------------------------------------------------------------
 
@@ -202,20 +256,22 @@ class Rebuild:
             time.sleep(0.05)
 
     def _try_switch(self, started: float) -> RebuildResult | None:
-        before = self.runner.cursor, self.runner.position
+        before = [(e.runner.cursor, e.runner.position) for e in self.engines]
         try:
             with self.conn.transaction(), self.conn.cursor() as cur:
                 live = serving.current(cur, self.spec, lock=True)
-                step: Step = self.runner.step()
-                while not step.caught_up:
-                    step = self.runner.step()
+                for engine in self.engines:
+                    step: Step = engine.runner.step()
+                    while not step.caught_up:
+                        step = engine.runner.step()
                 return self._switch(cur, live, started)
         except LostOwnership:
             raise
         except Exception as e:
             # The tail failed inside the switch: everything rolled back. Go back to the
             # catch-up loop, whose poison handling deals with the event.
-            self.runner.cursor, self.runner.position = before
+            for engine, (cursor, position) in zip(self.engines, before, strict=True):
+                engine.runner.cursor, engine.runner.position = cursor, position
             if self.engine.failures.is_transient(e) or self.conn.broken:
                 raise
             self._log("warning", "switch postponed: the last events failed",
@@ -225,10 +281,11 @@ class Rebuild:
     def _switch(
         self, cur: psycopg.Cursor[Any], live: serving.Live, started: float
     ) -> RebuildResult:
-        shadow = checkpoints.get(cur, self.shadow)
-        assert shadow is not None
-        position, applied = shadow.position, shadow.events_applied
-        checkpoints.take_over(cur, self.spec.name, shadow, self.spec.partitions)
+        shadows = checkpoints.rows_of(cur, self.shadow)
+        assert shadows
+        position = min(s.position for s in shadows)
+        applied = sum(s.events_applied for s in shadows)
+        checkpoints.take_over(cur, self.spec.name, shadows, self.spec.partitions)
         open_letters = dlq.hand_over(
             cur, self.spec.name, generations.shadow_checkpoint(self.spec, live.generation),
             self.shadow,
@@ -295,13 +352,13 @@ class Rebuild:
 
     def _applied(self) -> int:
         with self.conn.cursor() as cur:
-            found = checkpoints.get(cur, self.shadow)
-        return found.events_applied if found else 0
+            return sum(row.events_applied for row in checkpoints.rows_of(cur, self.shadow))
 
-    def _count(self, cursor: eventlog.Cursor, done: int) -> tuple[int, int]:
+    def _count(self, done: int) -> tuple[int, int]:
         upto = eventlog.head(self.conn)
-        return upto, done + eventlog.pending(self.conn, self.spec.source_events, cursor,
-                                             upto=upto)
+        return upto, done + sum(
+            eventlog.pending(self.conn, self.spec.source_events, e.runner.cursor, upto=upto,
+                             partition=e.runner.partition) for e in self.engines)
 
     def close(self) -> None:
         claim.release(self.conn, self.spec.name)

@@ -78,9 +78,11 @@ class Holdings:
 
     def forget(self) -> None:
         """Every engine goes (a new connection, a new generation); the leases stay ours
-        until claimed again or taken by a live member."""
+        until claimed again or taken by a live member. The next look is one interval
+        away: workers started together see each other before the first deal, instead of
+        the first one claiming everything and handing most of it over again."""
         self.engines.clear()
-        self._looked = 0.0
+        self._looked = time.monotonic()
 
     def release_all(self, conn: psycopg.Connection[Any] | None) -> None:
         if conn is not None and not conn.broken:

@@ -18,6 +18,7 @@ Middleware (``middleware.py``) watch every step; the engine knows none of them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,7 +82,7 @@ class Engine:
         batch_size: int | None = None, middleware: Sequence[Middleware] = (),
         signals: Signals | None = None, failures: FailurePolicy | None = None,
         log: Any = None, max_transient_failures: int | None = None,
-        partition: int = 0, lease: Lease | None = None,
+        partition: int = 0, lease: Lease | None = None, partitions: int | None = None,
     ) -> None:
         self.conn = conn
         self.spec = spec
@@ -97,6 +98,7 @@ class Engine:
             conn, spec, build(spec, storage), checkpoint_name=checkpoint_name,
             fingerprint=fingerprint, replaying=replaying, generation=generation,
             batch_size=self.batch_size, partition=partition, lease=lease,
+            partitions=partitions,
         )
         self.limit = self.batch_size
         self.attempts = 0
@@ -147,6 +149,17 @@ class Engine:
         self.attempts, self.first_failed_at = 0, None
         self.signals.emit("after_step", self, step)
         return Progress(step=step, dead_lettered_type=step.dead_lettered_type)
+
+    def advance_or_raise(self) -> Progress:
+        """``advance`` for a driver with nothing else to do meanwhile (a rebuild and its
+        helpers): a lost connection is raised, a wait is slept through."""
+        progress = self.advance()
+        if progress.reconnect:
+            assert progress.failure is not None
+            raise progress.failure
+        if progress.wait:
+            time.sleep(progress.wait)
+        return progress
 
     def refold(self, cur: psycopg.Cursor[Any], aggregate_ids: Sequence[UUID],
                events: Sequence[EventEnvelope]) -> None:

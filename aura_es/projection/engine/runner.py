@@ -79,6 +79,7 @@ class BatchRunner:
         batch_size: int | None = None,
         partition: int = 0,
         lease: Lease | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.conn = conn
         self.spec = spec
@@ -89,10 +90,11 @@ class BatchRunner:
         self.replaying = replaying
         self.generation = generation
         self.topics = list(spec.source_events)
-        # A rebuild's shadow (or a trial) reads the log whole; the live read model is
-        # split as its catalog entry says.
+        # The live read model is split as its catalog entry says; a rebuild's shadow (or
+        # a trial) reads the log whole unless its driver splits it (``partitions``).
         live = self.checkpoint_name == spec.name
-        self.partition = Partition(partition, spec.partitions if live else 1)
+        count = partitions if partitions is not None else spec.partitions if live else 1
+        self.partition = Partition(partition, count)
         #: The (owner, epoch) this runner's worker claimed; None: no lease to check
         #: (a replay, a dead letter's retry, the test kit).
         self.lease = lease

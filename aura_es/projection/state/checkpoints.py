@@ -12,6 +12,7 @@ it writes, so two writers of one partition can never interleave.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -234,25 +235,29 @@ def count_applied(cur: psycopg.Cursor[Any], name: str, applied: int, partition: 
 
 
 def take_over(
-    cur: psycopg.Cursor[Any], name: str, shadow: Checkpoint, partitions: int = 1,
+    cur: psycopg.Cursor[Any], name: str, shadows: Sequence[Checkpoint], partitions: int = 1,
 ) -> None:
     """At a replay's switch: ``name`` becomes what the rebuild's shadow checkpoint says
-    (position, events, definition, generation, table), split ``partitions`` ways, every
-    partition from the shadow's cursor; the shadow is deleted. Leases end with it."""
+    (position, events, definition, generation, table), split ``partitions`` ways: each
+    partition from its own shadow row when the shadow was split the same way, else every
+    partition from the one unsplit shadow's cursor. The shadow is deleted; leases end."""
     epoch = max((row.epoch for row in rows_of(cur, name, lock=True)), default=0) + 1
     delete(cur, name)
+    split_alike = len(shadows) == partitions
     for index in range(partitions):
+        shadow = shadows[index if split_alike else 0]
+        applied = shadow.events_applied if split_alike or index == 0 else 0
         cur.execute(
             sql.SQL(
                 "INSERT INTO {t} (projection, position, events_applied, fingerprint,"
                 " generation, storage, cursor_transaction, cursor_position, partition,"
                 " partitions, epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             ).format(t=_T),
-            (name, shadow.position, shadow.events_applied if index == 0 else 0,
-             shadow.fingerprint, shadow.generation, shadow.storage, shadow.cursor.transaction,
-             shadow.cursor.position, index, partitions, epoch),
+            (name, shadow.position, applied, shadow.fingerprint, shadow.generation,
+             shadow.storage, shadow.cursor.transaction, shadow.cursor.position, index,
+             partitions, epoch),
         )
-    delete(cur, shadow.name)
+    delete(cur, shadows[0].name)
 
 
 def delete(cur: psycopg.Cursor[Any], name: str) -> None:
