@@ -216,6 +216,7 @@ def test_status_partitions_shows_each_partition_with_its_owner_and_lag(
     assert rows[1]["lag_events"] == 0 and rows[0]["lag_events"] + rows[2]["lag_events"] > 0
     (summary,) = shown["projections"]
     assert summary["partitions"] == 3
+    assert summary["partitions_unowned"] == 3  # two free, one held by a worker that is gone
     assert summary["lag_events"] == rows[0]["lag_events"] + rows[2]["lag_events"]
     table = aura("status", "--partitions", "--catalog", catalog, env=env)
     assert table.returncode == 0, table.stderr

@@ -64,7 +64,8 @@ def _one(
 ) -> dict[str, Any]:
     position = checkpoint.position if checkpoint else 0
     cursor = checkpoint.cursor if checkpoint else eventlog.ORIGIN
-    parts = checkpoints.rows_of(conn, spec.name) if spec.partitions > 1 else []
+    rows = checkpoints.rows_of(conn, spec.name)
+    parts = rows if len(rows) > 1 else []
     if parts:  # each partition's own: their cursors differ
         lag_events = sum(_lag(conn, spec, part) for part in parts)
     else:
@@ -104,6 +105,9 @@ def _one(
         "standbys": sum(1 for w in alive if w.role == "standby"),
         "partitions": checkpoint.partitions if checkpoint else spec.partitions,
         "active_workers": sum(1 for w in alive if w.role in ("active", "paused")),
+        # Partitions no live worker holds: waiting for a claim (a lease running out).
+        "partitions_unowned": sum(
+            1 for row in rows if row.owner not in {w.worker_id for w in alive}),
         "breaker": shown.breaker if shown else None,
         "next_probe_seconds": (
             round(shown.next_probe_seconds, 1)
