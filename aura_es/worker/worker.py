@@ -156,36 +156,44 @@ class Worker:
             if not self.holdings:
                 self._stand_by()
                 continue
-            self._forget_wakeups()
-            caught_up, waits = True, [0.0]
-            for partition, engine in self.holdings:
-                if self.shutdown.requested:
-                    break
-                # Between any two batches, not only after a round: a worker that holds
-                # many partitions hands some over without first stepping them all.
-                self._rebalance_if_due(conn)
-                if self.holdings.engines.get(partition) is not engine:
-                    continue
-                outcome = self._advance(conn, partition, engine)
-                if outcome is None:
-                    continue
-                if isinstance(outcome, int):
-                    return outcome
-                step = outcome.step
-                if step is not None and (step.applied or step.parked):
-                    self.follow.heard()
-                if outcome.reconnect:
-                    raise _Reconnect(outcome.wait)
-                if step is not None and self.role == "paused":
-                    self._become("active")
-                waits.append(outcome.wait)
-                caught_up = caught_up and step is not None and step.caught_up
-            if max(waits):
-                self._idle_for(max(waits))
-            elif caught_up:
-                self._wait_for_events()
+            exit_status = self._round(conn)
+            if exit_status is not None:
+                return exit_status
         self.log.info("stopped", signal=self.shutdown.signal_name)
         return self._stop()
+
+    def _round(self, conn: psycopg.Connection[Any]) -> int | None:
+        """One step of each partition held, then the wait the steps call for; an exit
+        status when the worker must stop."""
+        self._forget_wakeups()
+        caught_up, waits = True, [0.0]
+        for partition, engine in self.holdings:
+            if self.shutdown.requested:
+                return None
+            # Between any two batches, not only after a round: a worker that holds many
+            # partitions hands some over without first stepping them all.
+            self._rebalance_if_due(conn)
+            if self.holdings.engines.get(partition) is not engine:
+                continue
+            outcome = self._advance(conn, partition, engine)
+            if outcome is None:
+                continue
+            if isinstance(outcome, int):
+                return outcome
+            step = outcome.step
+            if step is not None and (step.applied or step.parked):
+                self.follow.heard()
+            if outcome.reconnect:
+                raise _Reconnect(outcome.wait)
+            if step is not None and self.role == "paused":
+                self._become("active")
+            waits.append(outcome.wait)
+            caught_up = caught_up and step is not None and step.caught_up
+        if max(waits):
+            self._idle_for(max(waits))
+        elif caught_up:
+            self._wait_for_events()
+        return None
 
     def _rebalance_if_due(self, conn: psycopg.Connection[Any]) -> None:
         if self.holdings.due():
