@@ -73,6 +73,7 @@ def _one(
     # From the cursor every partition has passed: the oldest event one may still lack.
     oldest = eventlog.oldest_time_after(conn, cursor, spec.source_events) if lag_events else None
     alive = [w for w in workers if w.alive]
+    alive_ids = {w.worker_id for w in alive}
     active = next((w for w in alive if w.role in ("active", "paused")), None)
     # A worker whose breaker is open and whose connection is gone is waiting for its
     # probe: alive, and about to try again, not stopped.
@@ -106,8 +107,7 @@ def _one(
         "partitions": checkpoint.partitions if checkpoint else spec.partitions,
         "active_workers": sum(1 for w in alive if w.role in ("active", "paused")),
         # Partitions no live worker holds: waiting for a claim (a lease running out).
-        "partitions_unowned": sum(
-            1 for row in rows if row.owner not in {w.worker_id for w in alive}),
+        "partitions_unowned": sum(1 for row in rows if row.owner not in alive_ids),
         "breaker": shown.breaker if shown else None,
         "next_probe_seconds": (
             round(shown.next_probe_seconds, 1)

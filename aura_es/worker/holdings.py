@@ -16,13 +16,14 @@ from typing import Any
 import psycopg
 
 from aura_es.projection.engine.engine import Engine
+from aura_es.projection.engine.runner import Lease
 from aura_es.projection.state import leases, presence
 from aura_es.worker.deal import share_of
 
 #: How often the worker looks at who is alive, at most.
 REBALANCE_SECONDS = 0.5
 
-Attach = Callable[[int, tuple[str, int]], Engine]
+Attach = Callable[[int, Lease], Engine]
 
 
 class Holdings:

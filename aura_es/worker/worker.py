@@ -232,8 +232,9 @@ class Worker:
 
     def _check_layout(self, conn: psycopg.Connection[Any]) -> None:
         """The read model is split as this catalog says (made or split now), or
-        ``PartitionsChanged`` stops the worker before it claims anything."""
-        self._attach(conn, 0, None)
+        ``PartitionsChanged`` stops the worker before it claims anything. An engine of
+        its own: the worker's middleware would report it as running a partition."""
+        Engine.attach(conn, self.spec, fingerprint=self.fingerprint, log=self.log)
 
     def _attach(self, conn: psycopg.Connection[Any], partition: int,
                 lease: Lease | None) -> Engine:

@@ -278,11 +278,9 @@ def layout(
             ensure(cur, name, fingerprint=fingerprint, generation=generation,
                    storage=storage, partition=index, partitions=partitions)
         return rows_of(cur, name)
-    stored = rows[0].partitions
-    if stored == partitions and len(rows) == partitions:
+    _refuse_unless_split(name, rows, partitions)
+    if len(rows) == partitions:
         return rows
-    if len(rows) != stored or not partitioning.is_split(stored, partitions):
-        raise PartitionsChanged(name, stored, partitions)
     split(cur, rows, partitions)
     return rows_of(cur, name)
 
@@ -291,10 +289,16 @@ def check_layout(conn: psycopg.Connection[Any], name: str, partitions: int) -> N
     """``PartitionsChanged`` when a worker with ``partitions`` could not run ``name``'s
     read model as it is laid out now; nothing is written."""
     rows = rows_of(conn, name)
-    if not rows:
-        return
+    if rows:
+        _refuse_unless_split(name, rows, partitions)
+
+
+def _refuse_unless_split(name: str, rows: list[Checkpoint], partitions: int) -> None:
+    """``rows`` (every partition of ``name``) may be run with ``partitions`` as they are,
+    or after a split; otherwise ``PartitionsChanged``."""
     stored = rows[0].partitions
-    if stored != partitions and not partitioning.is_split(stored, partitions):
+    whole = len(rows) == stored
+    if not whole or (stored != partitions and not partitioning.is_split(stored, partitions)):
         raise PartitionsChanged(name, stored, partitions)
 
 

@@ -62,10 +62,3 @@ def release_all(conn: psycopg.Connection[Any], worker_id: str) -> None:
         conn.execute(sql.SQL("UPDATE {t} SET owner = NULL WHERE owner = %s").format(t=_T),
                      (worker_id,))
 
-
-def owned(conn: psycopg.Connection[Any], name: str, worker_id: str) -> dict[int, int]:
-    """The partitions ``worker_id`` owns, with their epochs (after a reconnect, what it
-    still holds)."""
-    return {int(row[0]): int(row[1]) for row in conn.execute(
-        sql.SQL("SELECT partition, epoch FROM {t} WHERE projection = %s AND owner = %s")
-        .format(t=_T), (name, worker_id))}
