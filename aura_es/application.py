@@ -69,10 +69,11 @@ def outage_seconds_from_env(default: float) -> float:
 
 def outage_seconds(raw: str, default: float) -> float:
     """An ``AURA_ES_OUTAGE_SECONDS`` value: seconds from 0 to 3600 ("" for ``default``)."""
-    raw = raw.strip()
-    if not raw:
+    if not raw.strip():
         return default
     try:
+        # float() parses the value itself (it allows spaces around a number, never a
+        # control character that str.strip would quietly drop, such as "0\x1f").
         value = float(raw)
     except ValueError:
         value = -1.0
