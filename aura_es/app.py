@@ -30,6 +30,7 @@ Trace = str | None
 def _update(
     command_type: str, key: str, aggregate_id: UUID, request: dict[str, Any],
     expected: type[A], change: Callable[[A], None], trace: dict[str, Trace],
+    subject: str | None = None,
 ) -> Update[A]:
     def checked(aggregate: A) -> None:
         # An id of another aggregate type is "not found" for this command, not a crash.
@@ -40,6 +41,7 @@ def _update(
     return Update(
         command_type, key, aggregate_id, request, checked,
         correlation_id=trace.get("correlation_id"), causation_id=trace.get("causation_id"),
+        subject=subject,
     )
 
 
@@ -67,21 +69,24 @@ class AuraApp(EventSourcedApp):
 
     def add_argument(
         self, debate_id: UUID, agent_id: str, position: str, text: str, *,
-        round: int, idempotency_key: str, **trace: Trace,
+        round: int, idempotency_key: str, subject: str | None = None, **trace: Trace,
     ) -> CommandResult:
+        """``text`` is personal data: sealed with ``subject``'s key (the person it is
+        about; the agent by default), and gone for good after `aura-es erase`."""
         return self.execute(self.add_argument_command(
             debate_id, agent_id, position, text, round=round,
-            idempotency_key=idempotency_key, **trace,
+            idempotency_key=idempotency_key, subject=subject, **trace,
         ))
 
     def add_argument_command(
         self, debate_id: UUID, agent_id: str, position: str, text: str, *,
-        round: int, idempotency_key: str, **trace: Trace,
+        round: int, idempotency_key: str, subject: str | None = None, **trace: Trace,
     ) -> Update[Debate]:
         return _update(
             "add_argument", idempotency_key, debate_id,
             {"agent_id": agent_id, "position": position, "text": text, "round": round},
             Debate, lambda d: d.add_argument(agent_id, position, text, round), trace,
+            subject=subject,
         )
 
     def reach_consensus(

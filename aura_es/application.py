@@ -9,6 +9,7 @@ exactly once, is ``aura_es.commands``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
@@ -50,9 +51,19 @@ from aura_es.errors import (
 )
 from aura_es.schemas.validate import check_payload
 from aura_es.settings import Settings
-from aura_es.store import eventlog, idempotency, identity, liveness, owners, pooled
+from aura_es.store import (
+    eventlog,
+    idempotency,
+    identity,
+    keystore,
+    liveness,
+    owners,
+    pooled,
+    subjects,  # noqa: F401 - the erasure's event type is the framework's own
+)
 from aura_es.store.factory import SERIAL_APPENDS, WAKE_INTERVAL_MS, AuraFactory
 from aura_es.store.idempotency import IdempotencyRecord
+from aura_es.store.keyring import Keyring
 from aura_es.store.mapper import JsonMapper
 from aura_es.store.recorder import STATEMENT_TIMEOUT_SECONDS
 
@@ -83,7 +94,7 @@ def outage_seconds(raw: str, default: float) -> float:
 
 
 #: The tables this application writes; the rest are the workers' and the mirror's.
-STORE_TABLES = [eventlog.OWNER, idempotency.OWNER, identity.OWNER]
+STORE_TABLES = [eventlog.OWNER, idempotency.OWNER, identity.OWNER, keystore.OWNER]
 
 
 class EventSourcedApp(Application[UUID]):
@@ -177,8 +188,21 @@ class EventSourcedApp(Application[UUID]):
         return factory
 
     def construct_mapper(self) -> Mapper[UUID]:
-        # Every write is checked against its type's schema (docs/schemas.md, G10).
-        return JsonMapper(self.max_event_bytes, check=check_payload)
+        # Every write is checked against its type's schema (docs/schemas.md, G10), and
+        # personal fields are sealed with their subject's key (docs/erasure.md).
+        return JsonMapper(self.max_event_bytes, check=check_payload, keyring=self.keyring)
+
+    @functools.cached_property
+    def keyring(self) -> Keyring:
+        """The subjects' data keys, reached through this application's pool; the master
+        key from ``AURA_ES_MASTER_KEY`` (or the embedded default's key file)."""
+        return Keyring.from_env(
+            connect=lambda: pooled.connection(self.factory.datastore))  # type: ignore[attr-defined]
+
+    def construct_recorder(self) -> Any:
+        recorder = super().construct_recorder()
+        recorder.keyring = self.keyring  # type: ignore[attr-defined]
+        return recorder
 
     # -- connections --------------------------------------------------------------------
 

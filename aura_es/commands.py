@@ -33,6 +33,7 @@ from aura_es.errors import (
 from aura_es.events import CommandContext, command_context
 from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED, OUTAGE_RETRIES
 from aura_es.observability.tracing import span
+from aura_es.personal import check_subject
 from aura_es.retry import Backoff, until_deadline
 from aura_es.store import idempotency
 from aura_es.store.idempotency import IdempotencyRecord
@@ -68,6 +69,8 @@ class Create(Generic[A]):
     tenant_id: str = "default"
     correlation_id: str | None = None
     causation_id: str | None = None
+    #: The person the command's personal data is about (docs/erasure.md).
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ class Update(Generic[A]):
     tenant_id: str = "default"
     correlation_id: str | None = None
     causation_id: str | None = None
-
+    subject: str | None = None
 
 
 @dataclass
@@ -263,6 +266,11 @@ class CommandPipeline:
         key = idempotency.check_key(command.idempotency_key)
         for name in ("type", "tenant_id", "correlation_id", "causation_id"):
             payload.check_text(name, getattr(command, name))
+        if command.subject is not None:
+            check_subject(command.subject)
+        # The subject is part of the request: the same key for another person conflicts.
+        request = (command.request if command.subject is None
+                   else {**command.request, "subject": command.subject})
         if isinstance(command, Create):
             aggregate_id = idempotency.derived_aggregate_id(command.type, command.tenant_id, key)
         else:
@@ -271,7 +279,7 @@ class CommandPipeline:
             command=command,
             aggregate_id=aggregate_id,
             key_hash=idempotency.key_hash(command.type, aggregate_id, key),
-            request_hash=idempotency.request_hash(command.type, command.request),
+            request_hash=idempotency.request_hash(command.type, request),
         )
 
     def _decide(self, p: _Prepared, current: AuraAggregate | None = None) -> AuraAggregate:
@@ -288,6 +296,7 @@ class CommandPipeline:
             correlation_id=command.correlation_id or str(uuid4()),
             causation_id=command.causation_id,
             idempotency_key=command.idempotency_key,
+            subject=command.subject,
         )
         aggregate: AuraAggregate
         with command_context(context):

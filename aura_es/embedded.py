@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aura_es.errors import ConfigurationError, ServiceUnavailable
+from aura_es.masterkey import KEY_FILE, new_key_text
 from aura_es.settings import STATE_FILE
 
 # pgserver asks platformdirs for a runtime directory, which warns when XDG_RUNTIME_DIR
@@ -231,6 +232,11 @@ def up(data_dir: Path) -> ServiceUrls:
         nats_url=start_nats(data_dir / "nats"),
     )
     _write_private(data_dir / STATE_FILE, json.dumps(asdict(urls), indent=2))
+    key_file = data_dir / KEY_FILE
+    if not key_file.exists():
+        # The master key that wraps the subjects' data keys; `down` keeps it (losing it
+        # would lose every sealed field), as it keeps the data.
+        _write_private(key_file, new_key_text() + "\n")
     return urls
 
 

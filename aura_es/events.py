@@ -27,6 +27,8 @@ class CommandContext:
     correlation_id: str | None = None
     causation_id: str | None = None
     idempotency_key: str | None = None
+    #: The person the command's personal data is about (``meta.subject``), if given.
+    subject: str | None = None
 
 
 # CommandContext is frozen, so one shared default instance is safe.
@@ -53,13 +55,17 @@ class command_context:
 def new_meta() -> dict[str, str | None]:
     """Metadata for one new event, taken from the active command context."""
     ctx = _current_context.get()
-    return {
+    meta = {
         "event_id": str(uuid4()),
         "tenant_id": ctx.tenant_id,
         "correlation_id": ctx.correlation_id,
         "causation_id": ctx.causation_id,
         "idempotency_key": ctx.idempotency_key,
     }
+    if ctx.subject is not None:
+        # Only when given: every other event's metadata stays as it was.
+        meta["subject"] = ctx.subject
+    return meta
 
 
 class _MetaAccessors:

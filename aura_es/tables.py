@@ -13,13 +13,14 @@ from aura_es.mirror import progress
 from aura_es.projection import dlq
 from aura_es.projection.state import checkpoints, outbox, presence, registry
 from aura_es.replay import claim, generations
-from aura_es.store import eventlog, idempotency, identity
+from aura_es.store import eventlog, idempotency, identity, keystore
 from aura_es.store import owners as tables
 
 OWNERS: list[tables.Owner] = [
     eventlog.OWNER,
     idempotency.OWNER,
     identity.OWNER,
+    keystore.OWNER,
     checkpoints.OWNER,
     presence.OWNER,
     registry.OWNER,

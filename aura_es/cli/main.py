@@ -7,9 +7,10 @@ import sys
 
 import typer
 
-from aura_es.cli import load, replay, services, status
+from aura_es.cli import erase, load, replay, services, status
 from aura_es.cli.catalog import catalog_cli
 from aura_es.cli.dlq import dlq_cli
+from aura_es.cli.keys import keys_cli
 from aura_es.cli.mirror import mirror_cli
 from aura_es.cli.schema import schema_cli
 from aura_es.cli.workers import workers_cli
@@ -37,6 +38,8 @@ app.add_typer(schema_cli, name="schema")
 app.command("status")(status.status)
 app.command("query")(status.query)
 app.command("replay")(replay.replay)
+app.command("erase")(erase.erase)
+app.add_typer(keys_cli, name="keys")
 
 
 def main(argv: list[str] | None = None) -> None:

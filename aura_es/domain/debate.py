@@ -9,6 +9,7 @@ from aura_es.aggregate import AuraAggregate
 from aura_es.domain.rules import non_empty
 from aura_es.errors import DomainError
 from aura_es.events import AuraCreated, AuraEvent
+from aura_es.personal import Personal
 
 OPEN, CONSENSUS, FAILED = "open", "consensus", "failed"
 
@@ -25,11 +26,21 @@ class DebateStarted(AuraCreated):
 
 
 class ArgumentAdded(AuraEvent):
+    """An argument: its text is the words of a person (personal data, sealed with the
+    key of the command's ``subject=``, else of the agent's id)."""
+
     TOPIC = "aura.debate.argument_added.v1"
+    SUBJECT = "agent_id"
+    # v2: text is personal (sealed at rest); v1 events were stored in the clear.
+    class_version = 2
     agent_id: str
     position: str
-    text: str
+    text: Personal[str]
     round: int
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """The payload is the same; only how ``text`` is stored changed."""
 
     def apply(self, debate: Any) -> None:
         debate.arguments += 1

@@ -36,16 +36,19 @@ from nats.js import JetStreamContext
 
 from aura_es import broker
 from aura_es.db import connect
-from aura_es.errors import ConfigurationError, ServiceUnavailable
+from aura_es.errors import ConfigurationError, EventUndecodable, ServiceUnavailable
 from aura_es.log import get_logger
 from aura_es.mesh import checkpoint, rejected, resume
 from aura_es.mesh.checkpoint import State
 from aura_es.mesh.origin import Malformed, Origin, fingerprint, origin
 from aura_es.mesh.reader import OrderedRead, ReadBroken
 from aura_es.mirror import schema_registry
+from aura_es.personal import SEALED_KEY
 from aura_es.retry import Backoff
 from aura_es.schemas.generate import parse_schema_uri, schema_uri
+from aura_es.store import sealing
 from aura_es.store.eventlog import ORIGIN
+from aura_es.store.keyring import Keyring
 
 Upcaster = Callable[[dict[str, Any]], None]
 #: Waits after a failed batch (handler error, database or broker unwell).
@@ -126,6 +129,7 @@ class MeshConsumer:
         subject_prefix: str = "aura.events", batch_size: int = 100,
         max_retries: int | None = 5, retry: Backoff = RETRY,
         on_committed: Callable[[int], None] | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         if max_retries is not None and max_retries < 0:
             raise ConfigurationError(f"max_retries must be 0 or more, or None; got {max_retries}")
@@ -142,6 +146,10 @@ class MeshConsumer:
         self.retry = retry
         #: Called after each commit with the number of events applied.
         self.on_committed = on_committed
+        #: Key access (the store's key table and the master key): handlers then get
+        #: sealed personal fields opened, or erased placeholders. Without it they get
+        #: the placeholders the stream carries (docs/erasure.md).
+        self.keyring = keyring
         self.stop = asyncio.Event()
         #: Events applied, re-published events absorbed, messages rejected (this process).
         self.applied = 0
@@ -419,6 +427,11 @@ class MeshConsumer:
             problem = await self._invalid(js, str(uri), data)
             if problem:
                 return Rejected(f"data does not fit {uri}: {problem}")
+        if self.keyring is not None and isinstance(data.get(SEALED_KEY), dict):
+            try:
+                data = self._opened(data, sub.topic, aggregate_id, cloud_event)
+            except EventUndecodable as e:
+                return Rejected(str(e))
         if version < sub.version:
             data = dict(data)
             for step in range(version, sub.version):
@@ -439,6 +452,23 @@ class MeshConsumer:
             event_id=str(cloud_event.get("id")), cloud_event=cloud_event,
             transaction=found.cursor.transaction,
         )
+
+    def _opened(self, data: dict[str, Any], topic: str, aggregate_id: UUID,
+                cloud_event: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with its sealed fields opened (erased placeholders once its subject is
+        erased); the seal is bound to the event's topic, aggregate and version."""
+        assert self.keyring is not None
+        opened = dict(data)
+        seal = opened.pop(SEALED_KEY)
+        subject = sealing.subject_of_seal(seal)
+        version = cloud_event.get("auraversion")
+        if subject is None or type(version) is not int:
+            raise EventUndecodable(f"event {topic} {aggregate_id}: its seal names no subject"
+                                   " or it has no auraversion")
+        key = self.keyring.for_reading([subject]).get(subject)
+        opened.update(sealing.erased(seal, opened) if key is None
+                      else sealing.open_seal(seal, key, topic, aggregate_id, version))
+        return opened
 
     async def _invalid(self, js: JetStreamContext, uri: str, data: Any, *, own: bool = False
                        ) -> str | None:

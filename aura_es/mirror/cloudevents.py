@@ -21,6 +21,7 @@ from uuid import UUID
 import orjson
 
 from aura_es.payload import json_default
+from aura_es.personal import SEALED_KEY
 from aura_es.schemas import versions
 from aura_es.schemas.generate import schema_uri
 from aura_es.store.envelope import EventEnvelope
@@ -103,7 +104,12 @@ def to_message(event: EventEnvelope, prefix: str, store_id: UUID | None = None,
         # with no loaded class has no registered schema to name.
         if dataschema and versions.known_version(event.topic) is not None:
             cloud_event["dataschema"] = schema_uri(event.topic, event.schema_version)
-        cloud_event["data"] = event.payload
+        # Sealed personal fields travel sealed: the placeholders and the seal, as stored
+        # (the schema's ``_sealed``), for a consumer given key access to open.
+        if event.opened:  # a reader's opened copy: its plaintext never leaves the process
+            raise ValueError(f"event at position {event.position} is opened: not published")
+        cloud_event["data"] = (event.payload if event.seal is None
+                               else {**event.payload, SEALED_KEY: event.seal})
     else:
         # Mirrored as it is stored, so the stream still holds every event once, in order.
         cloud_event |= {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from uuid import UUID
@@ -85,33 +86,37 @@ def _has_dataschema(body: bytes) -> bool:
     return isinstance(cloud_event, dict) and "dataschema" in cloud_event
 
 
-async def read_stream(nats_url: str, settings: StreamSettings) -> list[Mirrored]:
-    """Every message, in stream order."""
+async def each_message(nats_url: str, settings: StreamSettings
+                       ) -> AsyncIterator[tuple[dict[str, str], bytes]]:
+    """Every message of the stream, in stream order: (headers, body)."""
     nc = await broker.connect(nats_url, forever=False)
     try:
         js = nc.jetstream()
         info = await js.stream_info(settings.name)
         require_subjects(info.config, settings)
         total = info.state.messages
-        out: list[Mirrored] = []
         if not total:
-            return out
+            return
         sub = await js.subscribe(f"{settings.subject_prefix}.>", stream=settings.name,
                                  ordered_consumer=True, pending_msgs_limit=total + 1)
         try:
-            while len(out) < total:
+            for _ in range(total):
                 msg = await sub.next_msg(timeout=10)
-                headers = msg.headers or {}
-                out.append(Mirrored(_int(headers.get(POSITION_HEADER)),
-                                    headers.get("Nats-Msg-Id", ""), body_hash(msg.data),
-                                    headers.get(STORE_HEADER),
-                                    _int(headers.get(TRANSACTION_HEADER)) or 0,
-                                    _has_dataschema(msg.data)))
+                yield dict(msg.headers or {}), msg.data
         finally:
             await sub.unsubscribe()
-        return out
     finally:
         await nc.close()
+
+
+async def read_stream(nats_url: str, settings: StreamSettings) -> list[Mirrored]:
+    """Every message, in stream order."""
+    return [
+        Mirrored(_int(headers.get(POSITION_HEADER)), headers.get("Nats-Msg-Id", ""),
+                 body_hash(data), headers.get(STORE_HEADER),
+                 _int(headers.get(TRANSACTION_HEADER)) or 0, _has_dataschema(data))
+        async for headers, data in each_message(nats_url, settings)
+    ]
 
 
 def _int(value: str | None) -> int | None:

@@ -267,3 +267,16 @@ def forget(cur: psycopg.Cursor[Any], projection: str) -> None:
     """Deletes every dead letter of ``projection`` (an abandoned rebuild's)."""
     cur.execute(sql.SQL("DELETE FROM {p} WHERE projection = %s").format(p=_PARKED), (projection,))
     cur.execute(sql.SQL("DELETE FROM {t} WHERE projection = %s").format(t=_DL), (projection,))
+
+
+def scrub(cur: psycopg.Cursor[Any], positions: list[int]) -> int:
+    """Clears the failure text of dead letters of these events (an erased subject's):
+    a handler's error may have quoted a personal field. The letters stay, in place."""
+    cur.execute(sql.SQL(
+        "UPDATE {t} SET error_message = %s, traceback = %s WHERE position = ANY(%s)"
+    ).format(t=_DL), (ERASED_NOTE, ERASED_NOTE, positions))
+    return cur.rowcount
+
+
+#: What a scrubbed dead letter's failure text reads.
+ERASED_NOTE = "[erased: the subject of this event was erased]"

@@ -25,6 +25,7 @@ from uuid import UUID
 from pydantic import BeforeValidator, ConfigDict, TypeAdapter, WithJsonSchema, create_model
 
 from aura_es.errors import ConfigurationError
+from aura_es.personal import META_SUBJECT, SEALED_KEY, personal_fields, subject_field
 
 #: The JSON Schema dialect of every registry file.
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -173,5 +174,35 @@ def current_schema(cls: type) -> dict[str, Any]:
     for prop in generated.get("properties", {}).values():
         prop.pop("title", None)  # "Latency Ms": noise in a reviewed file
     generated.pop("title", None)
+    _mark_personal(cls, generated)
     return {"$schema": DIALECT, "$id": schema_uri(topic, version), "title": topic,
             **generated}
+
+
+#: The seal of an event's personal fields, as stored and mirrored (docs/erasure.md).
+SEALED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "The event's personal fields, sealed with its subject's data key"
+                   " (AES-256-GCM); each of them holds a placeholder in the payload",
+    "properties": {
+        "subject": {"type": "string"},
+        "fields": {"type": "array", "items": {"type": "string"}},
+        "data": {"type": "string", "contentEncoding": "base64",
+                 "description": "the 12-byte nonce, then the ciphertext and its tag"},
+    },
+    "required": ["subject", "fields", "data"],
+}
+
+
+def _mark_personal(cls: type, schema: dict[str, Any]) -> None:
+    """Records which fields are personal (``x-aura-personal``), whose they are
+    (``x-aura-subject``) and the seal they travel in, so the schema describes the form
+    on the wire: a consumer without the key reads each as its placeholder."""
+    fields = personal_fields(cls)
+    if not fields:
+        return
+    properties = schema.setdefault("properties", {})
+    for name in fields:
+        properties[name]["x-aura-personal"] = True
+    properties[SEALED_KEY] = SEALED_SCHEMA
+    schema["x-aura-subject"] = subject_field(cls) or f"meta.{META_SUBJECT}"

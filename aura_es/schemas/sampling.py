@@ -24,7 +24,8 @@ _INT64 = 2**63 - 1
 MAX_MIN_SIZE = 1_000
 #: Keywords that only annotate: they never change which values are valid.
 _ANNOTATIONS = frozenset({"$schema", "$id", "title", "description", "examples", "default",
-                          "$comment", "deprecated", "readOnly", "writeOnly"})
+                          "$comment", "deprecated", "readOnly", "writeOnly",
+                          "contentEncoding", "contentMediaType"})
 _EXTRA_KEYS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"),
                       min_size=1, max_size=12)
 _ANY_JSON = st.recursive(
@@ -41,7 +42,8 @@ def from_schema(schema: Any, where: str = "") -> st.SearchStrategy[Any]:
         return _ANY_JSON
     if not isinstance(schema, dict):
         raise ConfigurationError(f"schema{where}: cannot sample {schema!r}")
-    keys = set(schema) - _ANNOTATIONS
+    # "x-" keywords are ours (x-aura-personal, x-aura-subject): annotations too.
+    keys = {k for k in set(schema) - _ANNOTATIONS if not k.startswith("x-")}
     if "const" in schema:
         return st.just(schema["const"])
     if "enum" in schema:

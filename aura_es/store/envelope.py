@@ -9,9 +9,12 @@ from uuid import UUID
 
 import orjson
 
+from aura_es.personal import SEALED_KEY
 from aura_es.store.mapper import JsonMapper
+from aura_es.store.sealing import subject_of_seal
 
-_NOT_PAYLOAD = frozenset({"timestamp", "meta", "originator_topic", "class_version"})
+_NOT_PAYLOAD = frozenset({"timestamp", "meta", "originator_topic", "class_version",
+                          SEALED_KEY})
 _mapper = JsonMapper()
 
 
@@ -36,6 +39,12 @@ class EventEnvelope:
     transaction: int = 0
     #: The version of its type's schema the payload was written with (``class_version``).
     schema_version: int = 1
+    #: The seal of its personal fields (None: it has none); their values in ``payload``
+    #: are placeholders until ``store/opening.py`` opens it.
+    seal: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: True once the personal fields in ``payload`` are the opened values (or, for an
+    #: erased subject, the erased placeholders).
+    opened: bool = False
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> EventEnvelope:
@@ -69,6 +78,7 @@ class EventEnvelope:
                 undecodable=f"{type(e).__name__}: {e}", transaction=transaction,
             )
         payload = {k: v for k, v in data.items() if k not in _NOT_PAYLOAD}
+        seal = data.get(SEALED_KEY)
         return cls(
             position=position,
             topic=topic,
@@ -80,12 +90,31 @@ class EventEnvelope:
             _raw=raw,
             transaction=transaction,
             schema_version=schema_version,
+            seal=seal if isinstance(seal, dict) else None,
         )
 
     @property
     def raw(self) -> bytes:
         """The stored bytes, as they are in the events table."""
         return self._raw
+
+    def opened_with(self, fields: dict[str, Any]) -> EventEnvelope:
+        """A copy whose personal ``fields`` are opened (or erased placeholders). Built
+        from this one's attributes: ``dataclasses.replace`` runs ``__init__`` again, a
+        third of the cost of opening an event (profiled)."""
+        copied = object.__new__(EventEnvelope)
+        attributes = self.__dict__.copy()
+        payload = self.payload.copy()
+        payload.update(fields)
+        attributes["payload"] = payload
+        attributes["opened"] = True
+        object.__setattr__(copied, "__dict__", attributes)
+        return copied
+
+    @property
+    def subject(self) -> str | None:
+        """Whose personal data it holds (None: it holds none)."""
+        return subject_of_seal(self.seal)
 
     @property
     def event_id(self) -> str | None:
@@ -118,6 +147,13 @@ class EventEnvelope:
         """The typed domain event (upcast to its current version)."""
         from eventsourcing.persistence import StoredEvent
 
+        state = self._raw
+        if self.opened:
+            # The typed event of what this envelope holds: its opened fields, no seal.
+            data = orjson.loads(self._raw)
+            data.pop(SEALED_KEY, None)
+            data.update(self.payload)
+            state = orjson.dumps(data)
         return _mapper.to_domain_event(
-            StoredEvent(self.aggregate_id, self.version, self.topic, self._raw)
+            StoredEvent(self.aggregate_id, self.version, self.topic, state)
         )

@@ -18,6 +18,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
+from aura_es.personal import ERASURE_TOPIC
 from aura_es.positions import MAX_POSITION
 from aura_es.store import owners, partitioning
 from aura_es.store.envelope import EventEnvelope
@@ -47,7 +48,7 @@ def ddl() -> list[sql.Composed | sql.SQL]:
 
 OWNER = owners.Owner(
     "the event log", ddl, (EVENTS_TABLE,), (EVENT_TIME_FUNCTION, RESERVE_FUNCTION),
-    columns=(f"{EVENTS_TABLE}.transaction_id",))
+    columns=(f"{EVENTS_TABLE}.transaction_id", f"{EVENTS_TABLE}.subject"))
 
 
 # -- tailing the log ---------------------------------------------------------------------
@@ -95,19 +96,24 @@ class Batch:
 
 
 @functools.cache
-def _batch_query(topics: int, partitioned: bool = False) -> sql.Composed:
+def _batch_query(topics: int, split: tuple[bool, ...] = ()) -> sql.Composed:
     """One index range scan per topic (topic, transaction_id, notification_id), merged:
     a projection of rare topics reads only its own events, however long the log. A
-    partition's reader filters the scan by the aggregate's partition (``partitioning``):
-    it reads past the other partitions' rows, but never hands them to its handler."""
-    in_partition = (
-        sql.SQL(" AND {key} %% %s = %s").format(key=partitioning.key_sql("originator_id"))
-        if partitioned else sql.SQL(""))
-    per_topic = sql.SQL(
-        "(SELECT transaction_id, notification_id FROM {e} WHERE topic = %s AND {after}"
-        " AND transaction_id < (SELECT horizon FROM h){in_partition}"
-        " ORDER BY transaction_id, notification_id LIMIT %s)"
-    ).format(e=_E, after=_AFTER, in_partition=in_partition)
+    partition's reader filters the scan by the aggregate's partition (``partitioning``)
+    for each topic ``split`` marks: it reads past the other partitions' rows, but never
+    hands them to its handler."""
+    in_partition = sql.SQL(" AND {key} %% %s = %s").format(
+        key=partitioning.key_sql("originator_id"))
+
+    def per_topic(partitioned: bool) -> sql.Composed:
+        return sql.SQL(
+            "(SELECT transaction_id, notification_id FROM {e} WHERE topic = %s AND {after}"
+            " AND transaction_id < (SELECT horizon FROM h){in_partition}"
+            " ORDER BY transaction_id, notification_id LIMIT %s)"
+        ).format(e=_E, after=_AFTER,
+                 in_partition=in_partition if partitioned else sql.SQL(""))
+
+    split = split or (False,) * topics
     return sql.SQL(
         "WITH h AS (SELECT {horizon} AS horizon),"
         " picked AS (SELECT * FROM ({union}) AS u ORDER BY 1, 2 LIMIT %s)"
@@ -116,7 +122,8 @@ def _batch_query(topics: int, partitioned: bool = False) -> sql.Composed:
         " FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
         "   SELECT x.* FROM picked JOIN {e} AS x USING (notification_id)"
         "   ORDER BY picked.transaction_id, picked.notification_id) AS e ON true"
-    ).format(e=_E, horizon=_HORIZON, union=sql.SQL(" UNION ALL ").join([per_topic] * topics))
+    ).format(e=_E, horizon=_HORIZON,
+             union=sql.SQL(" UNION ALL ").join([per_topic(p) for p in split]))
 
 
 def read_batch(
@@ -124,15 +131,17 @@ def read_batch(
     partition: Partition = WHOLE,
 ) -> Batch:
     """At most ``limit`` events of ``topics`` after ``after``, in log order; only those
-    of ``partition``'s aggregates when the projection is split."""
+    of ``partition``'s aggregates when the projection is split (an erasure is read by
+    every partition: the subject's rows may be in any of them)."""
     partitioned = partition.count > 1
+    split = tuple(partitioned and topic != ERASURE_TOPIC for topic in topics)
     params: list[Any] = []
-    for topic in topics:
+    for topic, in_partition in zip(topics, split, strict=True):
         params += [topic, after.transaction, after.position]
-        if partitioned:
+        if in_partition:
             params += [partition.count, partition.index]
         params.append(limit)
-    rows = cur.execute(_batch_query(len(topics), partitioned), [*params, limit]).fetchall()
+    rows = cur.execute(_batch_query(len(topics), split), [*params, limit]).fetchall()
     horizon = int(rows[0][0])
     events = [EventEnvelope.from_row(row[1:]) for row in rows if row[1] is not None]
     if len(events) == limit:
@@ -366,6 +375,14 @@ def positions_of(cur: psycopg.Cursor[Any], aggregate_id: UUID, to_version: int) 
         (aggregate_id, to_version),
     ).fetchall()
     return [_first(row) for row in rows]
+
+
+def of_subject(cur: psycopg.Cursor[Any], subject: str) -> list[EventEnvelope]:
+    """Every event holding ``subject``'s sealed personal fields, in position order."""
+    rows = cur.execute(
+        sql.SQL("SELECT {row} FROM {e} WHERE subject = %s ORDER BY notification_id")
+        .format(e=_E, row=_ROW), (subject,)).fetchall()
+    return [EventEnvelope.from_row(row) for row in rows]
 
 
 # -- idempotency keys -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import types
 import typing
 from collections import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
@@ -25,11 +26,14 @@ from eventsourcing.persistence import Mapper, MapperDeserialisationError, Stored
 from eventsourcing.utils import get_topic, resolve_topic
 
 from aura_es import payload
-from aura_es.errors import ConfigurationError, EventVersionUnknown
+from aura_es.errors import ConfigurationError, EventUndecodable, EventVersionUnknown
 from aura_es.events import missing_topic
 from aura_es.payload import json_default
+from aura_es.personal import SEALED_KEY, personal_fields, subject_of
+from aura_es.store import sealing
+from aura_es.store.keyring import Keyring
 
-__all__ = ["JsonMapper", "dumps", "json_default"]
+__all__ = ["JsonMapper", "SealedStoredEvent", "dumps", "json_default"]
 
 Convert = Callable[[Any], Any]
 _BASE_FIELDS = frozenset({"originator_id", "originator_version"})
@@ -111,6 +115,14 @@ def _writing(cls: type) -> tuple[str, int, str]:
     return topic, class_version, f"event {topic} (schema v{class_version})"
 
 
+@dataclass(frozen=True)
+class SealedStoredEvent(StoredEvent):
+    """A stored event whose personal fields are sealed: the recorder writes its subject
+    beside it (and checks, in the append's statement, that the subject is not erased)."""
+
+    subject: str = ""
+
+
 class _NoTranscoder(Transcoder):
     def encode(self, obj: Any) -> bytes:
         return dumps(obj)
@@ -129,10 +141,13 @@ class JsonMapper(Mapper[UUID]):
     """Mapper whose stored state is plain JSON; typed by event annotations on the way out."""
 
     def __init__(self, max_event_bytes: int | None = None, *,
-                 check: WriteCheck | None = None) -> None:
+                 check: WriteCheck | None = None, keyring: Keyring | None = None) -> None:
         super().__init__(transcoder=_NoTranscoder())
         self.max_event_bytes = max_event_bytes
         self.check = check
+        #: Seals personal fields on the way in, opens them on the way out; without one,
+        #: an event with personal fields is refused and a sealed one reads as sealed.
+        self.keyring = keyring
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         event_state = dict(vars(domain_event))
@@ -146,12 +161,31 @@ class JsonMapper(Mapper[UUID]):
         payload.check_size(state, what, self.max_event_bytes or payload.MAX_EVENT_BYTES)
         if self.check is not None:
             self.check(cls, state, what)
+        fields = personal_fields(cls)
+        if fields:
+            # Checked as plaintext (above), stored sealed: the schema's placeholders fit.
+            return self._sealed(event_state, fields, cls, originator_id, originator_version,
+                                topic, what)
         return StoredEvent(
             originator_id=originator_id,
             originator_version=originator_version,
             topic=topic,
             state=state,
         )
+
+    def _sealed(self, event_state: dict[str, Any], fields: dict[str, tuple[Any, Any]],
+                cls: type, originator_id: UUID, originator_version: int, topic: str,
+                what: str) -> SealedStoredEvent:
+        subject = subject_of(cls, event_state)
+        assert subject is not None
+        if self.keyring is None:
+            raise ConfigurationError(f"{what} has personal fields and this store seals none")
+        key = self.keyring.for_writing(subject)
+        sealing.seal(event_state, fields, subject, key, topic, originator_id,
+                     originator_version)
+        state = payload.encode(event_state, what)
+        payload.check_size(state, what, self.max_event_bytes or payload.MAX_EVENT_BYTES)
+        return SealedStoredEvent(originator_id, originator_version, topic, state, subject)
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         cls = resolve_topic(stored_event.topic)
@@ -163,6 +197,8 @@ class JsonMapper(Mapper[UUID]):
                 else UUID(str(stored_event.originator_id))
             )
             state["originator_version"] = stored_event.originator_version
+            if (seal := state.pop(SEALED_KEY, None)) is not None:
+                state.update(self._opened(seal, state, stored_event))
             class_version = getattr(cls, "class_version", 1)
             from_version = state.pop("class_version", 1)
             if from_version > class_version:
@@ -173,7 +209,7 @@ class JsonMapper(Mapper[UUID]):
             for name, conv in _field_converters(cls):
                 if name in state:
                     state[name] = conv(state[name])
-        except EventVersionUnknown:
+        except (EventVersionUnknown, EventUndecodable, ConfigurationError):
             raise
         except Exception as e:
             raise MapperDeserialisationError(
@@ -183,3 +219,16 @@ class JsonMapper(Mapper[UUID]):
         event = object.__new__(cls)
         object.__setattr__(event, "__dict__", state)
         return typing.cast(DomainEventProtocol[UUID], event)
+
+    def _opened(self, seal: Any, state: dict[str, Any], stored: StoredEvent) -> dict[str, Any]:
+        """A seal's fields, opened; erased placeholders once its subject is erased; left
+        sealed by a mapper without a keyring (``EventEnvelope.decode`` of an unopened
+        event)."""
+        subject = sealing.subject_of_seal(seal)
+        if self.keyring is None or subject is None:
+            return {}
+        key = self.keyring.for_reading([subject]).get(subject)
+        if key is None:
+            return sealing.erased(seal, state)
+        return sealing.open_seal(seal, key, stored.topic, stored.originator_id,
+                                 stored.originator_version)

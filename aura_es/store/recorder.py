@@ -39,8 +39,10 @@ from psycopg import Cursor, sql
 from psycopg.rows import tuple_row
 
 from aura_es.errors import ServiceUnavailable
-from aura_es.store import idempotency, pooled, wakeup
+from aura_es.store import idempotency, keystore, pooled, wakeup
 from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids, as_uuid
+from aura_es.store.keyring import Keyring, SubjectErased
+from aura_es.store.mapper import SealedStoredEvent
 from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
 
 #: No append statement runs longer than this (a stalled client cannot hold rows it
@@ -69,6 +71,12 @@ def log_ddl(table: str) -> list[sql.Composed | sql.SQL]:
         sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t}"
                 " (topic, transaction_id, notification_id)")
         .format(i=sql.Identifier(f"{table}_topic_cursor_idx"), t=t),
+        # Whose personal data an event holds (its fields are sealed with their key):
+        # what an erasure's proof and scrub find the subject's events by.
+        sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS subject text").format(t=t),
+        sql.SQL("CREATE INDEX IF NOT EXISTS {i} ON {t} (subject, notification_id)"
+                " WHERE subject IS NOT NULL")
+        .format(i=sql.Identifier(f"{table}_subject_idx"), t=t),
         # The session lock is held only around nextval/setval, never to the commit; a
         # cancel (statement_timeout) inside releases it before the error goes on.
         sql.SQL(
@@ -102,6 +110,9 @@ class AuraRecorder(PostgresApplicationRecorder):
     ):
         super().__init__(datastore, events_table_name=events_table_name)
         self.serial = serial
+        #: Forgets a subject's cached key when an append finds them erased (set by the
+        #: application that seals with it).
+        self.keyring: Keyring | None = None
         # SET LOCAL: the bound holds for this transaction only, whoever shares the session.
         self._lock = sql.SQL(
             "SET LOCAL lock_timeout = {ms}; LOCK TABLE {t} IN EXCLUSIVE MODE"
@@ -139,6 +150,38 @@ class AuraRecorder(PostgresApplicationRecorder):
             " SELECT notification_id FROM ev"
         ).format(reserve=sql.Identifier(RESERVE_FUNCTION),
                  events=sql.Identifier(events_table_name))
+        # Events with sealed personal fields: the subject column, and a check in the same
+        # statement that no subject is erased (``keystore``: AUR01). ``ok`` is joined into
+        # the insert, so it runs first.
+        check = sql.SQL("ok AS (SELECT {check}(%s::text[]) AS ok)").format(
+            check=sql.Identifier(keystore.CHECK_FUNCTION))
+        sealed = sql.SQL(
+            "{check}, first AS (SELECT {reserve}(%s) AS first FROM ok),"
+            " ev AS (INSERT INTO {events}"
+            " (notification_id, originator_id, originator_version, topic, state, subject)"
+            " SELECT first.first + e.n - 1, e.id, e.v, e.t, e.s, e.subject FROM first,"
+            " unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s::text[])"
+            " WITH ORDINALITY AS e(id, v, t, s, subject, n) RETURNING notification_id)"
+            " SELECT notification_id FROM ev ORDER BY notification_id"
+        ).format(check=check, reserve=sql.Identifier(RESERVE_FUNCTION),
+                 events=sql.Identifier(events_table_name))
+        # One sealed event (most commands): plain parameters, as ``event`` below.
+        sealed_one = sql.SQL(
+            "{check}, ev AS (INSERT INTO {events}"
+            " (notification_id, originator_id, originator_version, topic, state, subject)"
+            " SELECT {reserve}(1), %s::uuid, %s::bigint, %s::text, %s::bytea, %s::text"
+            " FROM ok RETURNING notification_id)"
+            " SELECT notification_id FROM ev"
+        ).format(check=check, reserve=sql.Identifier(RESERVE_FUNCTION),
+                 events=sql.Identifier(events_table_name))
+        self._insert_sealed = _rendered(sql.SQL("WITH {sealed}").format(sealed=sealed))
+        self._insert_sealed_with_keys = _rendered(
+            sql.SQL("WITH keys AS ({keys}), {sealed}").format(
+                keys=idempotency.INSERT, sealed=sealed))
+        self._insert_sealed_one = _rendered(sql.SQL("WITH {one}").format(one=sealed_one))
+        self._insert_sealed_one_with_key = _rendered(
+            sql.SQL("WITH keys AS ({key}), {one}").format(
+                key=idempotency.INSERT_ONE, one=sealed_one))
         # Rendered once: psycopg would compose the statement again on every append.
         self._insert_plain = _rendered(sql.SQL("WITH {events}").format(events=events))
         self._insert_with_keys = _rendered(sql.SQL("WITH keys AS ({keys}), {events}").format(
@@ -172,6 +215,16 @@ class AuraRecorder(PostgresApplicationRecorder):
         self.waker.committed()
         return positions
 
+    def append_in(self, curs: Cursor[Any], stored_events: Sequence[StoredEvent]) -> list[int]:
+        """Appends in the caller's transaction (an erasure records its event in the
+        transaction that deletes the key); the caller commits, then wakes readers."""
+        self._insert_stored_events(curs, stored_events)
+        positions = [row[0] for row in curs.fetchall()]
+        return positions
+
+    def wake(self) -> None:
+        self.waker.committed()
+
     def _send_notify(self) -> None:
         pool = self.datastore.pool
         if pool.closed:  # the application was closed: nobody to wake for
@@ -198,6 +251,44 @@ class AuraRecorder(PostgresApplicationRecorder):
             self._notifier.close()
             self._notifier = None
 
+    def _insert_sealed_events(
+        self, curs: Cursor[Any], stored_events: Sequence[StoredEvent],
+        subjects: list[str | None], records: tuple[idempotency.IdempotencyRecord, ...],
+    ) -> None:
+        named = sorted({s for s in subjects if s})
+        try:
+            if len(stored_events) == 1 and len(records) <= 1:
+                (e,) = stored_events
+                row = (named, as_uuid(e.originator_id), e.originator_version, e.topic, e.state,
+                       subjects[0])
+                if records:
+                    curs.execute(self._insert_sealed_one_with_key,
+                                 (*idempotency.insert_one_params(records[0]), *row),
+                                 binary=True)
+                else:
+                    curs.execute(self._insert_sealed_one, row, binary=True)
+                return
+            columns = (
+                named,
+                len(stored_events),
+                Uuids(e.originator_id for e in stored_events),
+                BigInts(e.originator_version for e in stored_events),
+                Texts(e.topic for e in stored_events),
+                Blobs(e.state for e in stored_events),
+                subjects,  # a list: it has NULLs (events without personal fields)
+            )
+            if records:
+                curs.execute(self._insert_sealed_with_keys,
+                             (*idempotency.insert_params(records), *columns), binary=True)
+            else:
+                curs.execute(self._insert_sealed, columns, binary=True)
+        except psycopg.Error as e:
+            if (erased := _erased_subject(e)) is not None:
+                if self.keyring is not None:
+                    self.keyring.forget(erased.subjects)
+                raise erased from None
+            raise
+
     def _insert_stored_events(
         self,
         curs: Cursor[Any],
@@ -206,6 +297,11 @@ class AuraRecorder(PostgresApplicationRecorder):
     ) -> None:
         keys = idempotency.KeyRows.from_save_kwargs(kwargs)
         records = keys.records if keys is not None else ()
+        subjects = [e.subject if isinstance(e, SealedStoredEvent) else None
+                    for e in stored_events]
+        if any(subjects):
+            self._insert_sealed_events(curs, stored_events, subjects, records)
+            return
         if len(stored_events) == 1 and len(records) <= 1:
             (e,) = stored_events
             row = (as_uuid(e.originator_id), e.originator_version, e.topic, e.state)
@@ -229,6 +325,13 @@ class AuraRecorder(PostgresApplicationRecorder):
             )
         else:
             curs.execute(self._insert_plain, columns, binary=True)
+
+
+def _erased_subject(error: psycopg.Error) -> SubjectErased | None:
+    if error.sqlstate != keystore.ERASED_SQLSTATE:
+        return None
+    detail = error.diag.message_detail or ""
+    return SubjectErased([detail] if detail else [])
 
 
 def _rendered(statement: sql.Composed) -> sql.SQL:

@@ -17,6 +17,7 @@ Your application class: override the ``aura_app_class`` fixture. Your catalog:
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ from aura_es.application import EventSourcedApp
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.catalog.model import Catalog
 from aura_es.errors import ConfigurationError, ServiceUnavailable
+from aura_es.masterkey import MASTER_KEY
 from aura_es.projection.engine.loading import check_imports, select
 from aura_es.testing.catchup import CatchUp, CaughtUp, caught_up
 from aura_es.testing.cluster import NatsCluster, PostgresPair
@@ -40,10 +42,15 @@ from aura_es.testing.servers import (
     postgres_server,
 )
 
+#: The master key tests seal personal fields with when the environment gives none: fixed
+#: (not a secret: tests only), so workers and processes a test starts share it.
+TEST_MASTER_KEY = "YXVyYS1lcyB0ZXN0IG1hc3RlciBrZXksIG5vdCByZWE="
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "aura_async_replication: aura_pg_pair replicates asynchronously")
+    os.environ.setdefault(MASTER_KEY, TEST_MASTER_KEY)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -35,6 +35,7 @@ from aura_es.payload import json_default
 from aura_es.projection.engine.loading import build
 from aura_es.store import eventlog
 from aura_es.store.envelope import EventEnvelope
+from aura_es.store.opening import open_events
 from aura_es.testing.catchup import caught_up
 
 
@@ -177,8 +178,9 @@ def _command(step: Step, given: Given) -> Command:
 
 
 def _events(app: EventSourcedApp, result: CommandResult) -> list[EventEnvelope]:
-    with app.connect() as conn, conn.cursor() as cur:
-        return eventlog.read_positions(cur, result.positions)
+    """The command's events as its author wrote them: sealed personal fields opened."""
+    with app.connect(autocommit=False) as conn, conn.transaction(), conn.cursor() as cur:
+        return open_events(cur, app.keyring, eventlog.read_positions(cur, result.positions))
 
 
 def _head(app: EventSourcedApp) -> int:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-BENCHES = ("append", "projections", "mirror", "replay", "mesh", "failover", "cpu", "partitions")
+BENCHES = ("append", "projections", "mirror", "replay", "mesh", "failover", "cpu", "partitions",
+           "erasure")
 
 
 def main() -> None:

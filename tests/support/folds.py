@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
+
+from aura_es.masterkey import MASTER_KEY, LocalKeyProvider, parse_key
+from aura_es.store import sealing
 
 #: A read model as comparable rows: key -> the row's other values.
 Rows = dict[Any, tuple[Any, ...]]
@@ -21,22 +25,55 @@ Rows = dict[Any, tuple[Any, ...]]
 def events(
     conn: psycopg.Connection[Any], up_to: int | None = None, exclude: frozenset[int] = frozenset()
 ) -> Iterator[dict[str, Any]]:
-    query = ("SELECT notification_id, originator_id, topic, convert_from(state, 'UTF8')"
-             " FROM aura_events")
+    query = ("SELECT notification_id, originator_id, topic, convert_from(state, 'UTF8'),"
+             " originator_version FROM aura_events")
     params: tuple[Any, ...] = ()
     if up_to is not None:
         query += " WHERE notification_id <= %s"
         params = (up_to,)
-    for position, aggregate_id, topic, state in conn.execute(
+    keys = _keys(conn)
+    for position, aggregate_id, topic, state, version in conn.execute(
         query + " ORDER BY notification_id", params
     ):
         if position in exclude:
             continue
         data = json.loads(state)
+        if "_sealed" in data:
+            data.update(_unsealed(keys, topic, aggregate_id, version, data))
         yield {
             "position": position, "id": aggregate_id, "topic": topic, "data": data,
             "at": datetime.fromisoformat(data["timestamp"]),
         }
+
+
+def _unsealed(keys: dict[str, bytes | None], topic: str, aggregate_id: Any, version: int,
+              data: dict[str, Any]) -> dict[str, Any]:
+    """The sealed personal fields of a stored event, opened with the tests' master key
+    (the erased placeholder once the subject's key is gone)."""
+    seal = data.pop("_sealed")
+    key = keys.get(seal["subject"])
+    if key is None:
+        return sealing.erased(seal, data)
+    return sealing.open_seal(seal, key, topic, aggregate_id, version)
+
+
+#: Unwrapped data keys, by (subject, wrapped key): a fold reads the whole log each time.
+_UNWRAPPED: dict[tuple[str, bytes], bytes] = {}
+
+
+def _keys(conn: psycopg.Connection[Any]) -> dict[str, bytes | None]:
+    provider = LocalKeyProvider(parse_key(os.environ[MASTER_KEY], MASTER_KEY))
+    keys: dict[str, bytes | None] = {}
+    for subject, key_id, wrapped in conn.execute(
+            "SELECT subject, master_key_id, wrapped FROM aura_subject_keys"):
+        if wrapped is None:
+            keys[subject] = None
+            continue
+        cached = (subject, bytes(wrapped))
+        if cached not in _UNWRAPPED:
+            _UNWRAPPED[cached] = provider.unwrap(subject, key_id, bytes(wrapped))
+        keys[subject] = _UNWRAPPED[cached]
+    return keys
 
 
 def debate_state(

@@ -10,6 +10,7 @@ aborts before writing anything (G4, G12).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ import psycopg
 from aura_es import locks
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.errors import AuraError, EventUndecodable
+from aura_es.personal import ERASURE_TOPIC, topic_is_personal
 from aura_es.projection import dlq
 from aura_es.projection.handlers.api import Projection, Tx
 from aura_es.projection.state import checkpoints, registry
@@ -30,6 +32,9 @@ from aura_es.schemas import versions
 from aura_es.store import eventlog, partitioning
 from aura_es.store.envelope import EventEnvelope
 from aura_es.store.eventlog import ORIGIN, Batch, Cursor
+from aura_es.store.keyring import Keyring
+from aura_es.store.keyring import default as default_keyring
+from aura_es.store.opening import open_events
 from aura_es.store.partitioning import Partition
 
 #: Who may write a partition: its worker's id and the epoch of its claim.
@@ -80,6 +85,7 @@ class BatchRunner:
         partition: int = 0,
         lease: Lease | None = None,
         partitions: int | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.conn = conn
         self.spec = spec
@@ -90,6 +96,10 @@ class BatchRunner:
         self.replaying = replaying
         self.generation = generation
         self.topics = list(spec.source_events)
+        if any(topic_is_personal(t) for t in self.topics):
+            # Hears of erasures, to clear what it kept (``Projection.erase_subject``).
+            self.topics.append(ERASURE_TOPIC)
+        self.keyring = keyring or default_keyring()
         # The live read model is split as its catalog entry says; a rebuild's shadow (or
         # a trial) reads the log whole unless its driver splits it (``partitions``).
         live = self.checkpoint_name == spec.name
@@ -149,9 +159,9 @@ class BatchRunner:
         held: list[EventEnvelope] = []
         with self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
-            batch = _up_to_undecodable(eventlog.read_batch(
+            batch = _up_to_undecodable(self._opened(cur, eventlog.read_batch(
                 cur, self.cursor, self.topics, limit or self.batch_size, self.partition
-            ))
+            )))
             events = list(batch.events)
             parked = 0
             dead_lettered = None
@@ -170,7 +180,7 @@ class BatchRunner:
             if events:
                 versions.require_known(events)  # systemic: deploy the newer code
                 tx = self._tx(cur)
-                self.projection.handle(events, tx)
+                _apply(self.projection, events, tx)
             moved = self._advance(cur, batch.scanned_to, batch.covered, len(events))
         self.cursor, self.position = moved  # only now: the batch has committed
         return Step(
@@ -181,6 +191,12 @@ class BatchRunner:
             dead_lettered_type=dead_lettered,
             side_effects=tx.side_effects if tx is not None else 0,
         )
+
+    def _opened(self, cur: psycopg.Cursor[Any], batch: Batch) -> Batch:
+        """The batch with its sealed fields opened, in its own transaction (the keys held
+        FOR SHARE until it commits: ``store/opening.py``)."""
+        events = open_events(cur, self.keyring, batch.events)
+        return dataclasses.replace(batch, events=events)
 
     def _tx(self, cur: psycopg.Cursor[Any]) -> Tx:
         return Tx(cur, replaying=self.replaying, projection=self.checkpoint_name)
@@ -225,8 +241,9 @@ class BatchRunner:
         in ``cur``'s transaction, in batches of the runner's size (a partial replay)."""
         tx = Tx(cur, replaying=True)
         self.projection.forget(tx, list(aggregate_ids))
+        events = open_events(cur, self.keyring, events)
         for start in range(0, len(events), self.batch_size):
-            self.projection.handle(list(events[start:start + self.batch_size]), tx)
+            _apply(self.projection, list(events[start:start + self.batch_size]), tx)
 
     def retry_dead_letter(self, dead_letter_id: int) -> bool:
         """Re-applies a dead letter's events in order; True when they all applied.
@@ -246,7 +263,7 @@ class BatchRunner:
             checkpoint = checkpoints.get(cur, self.checkpoint_name, partition, lock=True)
             if checkpoint is not None:
                 self._check_generation(checkpoint.generation)
-            events = dlq.events_of(cur, letter)
+            events = open_events(cur, self.keyring, dlq.events_of(cur, letter))
             try:
                 broken = next((e for e in events if e.undecodable is not None), None)
                 if broken is not None:
@@ -255,7 +272,7 @@ class BatchRunner:
                         f" ({broken.undecodable}); discard it with `aura-es dlq discard`"
                     )
                 with self.conn.transaction():
-                    self.projection.handle(events, self._tx(cur))
+                    _apply(self.projection, events, self._tx(cur))
             except Exception as e:
                 dlq.record_retry_failure(cur, dead_letter_id, e)
                 return False
@@ -306,6 +323,22 @@ class BatchRunner:
             applied += step.applied
             if step.caught_up:
                 return applied
+
+
+def _apply(projection: Projection, events: Sequence[EventEnvelope], tx: Tx) -> None:
+    """Hands ``events`` to the projection in order; an erasure event is its
+    ``erase_subject`` call, between the events before and after it."""
+    start = 0
+    for i, event in enumerate(events):
+        if event.topic == ERASURE_TOPIC:
+            if i > start:
+                projection.handle(events[start:i], tx)
+            subject = event.payload.get("subject")
+            if isinstance(subject, str):
+                projection.erase_subject(tx, subject)
+            start = i + 1
+    if start < len(events):
+        projection.handle(events[start:] if start else events, tx)
 
 
 def _up_to_undecodable(batch: Batch) -> Batch:

@@ -152,6 +152,13 @@ class Projection:
         with ``aura_``. Read the stable name (``self.table``): it always serves."""
         return iter(())
 
+    def erase_subject(self, tx: Tx, subject: str) -> None:
+        """Clears what this read model kept of ``subject``'s personal fields, in the batch
+        that applies their erasure (docs/erasure.md). Events read after it already hold
+        the erased placeholder. A projection that keeps no personal field needs nothing;
+        one that copies ``text`` somewhere sets it to ``"[erased]"`` here (the value a
+        rebuild folds, so a replay equals the live read model)."""
+
     def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
         for event in batch:
             method = self._handlers.get(event.topic)

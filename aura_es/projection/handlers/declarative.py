@@ -13,11 +13,13 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.utils import resolve_topic
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from aura_es.catalog.model import DeclarativeField, DeclarativeSpec, ProjectionSpec
-from aura_es.errors import AuraError
+from aura_es.errors import AuraError, ConfigurationError
+from aura_es.personal import personal_fields
 from aura_es.projection.handlers.api import Projection, Tx
 from aura_es.store.envelope import EventEnvelope
 
@@ -45,8 +47,17 @@ _MERGE = {
     "last": "CASE WHEN EXCLUDED.{p} > coalesce({t}.{p}, -1)"
             " THEN EXCLUDED.{c} ELSE {t}.{c} END, {p} = GREATEST({t}.{p}, EXCLUDED.{p})",
 }
+#: A first/last value's subject column, set under the value's own condition.
+_FOLLOW = {
+    "first": "CASE WHEN {t}.{c} IS NULL OR EXCLUDED.{p} < {t}.{p}"
+             " THEN EXCLUDED.{s} ELSE {t}.{s} END",
+    "last": "CASE WHEN EXCLUDED.{p} > coalesce({t}.{p}, -1) THEN EXCLUDED.{s} ELSE {t}.{s} END",
+}
 _ORDERED = ("first", "last")
 POSITION_SUFFIX = "__pos"
+#: Beside a first/last column folded from a personal field: whose value it holds, so the
+#: subject's erasure finds and clears it (docs/erasure.md).
+SUBJECT_SUFFIX = "__subject"
 _ARRAY_TYPES = {"count": "bigint[]", "sum": "numeric[]"}
 
 
@@ -61,6 +72,8 @@ class DeclarativeProjection(Projection):
         self.declarative: DeclarativeSpec = spec.declarative
         self.key_column = self.declarative.key_column  # type: ignore[misc]
         self.window_seconds = _bucket_seconds(spec)
+        #: Fields copied from a personal field, and the value each reads as once erased.
+        self.personal = _personal_fields(spec)
 
     @property
     def windows_table(self) -> sql.Identifier:
@@ -82,6 +95,9 @@ class DeclarativeProjection(Projection):
         ] + [
             sql.SQL("{} bigint").format(sql.Identifier(name + POSITION_SUFFIX))
             for name, f in fields.items() if f.op in _ORDERED
+        ] + [
+            sql.SQL("{} text").format(sql.Identifier(name + SUBJECT_SUFFIX))
+            for name in self.personal
         ]
         derived = [
             sql.SQL(
@@ -110,6 +126,18 @@ class DeclarativeProjection(Projection):
                     tx.execute(sql.SQL(
                         "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} bigint"
                     ).format(t=table, c=sql.Identifier(name + POSITION_SUFFIX)))
+            for name in self.personal:
+                tx.execute(sql.SQL("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} text").format(
+                    t=table, c=sql.Identifier(name + SUBJECT_SUFFIX)))
+
+    def erase_subject(self, tx: Tx, subject: str) -> None:
+        """Sets every value folded from ``subject``'s personal fields to its erased
+        placeholder: what a rebuild folds from the erased events, so it equals this."""
+        for table in (self.table, self.windows_table) if self.window_seconds else (self.table,):
+            for name, erased in self.personal.items():
+                tx.execute(sql.SQL("UPDATE {t} SET {c} = %s WHERE {s} = %s").format(
+                    t=table, c=sql.Identifier(name),
+                    s=sql.Identifier(name + SUBJECT_SUFFIX)), (Jsonb(erased), subject))
 
     def sliding_query(self) -> sql.Composed:
         """Rows over the last window, computed at read time from the stored buckets."""
@@ -187,6 +215,8 @@ class DeclarativeProjection(Projection):
             if f.op in _ORDERED:
                 if value is not None and (f.op == "last" or acc.get(name) is None):
                     acc[name], acc[name + POSITION_SUFFIX] = value, event.position
+                    if name in self.personal:
+                        acc[name + SUBJECT_SUFFIX] = event.subject
                 continue
             acc[name] = _combine(f, acc.get(name), value)
 
@@ -200,15 +230,16 @@ class DeclarativeProjection(Projection):
         key_types = ["text[]", "timestamptz[]"] if windowed else ["text[]"]
         names = list(fields)
         positions = [n + POSITION_SUFFIX for n in names if fields[n].op in _ORDERED]
+        subjects = [n + SUBJECT_SUFFIX for n in self.personal]
         params: list[list[Any]] = [[k[i] for k in keys] for i in range(len(key_columns))]
         for name in names:
             f = fields[name]
             params.append([_stored(f, v.get(name)) for v in values])
-        for name in positions:
+        for name in (*positions, *subjects):
             params.append([v.get(name) for v in values])
         casts = [
             *key_types, *(_ARRAY_TYPES.get(fields[n].op, "jsonb[]") for n in names),
-            *("bigint[]" for _ in positions),
+            *("bigint[]" for _ in positions), *("text[]" for _ in subjects),
         ]
         target = sql.Identifier("t")
         tx.execute(
@@ -217,20 +248,61 @@ class DeclarativeProjection(Projection):
                 " ON CONFLICT ({keys}) DO UPDATE SET {merge}"
             ).format(
                 table=table,
-                cols=sql.SQL(", ").join(
-                    [*key_columns, *map(sql.Identifier, names), *map(sql.Identifier, positions)]
-                ),
+                cols=sql.SQL(", ").join([
+                    *key_columns, *map(sql.Identifier, names), *map(sql.Identifier, positions),
+                    *map(sql.Identifier, subjects)]),
                 arrays=sql.SQL(", ").join(sql.SQL("%s::" + c) for c in casts),
                 keys=sql.SQL(", ").join(key_columns),
-                merge=sql.SQL(", ").join(
-                    sql.SQL("{c} = " + _MERGE[fields[n].op]).format(
-                        c=sql.Identifier(n), t=target, p=sql.Identifier(n + POSITION_SUFFIX)
-                    )
-                    for n in names
-                ),
+                merge=sql.SQL(", ").join([
+                    *(sql.SQL("{c} = " + _MERGE[fields[n].op]).format(
+                        c=sql.Identifier(n), t=target, p=sql.Identifier(n + POSITION_SUFFIX))
+                      for n in names),
+                    # Whose value it is follows the value (the same condition, old row).
+                    *(sql.SQL("{s} = " + _FOLLOW[fields[n].op]).format(
+                        s=sql.Identifier(n + SUBJECT_SUFFIX), t=target,
+                        c=sql.Identifier(n), p=sql.Identifier(n + POSITION_SUFFIX))
+                      for n in self.personal),
+                ]),
             ),
             params,
         )
+
+
+def _personal_fields(spec: ProjectionSpec) -> dict[str, Any]:
+    """The fields folded from a personal field of one of their topics' event classes, and
+    the value each reads as once its subject is erased. Only first and last may copy
+    one (they know which event, so whose, each value came from); a personal key, min or
+    max is refused: nothing could clear it."""
+    assert spec.declarative is not None
+    out: dict[str, Any] = {}
+    key = spec.declarative.key
+    for name, f in spec.declarative.fields.items():
+        for topic in f.topics or spec.source_events:
+            for path in (key, f.of):
+                placeholders = _personal_placeholders(topic, path)
+                if placeholders is None:
+                    continue
+                if path == key:
+                    raise ConfigurationError(
+                        f"projection {spec.name!r}: key {key} is a personal field of {topic};"
+                        " key it by an id (an erased person's data cannot be a row's key)")
+                if f.op not in _ORDERED:
+                    raise ConfigurationError(
+                        f"projection {spec.name!r} field {name!r}: op {f.op} of {f.of}, a"
+                        f" personal field of {topic}; use first or last (they can be cleared"
+                        " when the subject is erased)")
+                out[name] = placeholders[1]
+    return out
+
+
+def _personal_placeholders(topic: str, path: str | None) -> tuple[Any, Any] | None:
+    if path is None or not path.startswith("payload."):
+        return None
+    try:
+        cls = resolve_topic(topic)
+    except Exception:  # no class loaded for the topic: nothing declared
+        return None
+    return personal_fields(cls).get(path.removeprefix("payload."))
 
 
 def _combine(f: DeclarativeField, current: Any, value: Any) -> Any:

@@ -143,3 +143,14 @@ def counts(conn: psycopg.Connection[Any]) -> dict[str, dict[str, int]]:
         " GROUP BY projection, status").format(t=_T)):
         out.setdefault(projection, {})[status] = int(n)
     return out
+
+
+def scrub(cur: psycopg.Cursor[Any], positions: list[int]) -> int:
+    """Clears the payload and error of side effects of these events (an erased subject's);
+    one not yet run is not run (status ``erased``): it would act on data that is gone."""
+    cur.execute(sql.SQL(
+        "UPDATE {t} SET payload = '{{\"erased\": true}}'::jsonb, last_error = NULL,"
+        " status = CASE WHEN status = 'done' THEN status ELSE 'erased' END,"
+        " finished_at = coalesce(finished_at, now())"
+        " WHERE position = ANY(%s)").format(t=_T), (positions,))
+    return cur.rowcount

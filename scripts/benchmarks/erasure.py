@@ -1,0 +1,146 @@
+"""`scripts/bench erasure`: what sealing personal fields costs, side by side in one run.
+
+The same events twice, with one field personal (sealed with its subject's key) and
+without: appends (keyed commands, one process), a projection's catch-up with a cold key
+cache (a new worker) and its replay with a warm one (the same worker again), and the
+erasure of one subject with 10,000 events in a store holding others.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from aura_es.aggregate import AuraAggregate
+from aura_es.app import AuraApp
+from aura_es.catalog.model import ProjectionSpec
+from aura_es.commands import Create
+from aura_es.erasure.erase import erase
+from aura_es.events import AuraCreated
+from aura_es.masterkey import MASTER_KEY, new_key_text
+from aura_es.personal import Personal
+from aura_es.projection.engine.runner import BatchRunner
+from aura_es.projection.handlers.api import Projection, Tx
+from aura_es.store.envelope import EventEnvelope
+from aura_es.store.keyring import Keyring
+from scripts.benchmarks._common import console, fresh_database, postgres, report
+
+TEXT = "an argument of about the length people write, with a few clauses in it"
+
+
+class PlainNote(AuraCreated):
+    TOPIC = "bench.note.plain.v1"
+    author: str
+    text: str
+
+
+class SealedNote(AuraCreated):
+    TOPIC = "bench.note.sealed.v1"
+    SUBJECT = "author"
+    author: str
+    text: Personal[str]
+
+
+class Note(AuraAggregate):
+    TYPE = "bench.note"
+
+    @classmethod
+    def write(cls, note_id: uuid.UUID, author: str, text: str, sealed: bool) -> Note:
+        return cls._create(SealedNote if sealed else PlainNote, id=note_id, author=author,
+                           text=text)
+
+
+def note(i: int, author: str, sealed: bool, run: str) -> Create[Note]:
+    return Create(f"write_note_{'sealed' if sealed else 'plain'}", f"{run}-{i}",
+                  {"author": author, "text": TEXT},
+                  lambda id_: Note.write(id_, author, TEXT, sealed))
+
+
+def appends(app: AuraApp, count: int, sealed: bool, run: str, subjects: int) -> float:
+    """Keyed commands, one at a time: events per second."""
+    started = time.perf_counter()
+    for i in range(count):
+        app.execute(note(i, f"user-{i % subjects}", sealed, run))
+    return count / (time.perf_counter() - started)
+
+
+def bulk(app: AuraApp, count: int, author: str, sealed: bool, run: str) -> None:
+    for start in range(0, count, 500):
+        app.execute_many([note(i, author, sealed, run)
+                          for i in range(start, min(count, start + 500))])
+
+
+class Texts(Projection):
+    """Copies each note's text into a row: the read a personal field's projection does."""
+
+    def create(self, tx: Tx) -> None:
+        tx.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {t} (position bigint PRIMARY KEY,"
+                           " text text NOT NULL)").format(t=self.table))
+
+    def handle(self, batch: Sequence[EventEnvelope], tx: Tx) -> None:
+        tx.cursor.executemany(sql.SQL("INSERT INTO {t} VALUES (%s, %s)").format(t=self.table),
+                              [(e.position, e.payload["text"]) for e in batch])
+
+
+def fold(url: str, topic: str, storage: str, ring: Keyring) -> float:
+    spec = ProjectionSpec(name=storage, source_events=[topic], output_model="Text",
+                          storage=storage, batch_size=1000, handler="bench:Texts")
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        applied = BatchRunner(conn, spec, Texts(spec), keyring=ring).run_until_caught_up()
+        return applied / (time.perf_counter() - started)
+
+
+def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
+    os.environ.setdefault(MASTER_KEY, new_key_text())
+    count = 1_500 if quick else 9_000
+    heavy = 2_000 if quick else 10_000
+    rounds = 3
+    rows: list[dict[str, Any]] = []
+    with postgres() as admin, fresh_database(admin) as url:
+        app = AuraApp(url, pool_size=2)
+        try:
+            speeds: dict[str, list[float]] = {"plain": [], "sealed": []}
+            with console.status("appends, plain and sealed in turn …"):
+                for r in range(rounds):
+                    for kind in ("plain", "sealed"):
+                        speeds[kind].append(appends(app, count // rounds, kind == "sealed",
+                                                    f"{kind}-{r}", subjects=100))
+            plain, sealed = max(speeds["plain"]), max(speeds["sealed"])
+            rows.append({"measure": "appends, keyed, one process (events/s)",
+                         "plain": round(plain), "sealed": round(sealed),
+                         "ratio": round(sealed / plain, 2)})
+            # Best of three, plain and sealed in turn. Cold: a new worker's empty key
+            # cache (a catch-up); warm: the same worker folding again (a replay).
+            folds: dict[str, list[float]] = {"plain": [], "cold": [], "warm": []}
+            with console.status("projection catch-up and replay, plain and sealed …"):
+                for r in range(rounds):
+                    ring = Keyring.from_env()
+                    folds["plain"].append(fold(url, PlainNote.TOPIC, f"plain_{r}", ring))
+                    folds["cold"].append(fold(url, SealedNote.TOPIC, f"cold_{r}", ring))
+                    folds["warm"].append(fold(url, SealedNote.TOPIC, f"warm_{r}", ring))
+            plain = max(folds["plain"])
+            for name, kind in (("catch-up, cold key cache", "cold"),
+                               ("replay, warm key cache", "warm")):
+                sealed = max(folds[kind])
+                rows.append({"measure": f"projection {name} (events/s)", "plain": round(plain),
+                             "sealed": round(sealed), "ratio": round(sealed / plain, 2)})
+            with console.status(f"writing {heavy:,} events of one subject …"):
+                bulk(app, heavy, "heavy-subject", True, "heavy")
+            with psycopg.connect(url) as conn:
+                total = conn.execute("SELECT count(*) FROM aura_events").fetchone()
+            started = time.perf_counter()
+            done = erase(app, "heavy-subject", "benchmark")
+            seconds = time.perf_counter() - started
+            rows.append({"measure": f"erase one subject of {done.events:,} events, store of"
+                                    f" {total[0] if total else 0:,} (s)",
+                         "plain": "", "sealed": round(seconds, 3), "ratio": ""})
+        finally:
+            app.close()
+    report("erasure: sealed personal fields vs plain, one run", rows, as_json=as_json)
