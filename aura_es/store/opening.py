@@ -23,25 +23,25 @@ from aura_es.store.keyring import Keyring
 def open_events(cur: psycopg.Cursor[Any], keyring: Keyring,
                 events: Sequence[EventEnvelope]) -> list[EventEnvelope]:
     """``events`` with their personal fields opened, or erased placeholders."""
-    subjects = {e.subject for e in events
-                if e.seal is not None and e.undecodable is None and not e.opened}
-    subjects.discard(None)
-    if not subjects:
+    sealed = [e for e in events
+              if e.seal is not None and e.undecodable is None and not e.opened]
+    if not sealed:
         return list(events)
-    keys = keyring.held(cur, [s for s in subjects if s is not None])
-    return [_opened(e, keys) for e in events]
+    subjects = {e.seal.get("subject") for e in sealed}  # type: ignore[union-attr]
+    keys = keyring.held(cur, [s for s in subjects if isinstance(s, str)])
+    opened = {id(e): _opened(e, keys) for e in sealed}
+    return [opened.get(id(e), e) for e in events]
 
 
 def _opened(event: EventEnvelope, keys: dict[str, bytes | None]) -> EventEnvelope:
-    if event.seal is None or event.undecodable is not None or event.opened:
-        return event
-    subject = event.seal.get("subject")
-    key = keys.get(subject) if isinstance(subject, str) else None
+    seal = event.seal
+    assert seal is not None
+    key = keys.get(seal.get("subject"))  # type: ignore[arg-type]
     try:
         if key is None:
-            fields = sealing.erased(event.seal, event.payload)
+            fields = sealing.erased(seal, event.payload)
         else:
-            fields = sealing.open_seal(event.seal, key, event.topic, event.aggregate_id,
+            fields = sealing.open_seal(seal, key, event.topic, event.aggregate_id,
                                        event.version)
     except EventUndecodable as e:
         return dataclasses.replace(event, undecodable=str(e))

@@ -40,7 +40,12 @@ def _cipher(data_key: bytes) -> AESGCM:
 def _aad(topic: str, aggregate_id: UUID | str, version: int) -> bytes:
     # Bytes, not text: formatting a UUID costs more than the decryption (profiled).
     aggregate = aggregate_id if isinstance(aggregate_id, UUID) else UUID(str(aggregate_id))
-    return b"%s\x00%s%s" % (topic.encode(), aggregate.bytes, version.to_bytes(8, "big"))
+    return _topic_bytes(topic) + aggregate.bytes + version.to_bytes(8, "big")
+
+
+@functools.lru_cache(maxsize=4096)
+def _topic_bytes(topic: str) -> bytes:
+    return topic.encode() + b"\x00"
 
 
 def seal(state: dict[str, Any], fields: dict[str, tuple[Any, Any]], subject: str,
