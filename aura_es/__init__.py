@@ -26,7 +26,9 @@ from aura_es.errors import (
     ServiceUnavailable,
 )
 from aura_es.events import AuraCreated, AuraEvent, CommandContext
+from aura_es.personal import InvalidSubject, Personal
 from aura_es.settings import Settings
+from aura_es.store.keyring import SubjectErased
 
 __all__ = [
     "AggregateNotFound",
@@ -47,10 +49,13 @@ __all__ = [
     "IdempotencyKeyConflict",
     "InvalidIdempotencyKey",
     "InvalidPayload",
+    "InvalidSubject",
     "PayloadTooLarge",
+    "Personal",
     "SchemaMissing",
     "ServiceUnavailable",
     "Settings",
+    "SubjectErased",
     "Update",
 ]
 __version__ = "0.1.0"

@@ -19,8 +19,9 @@ from aura_es.cli.common import (
     settings,
 )
 from aura_es.db import connect
-from aura_es.erasure import erase as erasing
-from aura_es.erasure import verify as verifying
+from aura_es.erasure.erase import check_reason
+from aura_es.erasure.erase import erase as erase_subject
+from aura_es.erasure.verify import verify as verify_subject
 from aura_es.mirror.stream import StreamSettings
 from aura_es.store.keyring import Keyring
 
@@ -52,12 +53,12 @@ def erase(
     if reason is None:
         raise fail("--reason is missing: say why the subject is erased (e.g. the request's"
                    " reference)")
-    erasing.check_reason(reason)
+    check_reason(reason)
     with connect(url) as conn:
         tables.require_all(conn)
     app = EventSourcedApp(url, pool_size=1)
     try:
-        done = erasing.erase(app, subject, reason)
+        done = erase_subject(app, subject, reason)
     finally:
         app.close()
     if json:
@@ -78,7 +79,7 @@ def _verify(subject: str, url: str, nats_url: str | None, stream: StreamSettings
     with connect(url) as conn:
         tables.require_all(conn)
         with console.status("searching …") as status:
-            report = verifying.verify(
+            report = verify_subject(
                 conn, provider, subject, nats_url=nats_url,
                 stream=stream if nats_url else None,
                 progress=lambda where: status.update(f"searching {where} …"))

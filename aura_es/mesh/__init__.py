@@ -3,5 +3,6 @@ validated against the schema registry, upcast to the version the service was bui
 and applied to the service's own PostgreSQL tables exactly once. docs/mesh.md."""
 
 from aura_es.mesh.consumer import Delivery, MeshConsumer, Subscription
+from aura_es.store.keyring import Keyring
 
-__all__ = ["Delivery", "MeshConsumer", "Subscription"]
+__all__ = ["Delivery", "Keyring", "MeshConsumer", "Subscription"]
