@@ -160,6 +160,7 @@ class Keyring:
     def held(self, cur: psycopg.Cursor[Any], subjects: Iterable[str], *, share: bool = True
              ) -> dict[str, bytes | None]:
         """Keys read in ``cur``'s transaction, held FOR SHARE until it ends."""
+        subjects = list(subjects)  # read twice below
         rows = keystore.fetch(cur, sorted(set(subjects)), share=share)
         out: dict[str, bytes | None] = {}
         for subject in subjects:
