@@ -18,6 +18,8 @@ import re
 import types
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from eventsourcing.utils import resolve_topic
+
 from aura_es.errors import ConfigurationError, DomainError
 
 
@@ -120,12 +122,15 @@ def subject_of(cls: type, state: dict[str, Any]) -> str | None:
     return check_subject(subject)
 
 
-def topic_is_personal(topic: str) -> bool:
-    """Whether the loaded event class of ``topic`` declares personal fields."""
-    from eventsourcing.utils import resolve_topic
-
+def personal_fields_of_topic(topic: str) -> dict[str, tuple[Any, Any]]:
+    """The personal fields the loaded event class of ``topic`` declares (none when no
+    class is loaded: a raw-payload reader declares nothing)."""
     try:
         cls = resolve_topic(topic)
-    except Exception:  # no class loaded: a raw-payload reader, nothing declared
-        return False
-    return bool(personal_fields(cls))
+    except Exception:
+        return {}
+    return personal_fields(cls)
+
+
+def topic_is_personal(topic: str) -> bool:
+    return bool(personal_fields_of_topic(topic))

@@ -420,10 +420,17 @@ def test_a_mesh_consumer_with_key_access_opens_sealed_fields(
         return got
 
     with_keys = Keyring.of_store(app.database_url)
-    assert texts("with_keys", with_keys) == ["words for another service"]
-    assert texts("without_keys", None) == ["[sealed]"]
+    try:
+        assert texts("with_keys", with_keys) == ["words for another service"]
+        assert texts("without_keys", None) == ["[sealed]"]
+    finally:
+        with_keys.close()
     erase(app, "user-m", "request m")
-    assert texts("after_erasure", Keyring.of_store(app.database_url)) == [ERASED_TEXT]
+    after = Keyring.of_store(app.database_url)
+    try:
+        assert texts("after_erasure", after) == [ERASED_TEXT]
+    finally:
+        after.close()
 
 
 def test_rotating_the_master_key_rewraps_every_key_and_no_event(

@@ -71,6 +71,8 @@ def test_generated_arguments_are_results_or_one_line_errors(
         st.tuples(st.just("idempotency"), st.just("prune"), st.just("--older-than"), argument),
         st.tuples(st.just("status"), st.just("--database-url"), argument),
         st.tuples(st.just("load"), st.just("--commands"), argument),
+        st.tuples(st.just("erase"), argument, st.just("--reason"), argument),
+        st.tuples(st.just("erase"), st.just("--verify"), argument, st.just("--json")),
         st.lists(argument, max_size=4).map(tuple),
     )
 

@@ -12,7 +12,6 @@ a cached key; the append itself checks, in its statement, that the key is not er
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import threading
@@ -23,6 +22,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from aura_es import db
 from aura_es.errors import DomainError
@@ -59,6 +59,7 @@ class Keyring:
         self._provider = provider
         self._connect = connect
         self._keys: OrderedDict[str, tuple[bytes, bytes, float]] = OrderedDict()
+        self._pool: ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -69,11 +70,22 @@ class Keyring:
     def of_store(cls, database_url: str, provider: KeyProvider | None = None) -> Keyring:
         """Key access for a process outside the application (a mesh consumer): the
         store's key table (a role that may SELECT it is enough) and the master key
-        (``provider``, else the environment's)."""
-        def connect() -> AbstractContextManager[psycopg.Connection[Any]]:
-            return contextlib.closing(db.connect(database_url))
+        (``provider``, else the environment's). Keys are read through a small pool of
+        its own, checked before use (a dead connection is replaced, not handed out), so
+        a key read costs a query, never a new connection; ``close`` it when done."""
+        info, timeout = db.conninfo(database_url)
+        pool = ConnectionPool(info, min_size=1, max_size=2, timeout=timeout,
+                              kwargs={"autocommit": True, "connect_timeout": timeout},
+                              check=ConnectionPool.check_connection, open=True,
+                              name="aura-es-keys")
+        ring = cls(provider or provider_from_env(), connect=pool.connection)
+        ring._pool = pool
+        return ring
 
-        return cls(provider or provider_from_env(), connect=connect)
+    def close(self) -> None:
+        """Closes the pool ``of_store`` made (nothing otherwise)."""
+        if self._pool is not None:
+            self._pool.close()
 
     @property
     def provider(self) -> KeyProvider:

@@ -129,12 +129,6 @@ def proof_of(cur: psycopg.Cursor[Any], subject: str) -> tuple[datetime | None, b
     return row[0], bytes(row[1]) if row[1] is not None else None
 
 
-def erased_subjects(cur: psycopg.Cursor[Any]) -> list[str]:
-    """Every erased subject (the ledger), for re-applying erasures after a restore."""
-    return [r[0] for r in _tuples(cur).execute(sql.SQL(
-        "SELECT subject FROM {t} WHERE erased_at IS NOT NULL ORDER BY subject").format(t=_T))]
-
-
 def wrapped_by_other(cur: psycopg.Cursor[Any], master_key_id: str) -> list[KeyRow]:
     """Live keys wrapped by a master key other than ``master_key_id`` (to rotate)."""
     rows = _tuples(cur).execute(sql.SQL(

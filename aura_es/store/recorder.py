@@ -153,27 +153,26 @@ class AuraRecorder(PostgresApplicationRecorder):
         # Events with sealed personal fields: the subject column, and a check in the same
         # statement that no subject is erased (``keystore``: AUR01). ``ok`` is joined into
         # the insert, so it runs first.
-        check = sql.SQL("ok AS (SELECT {check}(%s::text[]) AS ok)").format(
-            check=sql.Identifier(keystore.CHECK_FUNCTION))
-        sealed = sql.SQL(
-            "{check}, first AS (SELECT {reserve}(%s) AS first FROM ok),"
-            " ev AS (INSERT INTO {events}"
+        check = sql.SQL("ok AS (SELECT {f}(%s::text[]) AS ok)").format(
+            f=sql.Identifier(keystore.CHECK_FUNCTION))
+        into = sql.SQL(
+            "ev AS (INSERT INTO {events}"
             " (notification_id, originator_id, originator_version, topic, state, subject)"
+        ).format(events=sql.Identifier(events_table_name))
+        reserve = sql.Identifier(RESERVE_FUNCTION)
+        sealed = sql.SQL(
+            "{check}, first AS (SELECT {reserve}(%s) AS first FROM ok), {into}"
             " SELECT first.first + e.n - 1, e.id, e.v, e.t, e.s, e.subject FROM first,"
             " unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s::text[])"
             " WITH ORDINALITY AS e(id, v, t, s, subject, n) RETURNING notification_id)"
             " SELECT notification_id FROM ev ORDER BY notification_id"
-        ).format(check=check, reserve=sql.Identifier(RESERVE_FUNCTION),
-                 events=sql.Identifier(events_table_name))
+        ).format(check=check, into=into, reserve=reserve)
         # One sealed event (most commands): plain parameters, as ``event`` below.
         sealed_one = sql.SQL(
-            "{check}, ev AS (INSERT INTO {events}"
-            " (notification_id, originator_id, originator_version, topic, state, subject)"
-            " SELECT {reserve}(1), %s::uuid, %s::bigint, %s::text, %s::bytea, %s::text"
-            " FROM ok RETURNING notification_id)"
+            "{check}, {into} SELECT {reserve}(1), %s::uuid, %s::bigint, %s::text, %s::bytea,"
+            " %s::text FROM ok RETURNING notification_id)"
             " SELECT notification_id FROM ev"
-        ).format(check=check, reserve=sql.Identifier(RESERVE_FUNCTION),
-                 events=sql.Identifier(events_table_name))
+        ).format(check=check, into=into, reserve=reserve)
         self._insert_sealed = _rendered(sql.SQL("WITH {sealed}").format(sealed=sealed))
         self._insert_sealed_with_keys = _rendered(
             sql.SQL("WITH keys AS ({keys}), {sealed}").format(

@@ -13,13 +13,12 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.utils import resolve_topic
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from aura_es.catalog.model import DeclarativeField, DeclarativeSpec, ProjectionSpec
 from aura_es.errors import AuraError, ConfigurationError
-from aura_es.personal import personal_fields
+from aura_es.personal import personal_fields_of_topic
 from aura_es.projection.handlers.api import Projection, Tx
 from aura_es.store.envelope import EventEnvelope
 
@@ -298,11 +297,7 @@ def _personal_fields(spec: ProjectionSpec) -> dict[str, Any]:
 def _personal_placeholders(topic: str, path: str | None) -> tuple[Any, Any] | None:
     if path is None or not path.startswith("payload."):
         return None
-    try:
-        cls = resolve_topic(topic)
-    except Exception:  # no class loaded for the topic: nothing declared
-        return None
-    return personal_fields(cls).get(path.removeprefix("payload."))
+    return personal_fields_of_topic(topic).get(path.removeprefix("payload."))
 
 
 def _combine(f: DeclarativeField, current: Any, value: Any) -> Any:
