@@ -466,8 +466,7 @@ class MeshConsumer:
             raise EventUndecodable(f"event {topic} {aggregate_id}: its seal names no subject"
                                    " or it has no auraversion")
         key = self.keyring.for_reading([subject]).get(subject)
-        opened.update(sealing.erased(seal, opened) if key is None
-                      else sealing.open_seal(seal, key, topic, aggregate_id, version))
+        opened.update(sealing.read_as(seal, key, topic, aggregate_id, version, opened))
         return opened
 
     async def _invalid(self, js: JetStreamContext, uri: str, data: Any, *, own: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -9,9 +10,10 @@ from uuid import UUID
 
 import orjson
 
+from aura_es.errors import EventUndecodable
 from aura_es.personal import SEALED_KEY
+from aura_es.store import sealing
 from aura_es.store.mapper import JsonMapper
-from aura_es.store.sealing import subject_of_seal
 
 _NOT_PAYLOAD = frozenset({"timestamp", "meta", "originator_topic", "class_version",
                           SEALED_KEY})
@@ -47,13 +49,16 @@ class EventEnvelope:
     opened: bool = False
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> EventEnvelope:
+    def from_row(cls, row: tuple[Any, ...],
+                 keys: Mapping[str, bytes | None] | None = None) -> EventEnvelope:
         """From ``(notification_id, originator_id, originator_version, topic, state
-        [, transaction_id])``.
+        [, transaction_id])``; its personal fields opened when ``keys`` holds its
+        subject's (None: erased), in the same pass (``store/opening.py`` otherwise).
 
         Never raises for a row of the events table: a row whose state does not decode
-        (written by another program, or damaged) comes back with ``undecodable`` set,
-        so one bad row is isolated instead of stopping every reader.
+        (written by another program, or damaged), or whose seal does not open, comes
+        back with ``undecodable`` set, so one bad row is isolated instead of stopping
+        every reader.
         """
         position, aggregate_id, version, topic, state = row[:5]
         transaction = int(row[5]) if len(row) > 5 and row[5] is not None else 0
@@ -79,6 +84,17 @@ class EventEnvelope:
             )
         payload = {k: v for k, v in data.items() if k not in _NOT_PAYLOAD}
         seal = data.get(SEALED_KEY)
+        if not isinstance(seal, dict):
+            seal = None
+        opened = False
+        undecodable = None
+        if seal is not None and keys is not None and seal.get("subject") in keys:
+            try:
+                payload.update(sealing.read_as(seal, keys[seal["subject"]], topic,
+                                               aggregate_id, version, payload))
+                opened = True
+            except EventUndecodable as e:
+                undecodable = str(e)
         return cls(
             position=position,
             topic=topic,
@@ -90,7 +106,9 @@ class EventEnvelope:
             _raw=raw,
             transaction=transaction,
             schema_version=schema_version,
-            seal=seal if isinstance(seal, dict) else None,
+            seal=seal,
+            opened=opened,
+            undecodable=undecodable,
         )
 
     @property
@@ -114,7 +132,7 @@ class EventEnvelope:
     @property
     def subject(self) -> str | None:
         """Whose personal data it holds (None: it holds none)."""
-        return subject_of_seal(self.seal)
+        return sealing.subject_of_seal(self.seal)
 
     @property
     def event_id(self) -> str | None:

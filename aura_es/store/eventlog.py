@@ -9,7 +9,7 @@ anywhere on the server; see "tailing the log" below and docs/guarantees.md.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -118,7 +118,7 @@ def _batch_query(topics: int, split: tuple[bool, ...] = ()) -> sql.Composed:
         "WITH h AS (SELECT {horizon} AS horizon),"
         " picked AS (SELECT * FROM ({union}) AS u ORDER BY 1, 2 LIMIT %s)"
         " SELECT (SELECT horizon FROM h), e.notification_id, e.originator_id,"
-        " e.originator_version, e.topic, e.state, e.transaction_id"
+        " e.originator_version, e.topic, e.state, e.transaction_id, e.subject"
         " FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
         "   SELECT x.* FROM picked JOIN {e} AS x USING (notification_id)"
         "   ORDER BY picked.transaction_id, picked.notification_id) AS e ON true"
@@ -126,13 +126,19 @@ def _batch_query(topics: int, split: tuple[bool, ...] = ()) -> sql.Composed:
              union=sql.SQL(" UNION ALL ").join([per_topic(p) for p in split]))
 
 
+#: The data keys of some subjects, read in a reader's transaction (``Keyring.held``).
+KeysOf = Callable[[psycopg.Cursor[Any], Iterable[str]], Mapping[str, bytes | None]]
+
+
 def read_batch(
     cur: psycopg.Cursor[Any], after: Cursor, topics: Sequence[str], limit: int,
-    partition: Partition = WHOLE,
+    partition: Partition = WHOLE, keys_of: KeysOf | None = None,
 ) -> Batch:
     """At most ``limit`` events of ``topics`` after ``after``, in log order; only those
     of ``partition``'s aggregates when the projection is split (an erasure is read by
-    every partition: the subject's rows may be in any of them)."""
+    every partition: the subject's rows may be in any of them). With ``keys_of``, the
+    keys of the subjects the rows name are read first and each event is opened as it
+    is decoded (one pass: opening afterwards copies every event)."""
     partitioned = partition.count > 1
     split = tuple(partitioned and topic != ERASURE_TOPIC for topic in topics)
     params: list[Any] = []
@@ -141,9 +147,14 @@ def read_batch(
         if in_partition:
             params += [partition.count, partition.index]
         params.append(limit)
-    rows = cur.execute(_batch_query(len(topics), split), [*params, limit]).fetchall()
+    # Binary results: the state's bytes as they are, not hex text to decode (~2 µs an
+    # event of 400 bytes, more for a sealed one; measured with issue 25's benchmark).
+    rows = cur.execute(_batch_query(len(topics), split), [*params, limit],
+                       binary=True).fetchall()
     horizon = int(rows[0][0])
-    events = [EventEnvelope.from_row(row[1:]) for row in rows if row[1] is not None]
+    subjects = {row[7] for row in rows if row[7] is not None} if keys_of else None
+    keys = keys_of(cur, subjects) if keys_of and subjects else None
+    events = [EventEnvelope.from_row(row[1:], keys) for row in rows if row[1] is not None]
     if len(events) == limit:
         last = events[-1]
         return Batch(events, Cursor.of(last), False, last.position)

@@ -124,12 +124,16 @@ class Keyring:
                 self._keys.pop(subject, None)
 
     def _unwrap(self, row: keystore.KeyRow) -> bytes | None:
-        if row.wrapped is None or row.master_key_id is None:
+        return self._unwrapped(row.subject, row.master_key_id, row.wrapped)
+
+    def _unwrapped(self, subject: str, master_key_id: str | None, wrapped: bytes | None
+                   ) -> bytes | None:
+        if wrapped is None or master_key_id is None:
             return None
-        key = self._cached(row.subject, row.wrapped)
+        key = self._cached(subject, wrapped)
         if key is None:
-            key = self.provider.unwrap(row.subject, row.master_key_id, row.wrapped)
-            self._remember(row.subject, key, row.wrapped)
+            key = self.provider.unwrap(subject, master_key_id, wrapped)
+            self._remember(subject, key, wrapped)
         return key
 
     # -- writing ------------------------------------------------------------------------
@@ -171,15 +175,16 @@ class Keyring:
 
     def held(self, cur: psycopg.Cursor[Any], subjects: Iterable[str], *, share: bool = True
              ) -> dict[str, bytes | None]:
-        """Keys read in ``cur``'s transaction, held FOR SHARE until it ends."""
-        subjects = list(subjects)  # read twice below
-        rows = keystore.fetch(cur, sorted(set(subjects)), share=share)
-        out: dict[str, bytes | None] = {}
-        for subject in subjects:
-            row = rows.get(subject)
-            out[subject] = self._unwrap(row) if row is not None else None
-            if out[subject] is None:
-                self.forget([subject])
+        """Keys read in ``cur``'s transaction, held FOR SHARE until it ends (None: erased
+        or unknown)."""
+        out: dict[str, bytes | None] = dict.fromkeys(subjects)
+        for subject, master_key_id, wrapped in keystore.wrapped_keys(
+                cur, sorted(out), share=share):
+            out[subject] = self._unwrapped(subject, master_key_id,
+                                           bytes(wrapped) if wrapped is not None else None)
+        gone = [subject for subject, key in out.items() if key is None]
+        if gone:
+            self.forget(gone)
         return out
 
     def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:

@@ -93,6 +93,21 @@ def fetch(cur: psycopg.Cursor[Any], subjects: list[str], *, share: bool = False
             for r in rows}
 
 
+_WRAPPED = {
+    share: sql.SQL("SELECT subject, master_key_id, wrapped FROM {t} WHERE subject = ANY(%s)"
+                   "{lock}").format(t=_T, lock=sql.SQL(" FOR SHARE" if share else ""))
+    for share in (False, True)
+}
+
+
+def wrapped_keys(cur: psycopg.Cursor[Any], subjects: list[str], *, share: bool
+                 ) -> list[tuple[str, str | None, bytes | None]]:
+    """``(subject, master key id, wrapped key)`` of the rows of ``subjects`` (the key None
+    once erased; unknown subjects left out): what a reader's batch needs, and no more,
+    every batch. ``share`` as in ``fetch``."""
+    return _tuples(cur).execute(_WRAPPED[share], (subjects,), prepare=True).fetchall()
+
+
 def create(cur: psycopg.Cursor[Any], subject: str, master_key_id: str, wrapped: bytes
            ) -> KeyRow:
     """The subject's row: the one given, or the one a concurrent writer made first."""

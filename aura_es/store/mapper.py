@@ -227,8 +227,6 @@ class JsonMapper(Mapper[UUID]):
         subject = sealing.subject_of_seal(seal)
         if self.keyring is None or subject is None:
             return {}
-        key = self.keyring.for_reading([subject]).get(subject)
-        if key is None:
-            return sealing.erased(seal, state)
-        return sealing.open_seal(seal, key, stored.topic, stored.originator_id,
-                                 stored.originator_version)
+        return sealing.read_as(seal, self.keyring.for_reading([subject]).get(subject),
+                               stored.topic, stored.originator_id,
+                               stored.originator_version, state)

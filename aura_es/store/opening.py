@@ -36,13 +36,10 @@ def open_events(cur: psycopg.Cursor[Any], keyring: Keyring,
 def _opened(event: EventEnvelope, keys: dict[str, bytes | None]) -> EventEnvelope:
     seal = event.seal
     assert seal is not None
-    key = keys.get(seal.get("subject"))  # type: ignore[arg-type]
     try:
-        if key is None:
-            fields = sealing.erased(seal, event.payload)
-        else:
-            fields = sealing.open_seal(seal, key, event.topic, event.aggregate_id,
-                                       event.version)
+        fields = sealing.read_as(seal, keys.get(seal.get("subject")),  # type: ignore[arg-type]
+                                 event.topic, event.aggregate_id, event.version,
+                                 event.payload)
     except EventUndecodable as e:
         return dataclasses.replace(event, undecodable=str(e))
     return event.opened_with(fields)

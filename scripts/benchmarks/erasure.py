@@ -26,6 +26,7 @@ from aura_es.erasure.erase import erase
 from aura_es.events import AuraCreated
 from aura_es.masterkey import MASTER_KEY, new_key_text
 from aura_es.personal import Personal
+from aura_es.projection.engine.loading import build
 from aura_es.projection.engine.runner import BatchRunner
 from aura_es.projection.handlers.api import Projection, Tx
 from aura_es.store.envelope import EventEnvelope
@@ -71,9 +72,14 @@ def appends(app: AuraApp, count: int, sealed: bool, run: str, subjects: int) -> 
     return count / (time.perf_counter() - started)
 
 
-def bulk(app: AuraApp, count: int, author: str, sealed: bool, run: str) -> None:
+def bulk(app: AuraApp, count: int, sealed: bool, run: str, subjects: int = 1) -> None:
+    """``count`` notes in commands of 500, by ``subjects`` authors in turn (``user-0``,
+    ``user-1`` …; one author: ``run`` itself)."""
+    def author(i: int) -> str:
+        return run if subjects == 1 else f"user-{i % subjects}"
+
     for start in range(0, count, 500):
-        app.execute_many([note(i, author, sealed, run)
+        app.execute_many([note(i, author(i), sealed, run)
                           for i in range(start, min(count, start + 500))])
 
 
@@ -89,12 +95,26 @@ class Texts(Projection):
                               [(e.position, e.payload["text"]) for e in batch])
 
 
-def fold(url: str, topic: str, storage: str, ring: Keyring) -> float:
-    spec = ProjectionSpec(name=storage, source_events=[topic], output_model="Text",
-                          storage=storage, batch_size=1000, handler="bench:Texts")
+def _spec(topic: str, storage: str, declared: bool) -> ProjectionSpec:
+    if not declared:
+        return ProjectionSpec(name=storage, source_events=[topic], output_model="Text",
+                              storage=storage, batch_size=1000, handler="bench:Texts")
+    # A catalog entry's kind: a row per author, a count and the last text (a personal
+    # field's fold: its ``last_text__subject`` column is kept with it).
+    return ProjectionSpec.model_validate({
+        "name": storage, "source_events": [topic], "output_model": "Author",
+        "storage": storage, "batch_size": 1000, "declarative": {
+            "key": "payload.author", "key_column": "author",
+            "fields": {"notes": {"op": "count"},
+                       "last_text": {"op": "last", "of": "payload.text"}}}})
+
+
+def fold(url: str, topic: str, storage: str, ring: Keyring, declared: bool = False) -> float:
+    spec = _spec(topic, storage, declared)
+    projection = build(spec) if declared else Texts(spec)
     with psycopg.connect(url, autocommit=True) as conn:
         started = time.perf_counter()
-        applied = BatchRunner(conn, spec, Texts(spec), keyring=ring).run_until_caught_up()
+        applied = BatchRunner(conn, spec, projection, keyring=ring).run_until_caught_up()
         return applied / (time.perf_counter() - started)
 
 
@@ -109,8 +129,11 @@ def _row(measure: str, plain: list[float], sealed: list[float]) -> dict[str, Any
 def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
     os.environ.setdefault(MASTER_KEY, new_key_text())
     count = 1_500 if quick else 9_000
+    # Each fold reads this many events: about a second each, long enough that the
+    # machine's moment-to-moment noise averages out within one measurement.
+    folded = 5_000 if quick else 30_000
     heavy = 2_000 if quick else 10_000
-    rounds = 5
+    rounds = 7
     rows: list[dict[str, Any]] = []
     with postgres() as admin, fresh_database(admin) as url:
         app = AuraApp(url, pool_size=2)
@@ -121,26 +144,43 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
             appended: dict[str, list[float]] = {"plain": [], "sealed": []}
             with console.status("appends, plain and sealed in turn …"):
                 for r in range(rounds):
-                    for kind in ("plain", "sealed"):
+                    for kind in ("plain", "sealed")[::1 if r % 2 == 0 else -1]:
                         appended[kind].append(appends(app, count // rounds, kind == "sealed",
                                                       f"{kind}-{r}", subjects=100))
             rows.append(_row("appends, keyed, one process (events/s)",
                              appended["plain"], appended["sealed"]))
-            # Cold: a new worker's empty key cache (a catch-up); warm: the same worker
-            # folding again (a replay).
-            folds: dict[str, list[float]] = {"plain": [], "cold": [], "warm": []}
+            with console.status(f"writing {folded:,} events of each kind to fold …"):
+                for kind in ("plain", "sealed"):
+                    bulk(app, folded - count // rounds * rounds, kind == "sealed",
+                         f"fold-{kind}", subjects=100)
+            # Cold: a new worker's empty key cache (a catch-up); warm: a worker that
+            # has every key unwrapped already (a replay).
+            folds: dict[str, list[float]] = {
+                "plain": [], "cold": [], "warm": [], "declared plain": [],
+                "declared sealed": []}
+            warm = Keyring.from_env()  # every subject's key already unwrapped
+            with psycopg.connect(url) as conn, conn.cursor() as cur:
+                warm.held(cur, [f"user-{i}" for i in range(100)], share=False)
             with console.status("projection catch-up and replay, plain and sealed …"):
                 for r in range(rounds):
-                    ring = Keyring.from_env()
-                    folds["plain"].append(fold(url, PlainNote.TOPIC, f"plain_{r}", ring))
-                    folds["cold"].append(fold(url, SealedNote.TOPIC, f"cold_{r}", ring))
-                    folds["warm"].append(fold(url, SealedNote.TOPIC, f"warm_{r}", ring))
+                    runs = [("plain", PlainNote.TOPIC, False), ("cold", SealedNote.TOPIC, False),
+                            ("warm", SealedNote.TOPIC, False),
+                            ("declared plain", PlainNote.TOPIC, True),
+                            ("declared sealed", SealedNote.TOPIC, True)]
+                    # Plain first in even rounds, last in odd ones: a drift of the
+                    # machine's speed within a round favours neither side.
+                    for kind, topic, declared in runs[::1 if r % 2 == 0 else -1]:
+                        storage = f"{kind.replace(' ', '_')}_{r}"
+                        ring = Keyring.from_env() if kind == "cold" else warm
+                        folds[kind].append(fold(url, topic, storage, ring, declared))
             rows.append(_row("projection catch-up, cold key cache (events/s)",
                              folds["plain"], folds["cold"]))
             rows.append(_row("projection replay, warm key cache (events/s)",
                              folds["plain"], folds["warm"]))
+            rows.append(_row("declarative projection (count, last text) (events/s)",
+                             folds["declared plain"], folds["declared sealed"]))
             with console.status(f"writing {heavy:,} events of one subject …"):
-                bulk(app, heavy, "heavy-subject", True, "heavy")
+                bulk(app, heavy, True, "heavy-subject")
             with psycopg.connect(url) as conn:
                 total = conn.execute("SELECT count(*) FROM aura_events").fetchone()
             started = time.perf_counter()

@@ -160,7 +160,8 @@ class BatchRunner:
         with self.conn.transaction(), self.conn.cursor() as cur:
             self._lock_checkpoint(cur)
             batch = _up_to_undecodable(self._opened(cur, eventlog.read_batch(
-                cur, self.cursor, self.topics, limit or self.batch_size, self.partition
+                cur, self.cursor, self.topics, limit or self.batch_size, self.partition,
+                keys_of=self.keyring.held,
             )))
             events = list(batch.events)
             parked = 0
@@ -194,7 +195,9 @@ class BatchRunner:
 
     def _opened(self, cur: psycopg.Cursor[Any], batch: Batch) -> Batch:
         """The batch with its sealed fields opened, in its own transaction (the keys held
-        FOR SHARE until it commits: ``store/opening.py``)."""
+        FOR SHARE until it commits: ``store/opening.py``). ``read_batch`` opens those
+        whose subject the row's column names; this opens any other (none, unless a row
+        was written by another program)."""
         events = open_events(cur, self.keyring, batch.events)
         return dataclasses.replace(batch, events=events)
 
