@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -344,10 +345,10 @@ async def _bodies(nats_url: str, stream: str) -> list[bytes]:
     return [data async for _, data in each_message(nats_url, settings_)]
 
 
-def declarative_spec(storage: str) -> ProjectionSpec:
+def declarative_spec(storage: str, batch_size: int = 50) -> ProjectionSpec:
     return ProjectionSpec.model_validate({
         "name": storage, "source_events": [arguments.ARGUED], "output_model": "LastWords",
-        "storage": storage, "batch_size": 50, "declarative": {
+        "storage": storage, "batch_size": batch_size, "declarative": {
             "key": "payload.agent_id", "key_column": "agent_id",
             "fields": {
                 "said": {"op": "count"},
@@ -358,8 +359,9 @@ def declarative_spec(storage: str) -> ProjectionSpec:
     })
 
 
-def fold_declarative(db_url: str, storage: str) -> dict[str, tuple[Any, ...]]:
-    spec = declarative_spec(storage)
+def fold_declarative(db_url: str, storage: str, batch_size: int = 50
+                     ) -> dict[str, tuple[Any, ...]]:
+    spec = declarative_spec(storage, batch_size)
     with psycopg.connect(db_url, autocommit=True) as conn:
         BatchRunner(conn, spec, build(spec)).run_until_caught_up()
         return {r[0]: tuple(r[1:]) for r in conn.execute(sql.SQL(
@@ -387,6 +389,74 @@ def test_a_declarative_projection_clears_what_it_copied_of_an_erased_subject(
     }
     assert fold_declarative(app.database_url, "last_words_rebuilt") == live
     assert b"of user two" not in every_byte(app.database_url)
+
+
+ARGUMENTS = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.integers(0, 2), st.integers(0, 2)),  # agent, subject
+    st.tuples(st.just("erase"), st.just(0), st.integers(0, 2)),
+), min_size=1, max_size=14)
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=ARGUMENTS, batch_size=st.integers(1, 6))
+def test_a_declarative_fold_opening_only_what_it_keeps_equals_the_fold_of_the_log(
+    app: AuraApp, steps: list[tuple[str, int, int]], batch_size: int,
+) -> None:
+    """A declarative projection opens an event's personal fields only when its value is
+    the one a first/last keeps; whatever the batches, the read model is the fold of what
+    was written, the erased subjects' values their placeholder."""
+    run = uuid.uuid4().hex[:8]
+    debate = app.start_debate("t", ["a"], idempotency_key=f"d-{run}")
+    said: list[tuple[str, str, str]] = []  # (agent, subject, text), in log order
+    erased: set[str] = set()
+    for op, agent_no, subject_no in steps:
+        subject = f"s{subject_no}-{run}"
+        if op == "erase":
+            with contextlib.suppress(UnknownSubject):
+                erase(app, subject, "property test")
+                erased.add(subject)
+            continue
+        agent, text = f"a{agent_no}-{run}", f"words {len(said)} of {subject}"
+        with contextlib.suppress(SubjectErased):
+            app.add_argument(debate, agent, "pro", text, round=1,
+                             idempotency_key=str(uuid.uuid4()), subject=subject)
+            said.append((agent, subject, text))
+    expected: dict[str, tuple[Any, ...]] = {}
+    for agent, subject, text in said:
+        value = ERASED_TEXT if subject in erased else text
+        count, first, _ = expected.get(agent, (0, value, value))
+        expected[agent] = (count + 1, first, value)
+    got = fold_declarative(app.database_url, f"lazy_{run}", batch_size)
+    assert {k: v for k, v in got.items() if k.endswith(run)} == expected
+
+
+def test_a_tampered_seal_a_declarative_fold_keeps_fails_its_batch_one_it_skips_is_unread(
+    app: AuraApp,
+) -> None:
+    debate = app.start_debate("tax", ["a"], idempotency_key="d")
+    positions = [argue(app, debate, "user-t", f"words number {i}") for i in range(3)]
+
+    def tamper(position: int) -> None:
+        with app.connect() as conn:
+            (state,) = conn.execute("SELECT state FROM aura_events WHERE notification_id"
+                                    " = %s", (position,)).fetchone()  # type: ignore[misc]
+            data = json.loads(state)
+            sealed = bytearray(base64.b64decode(data["_sealed"]["data"]))
+            sealed[-1] ^= 1  # one bit of the tag
+            data["_sealed"]["data"] = base64.b64encode(sealed).decode()
+            conn.execute("UPDATE aura_events SET state = %s WHERE notification_id = %s",
+                         (json.dumps(data).encode(), position))
+
+    tamper(positions[1])  # neither the first words nor the last: never opened
+    assert fold_declarative(app.database_url, "skips") == {
+        "agent-1": (3, "words number 0", "words number 2")}
+    tamper(positions[2])  # the last words: opened, and it does not open
+    with pytest.raises(sealing.SealBroken, match="fails authentication") as failed:
+        fold_declarative(app.database_url, "keeps")
+    assert "words" not in str(failed.value)
+    with app.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM keeps").fetchone() == (0,)
 
 
 def test_a_declarative_projection_may_not_fold_a_personal_field_it_could_not_clear() -> None:

@@ -29,6 +29,8 @@ class EventEnvelope:
     topic: str
     aggregate_id: UUID
     version: int
+    #: Its personal fields opened (or erased placeholders) when it was read with its
+    #: subject's key, sealed placeholders otherwise. Read through a property (set below).
     payload: dict[str, Any]
     meta: dict[str, Any]
     occurred_at: datetime
@@ -47,13 +49,18 @@ class EventEnvelope:
     #: True once the personal fields in ``payload`` are the opened values (or, for an
     #: erased subject, the erased placeholders).
     opened: bool = False
+    #: The keys it opens with when a personal field is first read (``from_row(...,
+    #: lazily=True)``), held by the reader's transaction; None once opened, or never set.
+    _keys: Mapping[str, bytes | None] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...],
-                 keys: Mapping[str, bytes | None] | None = None) -> EventEnvelope:
+    def from_row(cls, row: tuple[Any, ...], keys: Mapping[str, bytes | None] | None = None,
+                 *, lazily: bool = False) -> EventEnvelope:
         """From ``(notification_id, originator_id, originator_version, topic, state
         [, transaction_id])``; its personal fields opened when ``keys`` holds its
-        subject's (None: erased), in the same pass (``store/opening.py`` otherwise).
+        subject's (None: erased), in the same pass (``store/opening.py`` otherwise), or,
+        ``lazily``, when one of them is first read (a reader that reads a few of its
+        events' personal fields opens only those).
 
         Never raises for a row of the events table: a row whose state does not decode
         (written by another program, or damaged), or whose seal does not open, comes
@@ -88,13 +95,17 @@ class EventEnvelope:
             seal = None
         opened = False
         undecodable = None
+        pending = None
         if seal is not None and keys is not None and seal.get("subject") in keys:
-            try:
-                payload.update(sealing.read_as(seal, keys[seal["subject"]], topic,
-                                               aggregate_id, version, payload))
-                opened = True
-            except EventUndecodable as e:
-                undecodable = str(e)
+            if lazily:
+                pending = keys
+            else:
+                try:
+                    payload.update(sealing.read_as(seal, keys[seal["subject"]], topic,
+                                                   aggregate_id, version, payload))
+                    opened = True
+                except EventUndecodable as e:
+                    undecodable = str(e)
         return cls(
             position=position,
             topic=topic,
@@ -109,7 +120,22 @@ class EventEnvelope:
             seal=seal,
             opened=opened,
             undecodable=undecodable,
+            _keys=pending,
         )
+
+    @property
+    def pending(self) -> bool:
+        """True while its personal fields wait to be opened on first read."""
+        return self._keys is not None
+
+    def _open_pending(self) -> None:
+        keys, seal, payload = self._keys, self.seal, self.__dict__["payload"]
+        assert keys is not None and seal is not None
+        payload.update(sealing.read_as(seal, keys[seal["subject"]], self.topic,
+                                       self.aggregate_id, self.version, payload))
+        # Frozen for its readers; opening once, in place, is what ``lazily`` defers.
+        object.__setattr__(self, "opened", True)
+        object.__setattr__(self, "_keys", None)
 
     @property
     def raw(self) -> bytes:
@@ -122,10 +148,11 @@ class EventEnvelope:
         third of the cost of opening an event (profiled)."""
         copied = object.__new__(EventEnvelope)
         attributes = self.__dict__.copy()
-        payload = self.payload.copy()
+        payload = self.__dict__["payload"].copy()
         payload.update(fields)
         attributes["payload"] = payload
         attributes["opened"] = True
+        attributes["_keys"] = None
         object.__setattr__(copied, "__dict__", attributes)
         return copied
 
@@ -152,6 +179,10 @@ class EventEnvelope:
         """``payload.x``, ``meta.x``, ``aggregate_id``, ``topic``, ``position``, ``occurred_at``."""
         head, _, name = path.partition(".")
         if head == "payload":
+            if self._keys is not None:
+                names = self.seal.get("fields") if self.seal is not None else None
+                if isinstance(names, list) and name not in names:
+                    return self.__dict__["payload"].get(name)  # not personal: none opened
             return self.payload.get(name)
         if head == "meta":
             return self.meta.get(name)
@@ -166,12 +197,32 @@ class EventEnvelope:
         from eventsourcing.persistence import StoredEvent
 
         state = self._raw
+        payload = self.payload  # opens a pending one
         if self.opened:
             # The typed event of what this envelope holds: its opened fields, no seal.
             data = orjson.loads(self._raw)
             data.pop(SEALED_KEY, None)
-            data.update(self.payload)
+            data.update(payload)
             state = orjson.dumps(data)
         return _mapper.to_domain_event(
             StoredEvent(self.aggregate_id, self.version, self.topic, state)
         )
+
+
+def _payload(event: EventEnvelope) -> dict[str, Any]:
+    if event.__dict__.get("_keys") is not None:
+        event._open_pending()
+    return event.__dict__["payload"]  # type: ignore[no-any-return]
+
+
+def _set_payload(event: EventEnvelope, payload: dict[str, Any]) -> None:
+    event.__dict__["payload"] = payload
+
+
+# ``payload`` stays a field (constructed, replaced and compared as one) and is read
+# through this property, so an event read ``lazily`` opens its personal fields the first
+# time anything reads them: no reader can be handed the sealed placeholders by mistake.
+setattr(EventEnvelope, "payload", property(  # noqa: B010
+    _payload, _set_payload,
+    doc="The payload; a pending event's personal fields are opened on first read"
+        " (``SealBroken`` if its seal fails authentication)."))

@@ -132,13 +132,14 @@ KeysOf = Callable[[psycopg.Cursor[Any], Iterable[str]], Mapping[str, bytes | Non
 
 def read_batch(
     cur: psycopg.Cursor[Any], after: Cursor, topics: Sequence[str], limit: int,
-    partition: Partition = WHOLE, keys_of: KeysOf | None = None,
+    partition: Partition = WHOLE, keys_of: KeysOf | None = None, *, lazily: bool = False,
 ) -> Batch:
     """At most ``limit`` events of ``topics`` after ``after``, in log order; only those
     of ``partition``'s aggregates when the projection is split (an erasure is read by
     every partition: the subject's rows may be in any of them). With ``keys_of``, the
     keys of the subjects the rows name are read first and each event is opened as it
-    is decoded (one pass: opening afterwards copies every event)."""
+    is decoded (one pass: opening afterwards copies every event), or, ``lazily``, when
+    one of its personal fields is first read (``EventEnvelope.payload``)."""
     partitioned = partition.count > 1
     split = tuple(partitioned and topic != ERASURE_TOPIC for topic in topics)
     params: list[Any] = []
@@ -154,7 +155,8 @@ def read_batch(
     horizon = int(rows[0][0])
     subjects = {row[7] for row in rows if row[7] is not None} if keys_of else None
     keys = keys_of(cur, subjects) if keys_of and subjects else None
-    events = [EventEnvelope.from_row(row[1:], keys) for row in rows if row[1] is not None]
+    events = [EventEnvelope.from_row(row[1:], keys, lazily=lazily)
+              for row in rows if row[1] is not None]
     if len(events) == limit:
         last = events[-1]
         return Batch(events, Cursor.of(last), False, last.position)

@@ -24,7 +24,8 @@ def open_events(cur: psycopg.Cursor[Any], keyring: Keyring,
                 events: Sequence[EventEnvelope]) -> list[EventEnvelope]:
     """``events`` with their personal fields opened, or erased placeholders."""
     sealed = [e for e in events
-              if e.seal is not None and e.undecodable is None and not e.opened]
+              if e.seal is not None and e.undecodable is None and not e.opened
+              and not e.pending]
     if not sealed:
         return list(events)
     subjects = {e.seal.get("subject") for e in sealed}  # type: ignore[union-attr]

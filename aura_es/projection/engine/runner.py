@@ -161,7 +161,7 @@ class BatchRunner:
             self._lock_checkpoint(cur)
             batch = _up_to_undecodable(self._opened(cur, eventlog.read_batch(
                 cur, self.cursor, self.topics, limit or self.batch_size, self.partition,
-                keys_of=self.keyring.held,
+                keys_of=self.keyring.held, lazily=self.projection.opens_on_read,
             )))
             events = list(batch.events)
             parked = 0

@@ -86,6 +86,13 @@ class Projection:
     version: ClassVar[str] = "1"
     #: The column ``aura-es query --key`` filters on.
     key_column: ClassVar[str] = "id"
+    #: False: every sealed personal field of a batch is opened before ``handle`` (a seal
+    #: that fails authentication is dead-lettered at once, without a retry). True: each
+    #: event's are opened when one of them is first read (``event.payload``, or
+    #: ``event.value("payload.<personal field>")``), still in the batch's transaction, and
+    #: a failing seal is a failure of the batch like any other. A handler that reads few
+    #: of its events' personal fields pays for those only (docs/erasure.md).
+    opens_on_read: ClassVar[bool] = False
     _handlers: ClassVar[dict[str, Callable[..., None]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

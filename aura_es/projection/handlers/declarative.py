@@ -64,7 +64,16 @@ class MissingKey(AuraError):
     """An event lacks the value the projection's key is taken from."""
 
 
+#: Where a row's fold keeps, per personal first/last field, the events that may hold
+#: its value; settled (and dropped) before the row is written. '__' is reserved in
+#: column names, so it names no column.
+_CANDIDATES = "__candidates"
+
+
 class DeclarativeProjection(Projection):
+    # A first/last over a personal field opens only the event whose value it keeps.
+    opens_on_read = True
+
     def __init__(self, spec: ProjectionSpec, storage: str | None = None) -> None:
         super().__init__(spec, storage)
         assert spec.declarative is not None
@@ -201,6 +210,8 @@ class DeclarativeProjection(Projection):
             if self.window_seconds:
                 start = _window_start(event.occurred_at, self.window_seconds)
                 self._fold(windows.setdefault((key, start), {}), event)
+        for acc in (*rows.values(), *windows.values()):
+            self._settle(acc)
         if rows:
             self._upsert(tx, self.table, [(k,) for k in rows], list(rows.values()), False)
         if windows:
@@ -210,14 +221,30 @@ class DeclarativeProjection(Projection):
         for name, f in self.declarative.fields.items():
             if f.topics and event.topic not in f.topics:
                 continue
+            if name in self.personal:
+                # Settled after the batch: only the kept value's event is opened.
+                acc.setdefault(_CANDIDATES, {}).setdefault(name, []).append(event)
+                continue
             value = None if f.of is None else event.value(f.of)
             if f.op in _ORDERED:
                 if value is not None and (f.op == "last" or acc.get(name) is None):
                     acc[name], acc[name + POSITION_SUFFIX] = value, event.position
-                    if name in self.personal:
-                        acc[name + SUBJECT_SUFFIX] = event.subject
                 continue
             acc[name] = _combine(f, acc.get(name), value)
+
+    def _settle(self, acc: dict[str, Any]) -> None:
+        """Each personal first/last field's value: the first (last) non-null one of its
+        candidates, in log order, as ``_fold`` keeps it for any other field."""
+        candidates: dict[str, list[EventEnvelope]] = acc.pop(_CANDIDATES, {})
+        for name, events in candidates.items():
+            f = self.declarative.fields[name]
+            assert f.of is not None  # first/last always read a path
+            for event in reversed(events) if f.op == "last" else events:
+                value = event.value(f.of)
+                if value is not None:
+                    acc[name], acc[name + POSITION_SUFFIX] = value, event.position
+                    acc[name + SUBJECT_SUFFIX] = event.subject
+                    break
 
     def _upsert(
         self, tx: Tx, table: sql.Identifier, keys: list[tuple[Any, ...]],
