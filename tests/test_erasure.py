@@ -459,6 +459,25 @@ def test_a_tampered_seal_a_declarative_fold_keeps_fails_its_batch_one_it_skips_i
         assert conn.execute("SELECT count(*) FROM keeps").fetchone() == (0,)
 
 
+def test_a_batch_holds_the_keys_it_read_until_it_commits(app: AuraApp) -> None:
+    """The batch and its subjects' keys come in one statement; the key rows stay locked
+    FOR SHARE until the batch commits, so no erasure can commit in between."""
+    debate = app.start_debate("tax", ["a"], idempotency_key="d")
+    argue(app, debate, "user-h", "held words")
+    with psycopg.connect(app.database_url) as reader, \
+            psycopg.connect(app.database_url, autocommit=True) as eraser:
+        batch = eventlog.read_batch(reader.cursor(), eventlog.ORIGIN, [arguments.ARGUED],
+                                    10, keys=Keyring.from_env())
+        assert [e.payload["text"] for e in batch.events] == ["held words"]
+        eraser.execute("SET lock_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            eraser.execute("SELECT 1 FROM aura_subject_keys WHERE subject = 'user-h'"
+                           " FOR UPDATE")
+        reader.commit()
+        assert eraser.execute("SELECT 1 FROM aura_subject_keys WHERE subject = 'user-h'"
+                              " FOR UPDATE").fetchall() == [(1,)]
+
+
 def test_a_declarative_projection_may_not_fold_a_personal_field_it_could_not_clear() -> None:
     spec = declarative_spec("refused").model_dump()
     spec["declarative"]["fields"]["longest"] = {"op": "max", "of": "payload.text"}

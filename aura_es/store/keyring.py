@@ -177,11 +177,18 @@ class Keyring:
              ) -> dict[str, bytes | None]:
         """Keys read in ``cur``'s transaction, held FOR SHARE until it ends (None: erased
         or unknown)."""
+        wanted = set(subjects)
+        return self.unwrapped(keystore.wrapped_keys(cur, sorted(wanted), share=share), wanted)
+
+    def unwrapped(self, rows: Iterable[tuple[str, str | None, bytes | None]],
+                  subjects: Iterable[str]) -> dict[str, bytes | None]:
+        """The keys of ``subjects`` from their key rows ``(subject, master key id,
+        wrapped key)`` (read FOR SHARE by the caller); None for one erased or unknown."""
         out: dict[str, bytes | None] = dict.fromkeys(subjects)
-        for subject, master_key_id, wrapped in keystore.wrapped_keys(
-                cur, sorted(out), share=share):
-            out[subject] = self._unwrapped(subject, master_key_id,
-                                           bytes(wrapped) if wrapped is not None else None)
+        for subject, master_key_id, wrapped in rows:
+            if subject in out:
+                out[subject] = self._unwrapped(
+                    subject, master_key_id, bytes(wrapped) if wrapped is not None else None)
         gone = [subject for subject, key in out.items() if key is None]
         if gone:
             self.forget(gone)

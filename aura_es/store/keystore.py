@@ -93,6 +93,13 @@ def fetch(cur: psycopg.Cursor[Any], subjects: list[str], *, share: bool = False
             for r in rows}
 
 
+def held_of(subjects: sql.Composable) -> sql.Composed:
+    """The statement ``wrapped_keys`` runs (share), for the subjects ``subjects`` selects:
+    a reader reads its batch and the batch's keys in one round trip."""
+    return sql.SQL("SELECT subject, master_key_id, wrapped FROM {t}"
+                   " WHERE subject IN ({subjects}) FOR SHARE").format(t=_T, subjects=subjects)
+
+
 _WRAPPED = {
     share: sql.SQL("SELECT subject, master_key_id, wrapped FROM {t} WHERE subject = ANY(%s)"
                    "{lock}").format(t=_T, lock=sql.SQL(" FOR SHARE" if share else ""))

@@ -21,6 +21,7 @@ from aura_es.log import get_logger
 from aura_es.replay import Rebuild, ReplayRunning
 from aura_es.replay.rebuild import RebuildProgress
 from aura_es.settings import Settings
+from aura_es.worker import heap
 from aura_es.worker.shutdown import follow_supervisor
 
 EXIT_SWITCHED, EXIT_FAILED, EXIT_REFUSED = 0, 1, 5
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_catalog(args.catalog).get(args.projection)
         with connect(Settings().resolved_database_url()) as conn:
             rebuild = Rebuild(conn, spec, log=log)
+            heap.settle()
             last = 0.0
 
             def report(p: RebuildProgress) -> None:

@@ -55,6 +55,7 @@ from aura_es.settings import Settings
 from aura_es.store import eventlog
 from aura_es.store.factory import wake_interval_from_env
 from aura_es.store.following import Follow
+from aura_es.worker import heap
 from aura_es.worker.holdings import REBALANCE_SECONDS, Holdings
 from aura_es.worker.lease import lease_from_env
 from aura_es.worker.middleware.presence import Presence
@@ -340,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = args.database_url or Settings().resolved_database_url()
         spec = load_catalog(args.catalog).get(args.projection)
-        return Worker(url, spec, shutdown, poll_seconds=args.poll_seconds).run()
+        worker = Worker(url, spec, shutdown, poll_seconds=args.poll_seconds)
+        heap.settle()
+        return worker.run()
     except (ConfigurationError, KeyError) as e:
         # Restarting cannot fix a configuration: the supervisor does not restart it.
         log.error("cannot run: configuration error", error=str(e.args[0] if e.args else e))

@@ -31,6 +31,7 @@ from aura_es.projection.engine.runner import BatchRunner
 from aura_es.projection.handlers.api import Projection, Tx
 from aura_es.store.envelope import EventEnvelope
 from aura_es.store.keyring import Keyring
+from aura_es.worker import heap
 from scripts.benchmarks._common import console, fresh_database, postgres, report
 
 TEXT = "an argument of about the length people write, with a few clauses in it"
@@ -158,6 +159,10 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
             folds: dict[str, list[float]] = {
                 "plain": [], "cold": [], "warm": [], "declared plain": [],
                 "declared sealed": []}
+            # The folds stand for a worker process, which settles its heap once started
+            # (``aura_es.worker.heap``): the collector no longer walks this process's
+            # earlier objects (the writer's) at every full collection.
+            heap.settle()
             warm = Keyring.from_env()  # every subject's key already unwrapped
             with psycopg.connect(url) as conn, conn.cursor() as cur:
                 warm.held(cur, [f"user-{i}" for i in range(100)], share=False)

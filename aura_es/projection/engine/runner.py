@@ -96,7 +96,9 @@ class BatchRunner:
         self.replaying = replaying
         self.generation = generation
         self.topics = list(spec.source_events)
-        if any(topic_is_personal(t) for t in self.topics):
+        #: Its events may hold personal fields: each batch reads its subjects' keys.
+        self.personal = any(topic_is_personal(t) for t in self.topics)
+        if self.personal:
             # Hears of erasures, to clear what it kept (``Projection.erase_subject``).
             self.topics.append(ERASURE_TOPIC)
         self.keyring = keyring or default_keyring()
@@ -161,7 +163,8 @@ class BatchRunner:
             self._lock_checkpoint(cur)
             batch = _up_to_undecodable(self._opened(cur, eventlog.read_batch(
                 cur, self.cursor, self.topics, limit or self.batch_size, self.partition,
-                keys_of=self.keyring.held, lazily=self.projection.opens_on_read,
+                keys=self.keyring if self.personal else None,
+                lazily=self.projection.opens_on_read,
             )))
             events = list(batch.events)
             parked = 0
