@@ -8,7 +8,6 @@ erasure of one subject with 10,000 events in a store holding others.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 import uuid
@@ -24,7 +23,6 @@ from aura_es.catalog.model import ProjectionSpec
 from aura_es.commands import Create
 from aura_es.erasure.erase import erase
 from aura_es.events import AuraCreated
-from aura_es.masterkey import MASTER_KEY, new_key_text
 from aura_es.personal import Personal
 from aura_es.projection.engine.loading import build
 from aura_es.projection.engine.runner import BatchRunner
@@ -128,7 +126,6 @@ def _row(measure: str, plain: list[float], sealed: list[float]) -> dict[str, Any
 
 
 def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
-    os.environ.setdefault(MASTER_KEY, new_key_text())
     count = 1_500 if quick else 9_000
     # Each fold reads this many events: about a second each, long enough that the
     # machine's moment-to-moment noise averages out within one measurement.
