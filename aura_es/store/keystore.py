@@ -78,40 +78,37 @@ class KeyRow:
     erased_at: datetime | None
 
 
-def fetch(cur: psycopg.Cursor[Any], subjects: list[str], *, share: bool = False
-          ) -> dict[str, KeyRow]:
-    """The key rows of ``subjects`` (missing ones left out); ``share`` holds them FOR SHARE
-    until the transaction ends, so no erasure commits in between."""
-    # Share locks never wait for one another, and an erasure locks one row: no order is
-    # needed to rule out a deadlock.
-    lock = sql.SQL(" FOR SHARE") if share else sql.SQL("")
+def fetch(cur: psycopg.Cursor[Any], subjects: list[str]) -> dict[str, KeyRow]:
+    """The key rows of ``subjects`` (missing ones left out)."""
     rows = _tuples(cur).execute(sql.SQL(
         "SELECT subject, master_key_id, wrapped, erased_at FROM {t}"
-        " WHERE subject = ANY(%s){lock}").format(t=_T, lock=lock), (subjects,),
-        prepare=True).fetchall()
+        " WHERE subject = ANY(%s)").format(t=_T), (subjects,), prepare=True).fetchall()
     return {r[0]: KeyRow(r[0], r[1], bytes(r[2]) if r[2] is not None else None, r[3])
             for r in rows}
+
+
+def _wrapped(subjects: sql.Composable, share: bool) -> sql.Composed:
+    # Share locks never wait for one another, and an erasure locks one row: no order is
+    # needed to rule out a deadlock.
+    return sql.SQL("SELECT subject, master_key_id, wrapped FROM {t} WHERE subject {s}{lock}"
+                   ).format(t=_T, s=subjects, lock=sql.SQL(" FOR SHARE" if share else ""))
 
 
 def held_of(subjects: sql.Composable) -> sql.Composed:
     """The statement ``wrapped_keys`` runs (share), for the subjects ``subjects`` selects:
     a reader reads its batch and the batch's keys in one round trip."""
-    return sql.SQL("SELECT subject, master_key_id, wrapped FROM {t}"
-                   " WHERE subject IN ({subjects}) FOR SHARE").format(t=_T, subjects=subjects)
+    return _wrapped(sql.SQL("IN ({})").format(subjects), share=True)
 
 
-_WRAPPED = {
-    share: sql.SQL("SELECT subject, master_key_id, wrapped FROM {t} WHERE subject = ANY(%s)"
-                   "{lock}").format(t=_T, lock=sql.SQL(" FOR SHARE" if share else ""))
-    for share in (False, True)
-}
+_WRAPPED = {share: _wrapped(sql.SQL("= ANY(%s)"), share) for share in (False, True)}
 
 
 def wrapped_keys(cur: psycopg.Cursor[Any], subjects: list[str], *, share: bool
                  ) -> list[tuple[str, str | None, bytes | None]]:
     """``(subject, master key id, wrapped key)`` of the rows of ``subjects`` (the key None
     once erased; unknown subjects left out): what a reader's batch needs, and no more,
-    every batch. ``share`` as in ``fetch``."""
+    every batch. ``share`` holds them FOR SHARE until the transaction ends, so no
+    erasure commits in between."""
     return _tuples(cur).execute(_WRAPPED[share], (subjects,), prepare=True).fetchall()
 
 
