@@ -42,7 +42,7 @@ from aura_es.personal import ERASED_TEXT, InvalidSubject, check_subject
 from aura_es.projection import dlq
 from aura_es.projection.engine.loading import build
 from aura_es.projection.engine.runner import BatchRunner
-from aura_es.store import eventlog, sealing
+from aura_es.store import eventlog, keystore, sealing
 from aura_es.store.keyring import Keyring, SubjectErased
 from tests.support import arguments
 from tests.support.arguments import catch_up, every_byte, rows
@@ -459,23 +459,53 @@ def test_a_tampered_seal_a_declarative_fold_keeps_fails_its_batch_one_it_skips_i
         assert conn.execute("SELECT count(*) FROM keeps").fetchone() == (0,)
 
 
-def test_a_batch_holds_the_keys_it_read_until_it_commits(app: AuraApp) -> None:
-    """The batch and its subjects' keys come in one statement; the key rows stay locked
-    FOR SHARE until the batch commits, so no erasure can commit in between."""
+def test_no_erasure_commits_while_a_batch_that_read_keys_is_open(app: AuraApp) -> None:
+    """A batch of personal events holds the erasures' gate until it commits: an erasure
+    waits for it (here: gives up at its lock timeout), and goes through after."""
     debate = app.start_debate("tax", ["a"], idempotency_key="d")
     argue(app, debate, "user-h", "held words")
     with psycopg.connect(app.database_url) as reader, \
-            psycopg.connect(app.database_url, autocommit=True) as eraser:
+            psycopg.connect(app.database_url) as eraser:
         batch = eventlog.read_batch(reader.cursor(), eventlog.ORIGIN, [arguments.ARGUED],
                                     10, keys=Keyring.from_env())
         assert [e.payload["text"] for e in batch.events] == ["held words"]
         eraser.execute("SET lock_timeout = '100ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
-            eraser.execute("SELECT 1 FROM aura_subject_keys WHERE subject = 'user-h'"
-                           " FOR UPDATE")
+            keystore.lock_for_erasure(eraser.cursor(), "user-h")
+        eraser.rollback()
         reader.commit()
-        assert eraser.execute("SELECT 1 FROM aura_subject_keys WHERE subject = 'user-h'"
-                              " FOR UPDATE").fetchall() == [(1,)]
+        row = keystore.lock_for_erasure(eraser.cursor(), "user-h")
+        assert row is not None and row.erased_at is None
+
+
+def test_a_batch_after_an_erasure_never_opens_with_a_key_its_connection_held(
+        app: AuraApp) -> None:
+    """The keys a connection read are trusted while no erasure came after them: a batch
+    waits while an erasure is in flight, and once it has committed, reads the erased
+    subject's key row again (gone: the placeholder), the other subjects' keys too."""
+    debate = app.start_debate("tax", ["a"], idempotency_key="d")
+    argue(app, debate, "user-1", "Alice's words")
+    argue(app, debate, "user-2", "Bob's words")
+    ring = Keyring.from_env()
+
+    def texts(conn: psycopg.Connection[Any]) -> list[str]:
+        with conn.transaction(), conn.cursor() as cur:
+            batch = eventlog.read_batch(cur, eventlog.ORIGIN, [arguments.ARGUED], 10,
+                                        keys=ring)
+        return [e.payload["text"] for e in batch.events]
+
+    with psycopg.connect(app.database_url, autocommit=True) as reader, \
+            psycopg.connect(app.database_url) as eraser:
+        assert texts(reader) == ["Alice's words", "Bob's words"]
+        # An erasure in flight (it holds the gate): the reader's next batch waits.
+        keystore.lock_for_erasure(eraser.cursor(), "user-1")
+        reader.execute("SET lock_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            texts(reader)
+        eraser.rollback()
+        assert texts(reader) == ["Alice's words", "Bob's words"]
+        erase(app, "user-1", "request")  # commits
+        assert texts(reader) == [ERASED_TEXT, "Bob's words"]
 
 
 def test_a_declarative_projection_may_not_fold_a_personal_field_it_could_not_clear() -> None:

@@ -8,6 +8,7 @@ anywhere on the server; see "tailing the log" below and docs/guarantees.md.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from aura_es.personal import ERASURE_TOPIC
 from aura_es.positions import MAX_POSITION
@@ -105,48 +106,90 @@ def _batch_query(topics: int, split: tuple[bool, ...] = (), with_keys: bool = Fa
     hands them to its handler. The picked rows are then read one by one by position (a
     plain join was planned as a scan of the whole table, or of its position index from
     the start, on every batch: 18 ms for 1,000 events in a log of 40,000, 2 ms this way).
-    ``with_keys``: the key rows of the batch's subjects
-    follow the events, held FOR SHARE (``keystore.held_of``), as rows whose position is
-    NULL: ``(horizon, NULL, NULL, NULL, master key id, wrapped key, NULL, subject)``."""
+    Each row: ``(horizon, position, aggregate, version, topic, state, transaction,
+    subject)``, one row of NULLs after the horizon when there is no event; ``with_keys``
+    adds the position of the latest erasure (``_LATEST_ERASURE``)."""
     in_partition = sql.SQL(" AND {key} %% %s = %s").format(
         key=partitioning.key_sql("originator_id"))
 
     def per_topic(partitioned: bool) -> sql.Composed:
-        # The subject comes with the scan's own visit of the row (for the keys' read).
         return sql.SQL(
-            "(SELECT transaction_id, notification_id{subject} FROM {e} WHERE topic = %s"
+            "(SELECT transaction_id, notification_id FROM {e} WHERE topic = %s"
             " AND {after} AND transaction_id < (SELECT horizon FROM h){in_partition}"
             " ORDER BY transaction_id, notification_id LIMIT %s)"
-        ).format(e=_E, after=_AFTER, subject=sql.SQL(", subject" if with_keys else ""),
+        ).format(e=_E, after=_AFTER,
                  in_partition=in_partition if partitioned else sql.SQL(""))
 
     split = split or (False,) * topics
-    keys = sql.SQL(
-        " UNION ALL SELECT (SELECT horizon FROM h), NULL, NULL, NULL, k.master_key_id,"
-        " k.wrapped, NULL, k.subject FROM k")
     return sql.SQL(
         "WITH h AS (SELECT {horizon} AS horizon),"
-        " picked AS (SELECT * FROM ({union}) AS u ORDER BY 1, 2 LIMIT %s){held}"
+        " picked AS (SELECT * FROM ({union}) AS u ORDER BY 1, 2 LIMIT %s)"
         " SELECT (SELECT horizon FROM h), e.notification_id, e.originator_id,"
-        " e.originator_version, e.topic, e.state, e.transaction_id, e.subject"
+        " e.originator_version, e.topic, e.state, e.transaction_id, e.subject{erasure}"
         " FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
         "   SELECT x.* FROM picked CROSS JOIN LATERAL ("
         "     SELECT * FROM {e} AS y WHERE y.notification_id = picked.notification_id"
         "     LIMIT 1) AS x"
-        "   ORDER BY picked.transaction_id, picked.notification_id) AS e ON true{keys}"
+        "   ORDER BY picked.transaction_id, picked.notification_id) AS e ON true"
     ).format(
         e=_E, horizon=_HORIZON,
         union=sql.SQL(" UNION ALL ").join([per_topic(p) for p in split]),
-        held=sql.SQL(", k AS ({})").format(keystore.held_of(
-            sql.SQL("SELECT subject FROM picked"))) if with_keys else sql.SQL(""),
-        keys=keys if with_keys else sql.SQL(""))
+        erasure=sql.SQL(", ({})").format(_LATEST_ERASURE) if with_keys else sql.SQL(""))
+
+
+#: Where the latest erasure is in the log (NULL: there is none): a batch's keys are
+#: current while it does not move (``keystore.ERASURES_WAIT``).
+_LATEST_ERASURE = sql.SQL(
+    "SELECT notification_id FROM {e} WHERE topic = {topic}"
+    " ORDER BY transaction_id DESC, notification_id DESC LIMIT 1"
+).format(e=_E, topic=sql.Literal(ERASURE_TOPIC))
+
+
+# What a batch's scans may be planned as. Without fresh statistics (a new topic, a bulk
+# load, a topic grown since the last ANALYZE) PostgreSQL estimates a few dozen rows after
+# the cursor and plans a bitmap scan of *every* row of the topic after it, or a scan of
+# the whole table, then a sort: 11-20 ms a batch of 1,000 on 40,000 events, growing with
+# the log, and on a fully analyzed table it still chose a parallel scan of the whole
+# table for a topic of one event in 20. Without those two the only plans left are the
+# ordered index scans that stop after the batch (2-3 ms). Set for the one statement and
+# put back before a handler's own SQL runs in the same transaction. The settings as they
+# were are read before they are changed (a materialized CTE is scanned before the select
+# list that changes them is evaluated): one round trip, which also waits, for a reader
+# of keys, for an erasure in flight to commit (``keystore.ERASURES_WAIT``).
+_ORDERED_ONLY = sql.SQL(
+    "WITH was AS MATERIALIZED (SELECT current_setting('enable_bitmapscan') AS bitmap,"
+    " current_setting('enable_seqscan') AS seq)"
+    " SELECT bitmap, seq, set_config('enable_bitmapscan', 'off', true),"
+    " set_config('enable_seqscan', 'off', true){gate} FROM was")
+_PLANNER_AS_IT_WAS = sql.SQL("SELECT set_config('enable_bitmapscan', %s, true),"
+                             " set_config('enable_seqscan', %s, true)")
+
+
+@contextlib.contextmanager
+def ordered_scans(cur: psycopg.Cursor[Any], *, keys: bool = False) -> Iterator[None]:
+    """Inside a transaction: what runs here is planned without bitmap or sequential
+    scans (the batch statement: an ordered index scan of each topic that stops after the
+    batch); the planner is as it was afterwards, for whatever else the transaction runs.
+    ``keys``: no erasure commits until the transaction ends, and any erasure committed
+    before is seen by what runs here (``keystore.ERASURES_WAIT``)."""
+    conn = cur.connection
+    if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        # Each statement its own transaction: the settings would be gone before it ran.
+        raise psycopg.ProgrammingError("the batch read needs a transaction")
+    row = cur.execute(_ORDERED_ONLY.format(gate=sql.SQL(", {}").format(
+        keystore.ERASURES_WAIT) if keys else sql.SQL(""))).fetchone()
+    assert row is not None
+    # Not put back after an error: the statement's failure aborted the transaction,
+    # whose rollback puts the settings back by itself.
+    yield
+    cur.execute(_PLANNER_AS_IT_WAS, (row[0], row[1]))
 
 
 class Keys(Protocol):
-    """Unwraps the key rows a batch read (``keyring.Keyring``)."""
+    """The data keys of a batch's subjects (``keyring.Keyring``)."""
 
-    def unwrapped(self, rows: Iterable[tuple[str, str | None, bytes | None]],
-                  subjects: Iterable[str]) -> Mapping[str, bytes | None]: ...
+    def current(self, cur: psycopg.Cursor[Any], subjects: Iterable[str],
+                latest_erasure: int | None) -> Mapping[str, bytes | None]: ...
 
 
 def read_batch(
@@ -155,11 +198,11 @@ def read_batch(
 ) -> Batch:
     """At most ``limit`` events of ``topics`` after ``after``, in log order; only those
     of ``partition``'s aggregates when the projection is split (an erasure is read by
-    every partition: the subject's rows may be in any of them). With ``keys``, the key
-    rows of the subjects the events name are read in the same statement, FOR SHARE, and
-    each event is opened as it is decoded (one pass: opening afterwards copies every
-    event), or, ``lazily``, when one of its personal fields is first read
-    (``EventEnvelope.payload``)."""
+    every partition: the subject's rows may be in any of them). With ``keys``, no
+    erasure commits until ``cur``'s transaction ends (one committed before is seen), and
+    each event is opened with its subject's key as it is decoded (one pass: opening
+    afterwards copies every event), or, ``lazily``, when one of its personal fields is
+    first read (``EventEnvelope.payload``)."""
     partitioned = partition.count > 1
     split = tuple(partitioned and topic != ERASURE_TOPIC for topic in topics)
     params: list[Any] = []
@@ -170,16 +213,15 @@ def read_batch(
         params.append(limit)
     # Binary results: the state's bytes as they are, not hex text to decode (~2 µs an
     # event of 400 bytes, more for a sealed one; measured with issue 25's benchmark).
-    rows = cur.execute(_batch_query(len(topics), split, keys is not None),
-                       [*params, limit], binary=True).fetchall()
+    with ordered_scans(cur, keys=keys is not None):
+        rows = cur.execute(_batch_query(len(topics), split, keys is not None),
+                           [*params, limit], binary=True).fetchall()
     horizon = int(rows[0][0])
     opened_with = None
     if keys is not None:
         subjects = {row[7] for row in rows if row[1] is not None and row[7] is not None}
         if subjects:
-            opened_with = keys.unwrapped(
-                [(row[7], row[4], row[5]) for row in rows if row[1] is None and row[7]],
-                subjects)
+            opened_with = keys.current(cur, subjects, rows[0][8])
     events = [EventEnvelope.from_row(row[1:], opened_with, lazily=lazily)
               for row in rows if row[1] is not None]
     if len(events) == limit:

@@ -1,13 +1,15 @@
 """A process's access to the subjects' data keys: made on first use, unwrapped by the
 master key, cached in memory with a bound.
 
-Two ways to read a key. A projection's batch (``opening.py``) reads its subjects' rows
-FOR SHARE in its own transaction, every batch: an erasure can never commit between the
-read and the batch's commit, so no read model gets a plaintext after its erasure; the
-cache there only saves the unwrap. An aggregate loaded outside a transaction trusts a
-cached key for ``READ_TTL_SECONDS`` (an erasure in another process is seen within it;
-aggregates keep no personal field in their state in the AURA domain). Writers seal with
-a cached key; the append itself checks, in its statement, that the key is not erased.
+Three ways to read a key. A projection's batch holds the erasures' gate until it
+commits (``keystore.ERASURES_WAIT``), so no erasure commits between its read and its
+commit, and trusts the keys its connection read since the latest erasure in the log
+(``current``): after an erasure anywhere, its next batch reads its subjects' rows once
+more. Other readers in a transaction (``opening.py``) read their subjects' rows FOR
+SHARE, every time. An aggregate loaded outside a transaction trusts a cached key for
+``READ_TTL_SECONDS`` (an erasure in another process is seen within it; aggregates keep
+no personal field in their state in the AURA domain). Writers seal with a cached key;
+the append itself checks, in its statement, that the key is not erased.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -59,6 +62,12 @@ class Keyring:
         self._provider = provider
         self._connect = connect
         self._keys: OrderedDict[str, tuple[bytes, bytes, float]] = OrderedDict()
+        #: For each connection (so one store's keys never serve another's reads, and a
+        #: new connection starts afresh): subject -> (the latest erasure when its key
+        #: was read, the key or None), what ``current`` trusts while no erasure came since.
+        self._current: weakref.WeakKeyDictionary[
+            psycopg.Connection[Any], OrderedDict[str, tuple[int | None, bytes | None]]
+        ] = weakref.WeakKeyDictionary()
         self._pool: ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
 
@@ -122,6 +131,8 @@ class Keyring:
         with self._lock:
             for subject in subjects:
                 self._keys.pop(subject, None)
+                for current in self._current.values():
+                    current.pop(subject, None)
 
     def _unwrap(self, row: keystore.KeyRow) -> bytes | None:
         return self._unwrapped(row.subject, row.master_key_id, row.wrapped)
@@ -171,6 +182,37 @@ class Keyring:
         if missing:
             with self._connection() as conn, conn.cursor() as cur:
                 found.update(self.held(cur, missing, share=False))
+        return found
+
+    def current(self, cur: psycopg.Cursor[Any], subjects: Iterable[str],
+                latest_erasure: int | None) -> dict[str, bytes | None]:
+        """The keys of ``subjects`` for a batch that holds the erasures' gate and read
+        ``latest_erasure`` (the latest erasure's position) in its transaction (None:
+        erased or unknown). A key held since that erasure is current: none has
+        committed since, and none can until the batch commits; the others are read."""
+        found: dict[str, bytes | None] = {}
+        stale: list[str] = []
+        with self._lock:
+            current = self._current.setdefault(cur.connection, OrderedDict())
+            for subject in subjects:
+                entry = current.get(subject)
+                if entry is not None and entry[0] == latest_erasure:
+                    found[subject] = entry[1]
+                    current.move_to_end(subject)
+                else:
+                    stale.append(subject)
+        if stale:
+            rows = keystore.wrapped_keys(cur, sorted(stale), share=False)
+            fresh = self.unwrapped(rows, stale)
+            known = {row[0] for row in rows}
+            with self._lock:
+                for subject, key in fresh.items():
+                    if subject in known:  # an unknown subject is read again next time
+                        current[subject] = (latest_erasure, key)
+                        current.move_to_end(subject)
+                while len(current) > CACHE_SIZE:
+                    current.popitem(last=False)
+            found.update(fresh)
         return found
 
     def held(self, cur: psycopg.Cursor[Any], subjects: Iterable[str], *, share: bool = True

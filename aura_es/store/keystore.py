@@ -5,9 +5,12 @@ subject's first sealed event and never deleted: an erasure clears the wrapped ke
 stamps ``erased_at``, and the row stays as the erasure ledger (a restored backup that
 still holds the key is re-erased from the ledger: docs/erasure.md).
 
-The race between an erasure and a reader is settled by row locks: a projection's batch
-reads the keys it opens FOR SHARE in its own transaction and the erasure takes the row
-FOR UPDATE, so nothing is opened into a read model once the erasure has committed. An
+The race between an erasure and a reader is settled by a lock: a projection's batch
+holds the erasures' gate shared until it commits (``ERASURES_WAIT``) and an erasure
+takes it alone (``lock_for_erasure``), so no erasure commits while a batch that may have
+opened its subject's fields is in flight, and a batch after it sees it (its keys are
+checked against the latest erasure: ``keyring.Keyring.current``). Other readers of keys
+in a transaction hold the rows FOR SHARE, and the erasure takes its row FOR UPDATE. An
 append checks in its own statement that no subject of its events is erased
 (``CHECK_FUNCTION`` raises ``AUR01``) without locking: a row lock per append cost a
 third of its time (issue 25's benchmark). An append racing the erasure may commit just
@@ -87,28 +90,28 @@ def fetch(cur: psycopg.Cursor[Any], subjects: list[str]) -> dict[str, KeyRow]:
             for r in rows}
 
 
-def _wrapped(subjects: sql.Composable, share: bool) -> sql.Composed:
-    # Share locks never wait for one another, and an erasure locks one row: no order is
-    # needed to rule out a deadlock.
-    return sql.SQL("SELECT subject, master_key_id, wrapped FROM {t} WHERE subject {s}{lock}"
-                   ).format(t=_T, s=subjects, lock=sql.SQL(" FOR SHARE" if share else ""))
+#: The erasures' gate: a projection's batch that reads keys holds it shared until it
+#: commits, an erasure holds it alone until it commits (``lock_for_erasure``).
+_ERASURE_GATE = sql.Literal(0x61757261_657261)  # "auraera"
+#: What a batch's statements run first: it waits while an erasure is in flight, and no
+#: erasure commits after it until the batch's transaction ends. One lock a batch,
+#: whatever its subjects (a row lock FOR SHARE on each subject's key cost ~1 µs an
+#: event and WAL-logged a lock record for every row, every batch: issue 25).
+ERASURES_WAIT = sql.SQL("pg_advisory_xact_lock_shared({})").format(_ERASURE_GATE)
 
-
-def held_of(subjects: sql.Composable) -> sql.Composed:
-    """The statement ``wrapped_keys`` runs (share), for the subjects ``subjects`` selects:
-    a reader reads its batch and the batch's keys in one round trip."""
-    return _wrapped(sql.SQL("IN ({})").format(subjects), share=True)
-
-
-_WRAPPED = {share: _wrapped(sql.SQL("= ANY(%s)"), share) for share in (False, True)}
+_WRAPPED = {share: sql.SQL(
+    "SELECT subject, master_key_id, wrapped FROM {t} WHERE subject = ANY(%s){lock}"
+).format(t=_T, lock=sql.SQL(" FOR SHARE" if share else "")) for share in (False, True)}
 
 
 def wrapped_keys(cur: psycopg.Cursor[Any], subjects: list[str], *, share: bool
                  ) -> list[tuple[str, str | None, bytes | None]]:
     """``(subject, master key id, wrapped key)`` of the rows of ``subjects`` (the key None
-    once erased; unknown subjects left out): what a reader's batch needs, and no more,
-    every batch. ``share`` holds them FOR SHARE until the transaction ends, so no
-    erasure commits in between."""
+    once erased; unknown subjects left out). ``share`` holds them FOR SHARE until the
+    transaction ends, so no erasure of theirs commits in between (a batch holding the
+    gate, ``ERASURES_WAIT``, needs no row locks)."""
+    # Share locks never wait for one another, and an erasure locks one row: no order is
+    # needed to rule out a deadlock.
     return _tuples(cur).execute(_WRAPPED[share], (subjects,), prepare=True).fetchall()
 
 
@@ -122,6 +125,12 @@ def create(cur: psycopg.Cursor[Any], subject: str, master_key_id: str, wrapped: 
 
 
 def lock_for_erasure(cur: psycopg.Cursor[Any], subject: str) -> KeyRow | None:
+    """The subject's row, locked FOR UPDATE, once every batch reading keys has committed
+    (the gate, held until this transaction ends: batches after it see the erasure). The
+    gate comes first, before this transaction has an id: erasures commit one after the
+    other in the order of their ids, so the latest erasure event is the one committed
+    last (what a batch checks its keys against)."""
+    cur.execute(sql.SQL("SELECT pg_advisory_xact_lock({})").format(_ERASURE_GATE))
     rows = _tuples(cur).execute(sql.SQL(
         "SELECT subject, master_key_id, wrapped, erased_at FROM {t} WHERE subject = %s"
         " FOR UPDATE").format(t=_T), (subject,)).fetchall()

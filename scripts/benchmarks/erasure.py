@@ -162,7 +162,7 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
             heap.settle()
             warm = Keyring.from_env()  # every subject's key already unwrapped
             with psycopg.connect(url) as conn, conn.cursor() as cur:
-                warm.held(cur, [f"user-{i}" for i in range(100)], share=False)
+                warm.current(cur, [f"user-{i}" for i in range(100)], None)
             with console.status("projection catch-up and replay, plain and sealed …"):
                 for r in range(rounds):
                     runs = [("plain", PlainNote.TOPIC, False), ("cold", SealedNote.TOPIC, False),

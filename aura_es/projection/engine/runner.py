@@ -220,7 +220,7 @@ class BatchRunner:
 
     def peek(self) -> EventEnvelope | None:
         """The next event this runner would apply (for logging a failure)."""
-        with self.conn.cursor() as cur:
+        with self.conn.transaction(), self.conn.cursor() as cur:
             batch = eventlog.read_batch(cur, self.cursor, self.topics, 1, self.partition)
         return batch.events[0] if batch.events else None
 
