@@ -10,6 +10,8 @@ they are wrapped in these typed lists and written with ``struct`` in one pass.
 from __future__ import annotations
 
 import struct
+from itertools import chain, repeat
+from operator import is_
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -21,6 +23,7 @@ _HEADER = struct.Struct(">iiIii")  # ndim, has-null flag, element oid, length, l
 _EMPTY = struct.Struct(">iiI")
 _LENGTH = struct.Struct(">i")
 _INT8 = struct.Struct(">iq")  # its length (8), then the value
+_UUID_LENGTH = b"\x00\x00\x00\x10"
 
 
 class _Typed(list[Any]):
@@ -47,20 +50,23 @@ class _ArrayDumper(Dumper):
     format = Format.BINARY
     element_oid: ClassVar[int]
 
-    def element(self, value: Any) -> bytes:
-        """One element: its length, then its binary value."""
+    def elements(self, values: list[Any]) -> bytes:
+        """The elements, each its length then its binary value."""
         raise NotImplementedError
 
     def dump(self, obj: Any) -> bytes:
         if not obj:  # an empty array has no dimension
             return _EMPTY.pack(0, 0, self.element_oid)
-        parts = [_HEADER.pack(1, 0, self.element_oid, len(obj), 1)]
-        element = self.element
-        for value in obj:
-            if value is None:
-                raise TypeError(f"{type(obj).__name__} holds None: the append writes no NULL")
-            parts.append(element(value))
-        return b"".join(parts)
+        if any(map(is_, obj, repeat(None))):  # by identity: UUID's == is Python
+            raise TypeError(f"{type(obj).__name__} holds None: the append writes no NULL")
+        return _HEADER.pack(1, 0, self.element_oid, len(obj), 1) + self.elements(obj)
+
+
+def _with_lengths(data: list[bytes]) -> bytes:
+    # Interleaved in C (map, zip, chain), not by a Python loop: a 100-event append's four
+    # arrays were 15% of its client CPU element by element (profiled, issue 27).
+    return b"".join(chain.from_iterable(zip(map(_LENGTH.pack, map(len, data)), data,
+                                                 strict=True)))
 
 
 class _TextsDumper(_ArrayDumper):
@@ -72,34 +78,33 @@ class _TextsDumper(_ArrayDumper):
         connection = self.connection
         self._encoding = connection.info.encoding if connection is not None else "utf-8"
 
-    def element(self, value: Any) -> bytes:
-        data = _text(value).encode(self._encoding)
-        return _LENGTH.pack(len(data)) + data
+    def elements(self, values: list[Any]) -> bytes:
+        return _with_lengths([_text(value).encode(self._encoding) for value in values])
 
 
 class _UuidsDumper(_ArrayDumper):
     oid = 2951
     element_oid = 2950
 
-    def element(self, value: Any) -> bytes:
-        return b"\x00\x00\x00\x10" + as_uuid(value).bytes
+    def elements(self, values: list[Any]) -> bytes:
+        return _UUID_LENGTH + _UUID_LENGTH.join([as_uuid(value).bytes for value in values])
 
 
 class _BigIntsDumper(_ArrayDumper):
     oid = 1016
     element_oid = 20
 
-    def element(self, value: Any) -> bytes:
-        return _INT8.pack(8, value)
+    def elements(self, values: list[Any]) -> bytes:
+        return b"".join(map(_INT8.pack, repeat(8, len(values)), values))
 
 
 class _BlobsDumper(_ArrayDumper):
     oid = 1001
     element_oid = 17
 
-    def element(self, value: Any) -> bytes:
-        data = bytes(value)
-        return _LENGTH.pack(len(data)) + data
+    def elements(self, values: list[Any]) -> bytes:
+        return _with_lengths([value if type(value) is bytes else bytes(value)
+                              for value in values])
 
 
 def _text(value: Any) -> str:
