@@ -5,6 +5,7 @@ wrap appends and batches when OpenTelemetry is there and cost nothing when not."
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -291,3 +292,17 @@ def test_until_a_tracer_provider_is_installed_a_span_is_the_null_context(
     monkeypatch.setattr(tracing, "_provider_installed", lambda: True)
     opened = tracing.span("aura.append", command="x")
     assert opened is not tracing.span("b") and tracing._tracing
+
+
+def test_a_tracer_provider_named_by_the_environment_is_used_without_code() -> None:
+    """The API loads a provider named by ``OTEL_PYTHON_TRACER_PROVIDER`` on first use;
+    spans must be real then, though no provider was ever set in code."""
+    probe = ("from aura_es.observability import tracing\n"
+             "print(tracing.span('aura.append', command='x') is tracing.span('b'))\n")
+    env = {**os.environ, "OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"}
+    named = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                           text=True, timeout=60, check=True)
+    env.pop("OTEL_PYTHON_TRACER_PROVIDER")
+    unnamed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                             text=True, timeout=60, check=True)
+    assert (named.stdout.strip(), unnamed.stdout.strip()) == ("False", "True")
