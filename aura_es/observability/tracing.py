@@ -10,13 +10,10 @@ nothing. A provider, once set, cannot be unset, so the check is made until one i
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from typing import Any
 
 _NULL = contextlib.nullcontext()
-#: The API's variable naming a provider to load on first use.
-_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER"
 
 
 def _load() -> tuple[Callable[..., Any] | None, Callable[[], bool]]:
@@ -31,13 +28,13 @@ def _load() -> tuple[Callable[..., Any] | None, Callable[[], bool]]:
     def provider_installed() -> bool:
         return not isinstance(trace.get_tracer_provider(), proxy)
 
-    if _PROVIDER_FROM_ENV in os.environ or not hasattr(trace, "_TRACER_PROVIDER"):
+    if not hasattr(trace, "_TRACER_PROVIDER"):
         return start, provider_installed
 
     def provider_set() -> bool:
-        # ``get_tracer_provider`` also looks up an environment variable at every call
-        # (~10 µs of a keyed command's client CPU, profiled, issue 27): none is set, so
-        # a provider is there exactly when one was set in code.
+        # ``get_tracer_provider`` looks up an environment variable at every call while
+        # no provider is set (1.5 µs, where this is 0.05). A provider the variable names
+        # was loaded by ``get_tracer`` above; any other is set in code.
         return trace._TRACER_PROVIDER is not None and provider_installed()
 
     return start, provider_set
