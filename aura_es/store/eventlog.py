@@ -156,11 +156,13 @@ _LATEST_ERASURE = sql.SQL(
 # were are read before they are changed (a materialized CTE is scanned before the select
 # list that changes them is evaluated): one round trip, which also waits, for a reader
 # of keys, for an erasure in flight to commit (``keystore.ERASURES_WAIT``).
-_ORDERED_ONLY = sql.SQL(
+_ORDERED_ONLY = {keys: sql.SQL(
     "WITH was AS MATERIALIZED (SELECT current_setting('enable_bitmapscan') AS bitmap,"
     " current_setting('enable_seqscan') AS seq)"
     " SELECT bitmap, seq, set_config('enable_bitmapscan', 'off', true),"
-    " set_config('enable_seqscan', 'off', true){gate} FROM was")
+    " set_config('enable_seqscan', 'off', true){gate} FROM was"
+).format(gate=sql.SQL(", {}").format(keystore.ERASURES_WAIT) if keys else sql.SQL(""))
+    for keys in (False, True)}
 _PLANNER_AS_IT_WAS = sql.SQL("SELECT set_config('enable_bitmapscan', %s, true),"
                              " set_config('enable_seqscan', %s, true)")
 
@@ -176,8 +178,7 @@ def ordered_scans(cur: psycopg.Cursor[Any], *, keys: bool = False) -> Iterator[N
     if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
         # Each statement its own transaction: the settings would be gone before it ran.
         raise psycopg.ProgrammingError("the batch read needs a transaction")
-    row = cur.execute(_ORDERED_ONLY.format(gate=sql.SQL(", {}").format(
-        keystore.ERASURES_WAIT) if keys else sql.SQL(""))).fetchone()
+    row = cur.execute(_ORDERED_ONLY[keys]).fetchone()
     assert row is not None
     # Not put back after an error: the statement's failure aborted the transaction,
     # whose rollback puts the settings back by itself.
