@@ -26,6 +26,7 @@ from psycopg import sql
 from aura_es.app import AuraApp
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.erasure.erase import UnknownSubject, erase
+from aura_es.erasure.reapply import erasure_in
 from aura_es.erasure.verify import verify
 from aura_es.errors import ConfigurationError, DomainError
 from aura_es.masterkey import (
@@ -38,7 +39,7 @@ from aura_es.masterkey import (
 from aura_es.mesh.consumer import MeshConsumer, Subscription
 from aura_es.mirror.stream import StreamSettings
 from aura_es.mirror.verify import each_message
-from aura_es.personal import ERASED_TEXT, InvalidSubject, check_subject
+from aura_es.personal import ERASED_TEXT, ERASURE_TOPIC, InvalidSubject, check_subject
 from aura_es.projection import dlq
 from aura_es.projection.engine.loading import build
 from aura_es.projection.engine.runner import BatchRunner
@@ -46,7 +47,7 @@ from aura_es.store import eventlog, keystore, sealing
 from aura_es.store.keyring import Keyring, SubjectErased
 from tests.support import arguments
 from tests.support.arguments import catch_up, every_byte, rows
-from tests.support.mirror import head, mirrored, running_relay, stream_messages
+from tests.support.mirror import head, mirrored, publish, running_relay, stream_messages
 from tests.support.workers import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,6 +126,33 @@ def test_verify_names_a_table_that_kept_a_copy(app: AuraApp) -> None:
     assert verified(app, "user-9").ok
 
 
+def test_an_event_committed_while_an_erasure_waits_for_its_gate_is_in_its_proof(
+        app: AuraApp) -> None:
+    """An erasure makes its proof before it takes the gate (batches wait while it holds
+    it), then adds what was committed meanwhile: `--verify` finds a copy of that too."""
+    debate = app.start_debate("tax", ["agent-1"], idempotency_key="d")
+    argue(app, debate, "user-7", "the first of two careful sentences")
+    done: list[Any] = []
+    with psycopg.connect(app.database_url) as batch:
+        batch.execute(sql.SQL("SELECT {}").format(keystore.ERASURES_WAIT))  # in flight
+        eraser = threading.Thread(target=lambda: done.append(erase(app, "user-7", "r")))
+        eraser.start()
+        with app.connect() as conn:
+            wait_for("the erasure to wait for the gate", lambda: conn.execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND"
+                " database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchone(), 30)
+        argue(app, debate, "user-7", "the second sentence, written while it waited")
+        batch.commit()
+        eraser.join(30)
+    assert [e.events for e in done] == [2]
+    with app.connect() as conn:
+        conn.execute("CREATE TABLE previews (body text)")
+        conn.execute("INSERT INTO previews VALUES ('the second sentence, written while it"
+                     " waited')")
+    assert [str(r) for r in verified(app, "user-7").remnants] == ["table previews: 1 copy"]
+
+
 def test_a_tampered_seal_is_dead_lettered_naming_no_value(app: AuraApp) -> None:
     debate = app.start_debate("tax", ["agent-1"], idempotency_key="d")
     position = argue(app, debate, "user-3", "words nobody may read twice")
@@ -171,6 +199,26 @@ def test_bad_input_is_refused_before_anything_is_written(app: AuraApp) -> None:
             erase(app, "user-5", reason)
     assert app.get_debate(debate).arguments == 1
     assert not erase(app, "user-5", "request 5").already
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=3), max_leaves=8)
+
+
+@given(body=st.binary(max_size=80) | _JSON.map(lambda v: json.dumps(v).encode()),
+       subject=_JSON, reason=_JSON, topic=st.sampled_from([ERASURE_TOPIC, "aura.other.v1"]))
+def test_only_an_erasure_events_cloudevent_names_a_subject_to_erase_again(
+    body: bytes, subject: Any, reason: Any, topic: str,
+) -> None:
+    """Whatever a stream's messages hold (others may publish there), a subject is taken
+    only from the CloudEvent of an erasure whose subject is text; nothing raises."""
+    assert erasure_in(body) is None or json.loads(body).get("type") == ERASURE_TOPIC
+    shaped = json.dumps({"type": topic, "data": {"subject": subject, "reason": reason}})
+    expected = ((subject, reason if isinstance(reason, str) else "")
+                if topic == ERASURE_TOPIC and isinstance(subject, str) else None)
+    assert erasure_in(shaped.encode()) == expected
 
 
 @given(st.text(max_size=250))
@@ -298,7 +346,10 @@ def test_the_cli_erases_verifies_and_refuses_bad_keys_in_one_line(
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
         assert key not in result.stderr and key not in result.stdout
     for bad in (["erase", "not a subject", "--reason", "r"], ["erase", "user-0", "--reason", "r"],
-                ["erase", "user-7"], ["erase", "user-7", "--reason", ""]):
+                ["erase", "user-7"], ["erase", "user-7", "--reason", ""], ["erase"],
+                ["erase", "--reapply", "user-7"], ["erase", "--reapply", "--verify"],
+                ["erase", "--reapply", "--nats-url", "nats://127.0.0.1:9"],
+                ["erase", "--verify", "user-7", "--nats-url", "nats://127.0.0.1:9"]):
         result = aura(*bad, env=cli_env)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result
     done = aura("erase", "user-7", "--reason", "ticket 9", "--json", env=cli_env)
@@ -338,6 +389,44 @@ def test_the_stream_carries_only_the_sealed_form_and_verify_reads_it(
                    "--subject-prefix", stream.lower(), "--json", env=cli_env)
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["messages"] == 3
+
+
+def test_a_restored_backup_is_erased_again_from_the_stream(
+    app: AuraApp, nats_url: str, cli_env: dict[str, str],
+) -> None:
+    """A backup from before an erasure brings the subject's key back; the stream kept the
+    erasure, and `erase --reapply` makes it again (and then finds nothing to do)."""
+    stream = mirror_one_argument(app, nats_url, "user-5", "words a backup brought back")
+    with app.connect() as conn:
+        key_row = conn.execute("SELECT master_key_id, wrapped FROM aura_subject_keys"
+                               " WHERE subject = 'user-5'").fetchone()
+    erase(app, "user-5", "request 5")
+    with running_relay(app.database_url, nats_url, stream):
+        wait_for("the erasure's event", lambda: stream_messages(nats_url, stream) == 3)
+    publish(nats_url, f"{stream.lower()}.other", b"not an event of ours")
+    # The restore: the log and the key table as they were before the erasure.
+    with app.connect() as conn:
+        conn.execute("DELETE FROM aura_events WHERE topic = %s", (ERASURE_TOPIC,))
+        conn.execute("UPDATE aura_subject_keys SET master_key_id = %s, wrapped = %s,"
+                     " erased_at = NULL, proof = NULL WHERE subject = 'user-5'", key_row)
+    app.keyring.forget(["user-5"])
+    assert catch_up(app.database_url, "restored") == 1
+    assert list(rows(app.database_url, "restored").values()) == [
+        ("user-5", "words a backup brought back")]
+
+    def reapplied() -> dict[str, Any]:
+        result = aura("erase", "--reapply", "--nats-url", nats_url, "--stream", stream,
+                      "--subject-prefix", stream.lower(), "--json", env=cli_env)
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+    assert reapplied() == {"erased": ["user-5"], "already": [], "unknown": [],
+                           "refused": 0, "messages": 4}
+    # The read model that copied the text hears of the erasure from its event, as ever.
+    assert [str(r) for r in verified(app, "user-5").remnants] == ["table restored: 1 copy"]
+    catch_up(app.database_url, "restored")
+    assert verified(app, "user-5").ok and b"brought back" not in every_byte(app.database_url)
+    assert reapplied()["already"] == ["user-5"]
 
 
 async def _bodies(nats_url: str, stream: str) -> list[bytes]:

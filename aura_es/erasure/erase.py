@@ -1,8 +1,9 @@
 """`aura-es erase SUBJECT --reason R`: forget a person, in one transaction.
 
-Locks the subject's key row (FOR UPDATE: projection batches holding it FOR SHARE finish
-first, later ones see the erasure), opens their events one last time to
-make the proof, appends ``aura.subject.erased.v1``, deletes the key (the row stays as the
+Opens the subject's events one last time to make the proof, then takes the erasures'
+gate and the subject's key row (``keystore.lock_for_erasure``: projection batches in
+flight finish first, later ones see the erasure), adds to the proof any event committed
+meanwhile, appends ``aura.subject.erased.v1``, deletes the key (the row stays as the
 ledger) and scrubs the dead letters and side effects of their events. Run again, it
 changes nothing and says so.
 """
@@ -79,26 +80,43 @@ def erase(app: EventSourcedApp, subject: str, reason: str) -> Erasure:
 
 def _erase(app: EventSourcedApp, provider: KeyProvider, subject: str, reason: str) -> Erasure:
     with app.connect(autocommit=False) as conn, conn.transaction(), conn.cursor() as cur:
-        row = keystore.lock_for_erasure(cur, subject)
-        if row is None:
+        # Reading and opening the subject's events for the proof is most of an erasure's
+        # time, and the gate (``lock_for_erasure``) holds every personal projection's
+        # batches while it is taken: the proof is made before it, and only the events
+        # committed since are read under it. Nothing here gives the transaction an id
+        # before the gate (reads only), which the gate's ordering needs.
+        found = keystore.fetch(cur, [subject]).get(subject)
+        if found is None:
             raise UnknownSubject(f"subject {subject} is unknown: no personal data was"
                                  " ever stored for them")
-        events = eventlog.of_subject(cur, subject)
-        if row.erased_at is not None:
-            return Erasure(subject, row.erased_at, len(events), already=True)
-        assert row.wrapped is not None and row.master_key_id is not None
-        key = provider.unwrap(subject, row.master_key_id, row.wrapped)
-        proof = Proof.of(_personal_values(events, key))
-        ledger = ErasedSubject.record(subject, reason, len(events))
+        proved: set[int] = set()
+        values: list[str] = []
+        key = None
+        if found.erased_at is None:
+            assert found.wrapped is not None and found.master_key_id is not None
+            key = provider.unwrap(subject, found.master_key_id, found.wrapped)
+            events = eventlog.of_subject(cur, subject)
+            values = _personal_values(events, key)
+            proved = {e.position for e in events}
+        row = keystore.lock_for_erasure(cur, subject)
+        assert row is not None  # a key row is never deleted
+        mine = eventlog.positions_of_subject(cur, subject)
+        if row.erased_at is not None or key is None:
+            return Erasure(subject, row.erased_at, len(mine), already=True)
+        # Appends take no lock: one may have committed since the proof was read.
+        later = [position for position in mine if position not in proved]
+        if later:
+            values += _personal_values(eventlog.read_positions(cur, later), key)
+        proof = Proof.of(values)
+        ledger = ErasedSubject.record(subject, reason, len(mine))
         stored = [app.mapper.to_stored_event(e) for e in ledger.collect_events()]
         positions = app.recorder.append_in(cur, stored)  # type: ignore[attr-defined]
         erased_at = keystore.mark_erased(cur, subject, proof.seal(provider, subject))
-        mine = [e.position for e in events]
         letters = dlq.scrub(cur, mine)
         effects = outbox.scrub(cur, mine)
     app.recorder.wake()  # type: ignore[attr-defined]
     app.keyring.forget([subject])
-    return Erasure(subject, erased_at, len(events), already=False, position=positions[0],
+    return Erasure(subject, erased_at, len(mine), already=False, position=positions[0],
                    dead_letters_scrubbed=letters, side_effects_scrubbed=effects)
 
 

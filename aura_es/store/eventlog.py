@@ -458,6 +458,14 @@ def positions_of(cur: psycopg.Cursor[Any], aggregate_id: UUID, to_version: int) 
     return [_first(row) for row in rows]
 
 
+def positions_of_subject(cur: psycopg.Cursor[Any], subject: str) -> list[int]:
+    """The positions of every event holding ``subject``'s sealed fields, in order (read
+    from the subject index alone)."""
+    return [int(r[0]) for r in cur.execute(
+        sql.SQL("SELECT notification_id FROM {e} WHERE subject = %s ORDER BY notification_id")
+        .format(e=_E), (subject,))]
+
+
 def of_subject(cur: psycopg.Cursor[Any], subject: str) -> list[EventEnvelope]:
     """Every event holding ``subject``'s sealed personal fields, in position order."""
     rows = cur.execute(
