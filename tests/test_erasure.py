@@ -37,6 +37,7 @@ from aura_es.masterkey import (
     parse_key,
 )
 from aura_es.mesh.consumer import MeshConsumer, Subscription
+from aura_es.mirror.cloudevents import STORE_HEADER
 from aura_es.mirror.stream import StreamSettings
 from aura_es.mirror.verify import each_message
 from aura_es.personal import ERASED_TEXT, ERASURE_TOPIC, InvalidSubject, check_subject
@@ -404,15 +405,21 @@ def test_a_restored_backup_is_erased_again_from_the_stream(
     with running_relay(app.database_url, nats_url, stream):
         wait_for("the erasure's event", lambda: stream_messages(nats_url, stream) == 3)
     publish(nats_url, f"{stream.lower()}.other", b"not an event of ours")
+    # Another store's erasure of a name this store also holds: not this store's ledger.
+    debate = app.start_debate("tax", ["agent-1"], idempotency_key="d6")
+    argue(app, debate, "user-6", "words of a namesake")
+    publish(nats_url, f"{stream.lower()}.subject", json.dumps(
+        {"type": ERASURE_TOPIC, "data": {"subject": "user-6", "reason": "elsewhere"}}
+    ).encode(), headers={STORE_HEADER: str(uuid.uuid4())})
     # The restore: the log and the key table as they were before the erasure.
     with app.connect() as conn:
         conn.execute("DELETE FROM aura_events WHERE topic = %s", (ERASURE_TOPIC,))
         conn.execute("UPDATE aura_subject_keys SET master_key_id = %s, wrapped = %s,"
                      " erased_at = NULL, proof = NULL WHERE subject = 'user-5'", key_row)
     app.keyring.forget(["user-5"])
-    assert catch_up(app.database_url, "restored") == 1
-    assert list(rows(app.database_url, "restored").values()) == [
-        ("user-5", "words a backup brought back")]
+    assert catch_up(app.database_url, "restored") == 2
+    assert sorted(rows(app.database_url, "restored").values()) == [
+        ("user-5", "words a backup brought back"), ("user-6", "words of a namesake")]
 
     def reapplied() -> dict[str, Any]:
         result = aura("erase", "--reapply", "--nats-url", nats_url, "--stream", stream,
@@ -421,12 +428,15 @@ def test_a_restored_backup_is_erased_again_from_the_stream(
         return dict(json.loads(result.stdout))
 
     assert reapplied() == {"erased": ["user-5"], "already": [], "unknown": [],
-                           "refused": 0, "messages": 4}
+                           "refused": 0, "messages": 5}
     # The read model that copied the text hears of the erasure from its event, as ever.
     assert [str(r) for r in verified(app, "user-5").remnants] == ["table restored: 1 copy"]
     catch_up(app.database_url, "restored")
     assert verified(app, "user-5").ok and b"brought back" not in every_byte(app.database_url)
     assert reapplied()["already"] == ["user-5"]
+    with app.connect() as conn:  # the namesake's key is still there
+        assert conn.execute("SELECT erased_at FROM aura_subject_keys"
+                            " WHERE subject = 'user-6'").fetchone() == (None,)
 
 
 async def _bodies(nats_url: str, stream: str) -> list[bytes]:

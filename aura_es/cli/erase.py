@@ -27,6 +27,7 @@ from aura_es.erasure.reapply import erasures_on_stream
 from aura_es.erasure.reapply import reapply as reapply_erasures
 from aura_es.erasure.verify import verify as verify_subject
 from aura_es.mirror.stream import StreamSettings
+from aura_es.store import identity
 from aura_es.store.keyring import Keyring
 
 
@@ -99,9 +100,10 @@ def erase(
 def _reapply(url: str, nats_url: str, stream: StreamSettings, json: bool) -> None:
     with connect(url) as conn:
         tables.require_all(conn)
+        store = identity.store_id(conn)
     asyncio.run(broker.check(nats_url))  # one line, not the client's traceback
     with console.status(f"reading stream {stream.name} …"):
-        erasures, messages = erasures_on_stream(nats_url, stream)
+        erasures, messages = erasures_on_stream(nats_url, stream, store)
     app = EventSourcedApp(url, pool_size=1)
     try:
         with console.status("erasing …") as status:

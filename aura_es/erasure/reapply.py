@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from uuid import UUID
 
 import orjson
 from nats.js.errors import NotFoundError
@@ -21,6 +22,7 @@ from nats.js.errors import NotFoundError
 from aura_es.application import EventSourcedApp
 from aura_es.erasure.erase import MAX_REASON, UnknownSubject, check_reason, erase
 from aura_es.errors import DomainError
+from aura_es.mirror.cloudevents import STORE_HEADER
 from aura_es.mirror.stream import StreamSettings
 from aura_es.mirror.verify import each_message
 from aura_es.personal import ERASURE_TOPIC, check_subject
@@ -46,20 +48,27 @@ class Reapplied:
         return asdict(self)
 
 
-def erasures_on_stream(nats_url: str, stream: StreamSettings) -> tuple[dict[str, str], int]:
+def erasures_on_stream(nats_url: str, stream: StreamSettings, store_id: UUID | None = None
+                       ) -> tuple[dict[str, str], int]:
     """Each subject an erasure event on the stream names, with its first reason; and how
-    many messages were read. A stream that does not exist holds none."""
+    many messages were read. With ``store_id``, only this store's erasures (a restored
+    backup keeps its store's id; a message published before stores had ids names none).
+    A stream that does not exist holds none."""
     try:
-        return asyncio.run(_erasures(nats_url, stream))
+        return asyncio.run(_erasures(nats_url, stream, store_id))
     except NotFoundError:
         return {}, 0
 
 
-async def _erasures(nats_url: str, stream: StreamSettings) -> tuple[dict[str, str], int]:
+async def _erasures(nats_url: str, stream: StreamSettings, store_id: UUID | None
+                    ) -> tuple[dict[str, str], int]:
     found: dict[str, str] = {}
     messages = 0
-    async for _headers, body in each_message(nats_url, stream):
+    async for headers, body in each_message(nats_url, stream):
         messages += 1
+        store = headers.get(STORE_HEADER)
+        if store_id is not None and store is not None and store != str(store_id):
+            continue  # another store's erasure: its subjects are not this store's
         if (erasure := erasure_in(body)) is not None:
             found.setdefault(*erasure)
     return found, messages
