@@ -25,8 +25,8 @@ from psycopg import sql
 
 from aura_es.app import AuraApp
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.erasure.erase import UnknownSubject, erase
-from aura_es.erasure.reapply import erasure_in
+from aura_es.erasure.erase import UnknownSubject, check_reason, erase
+from aura_es.erasure.reapply import REAPPLIED, erasure_in, reason_for
 from aura_es.erasure.verify import verify
 from aura_es.errors import ConfigurationError, DomainError
 from aura_es.masterkey import (
@@ -220,6 +220,16 @@ def test_only_an_erasure_events_cloudevent_names_a_subject_to_erase_again(
     expected = ((subject, reason if isinstance(reason, str) else "")
                 if topic == ERASURE_TOPIC and isinstance(subject, str) else None)
     assert erasure_in(shaped.encode()) == expected
+
+
+@given(st.text(max_size=700))
+def test_a_reapplied_erasure_has_a_storable_reason_whatever_the_first_one_was(
+    original: str,
+) -> None:
+    """A reason from the stream (too long, a NUL, empty) never keeps a subject's key: the
+    erasure made again has a reason ``check_reason`` takes, saying where it came from."""
+    reason = reason_for(original)
+    assert check_reason(reason) == reason and reason.startswith(REAPPLIED)
 
 
 @given(st.text(max_size=250))

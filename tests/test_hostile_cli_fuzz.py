@@ -73,6 +73,9 @@ def test_generated_arguments_are_results_or_one_line_errors(
         st.tuples(st.just("load"), st.just("--commands"), argument),
         st.tuples(st.just("erase"), argument, st.just("--reason"), argument),
         st.tuples(st.just("erase"), st.just("--verify"), argument, st.just("--json")),
+        st.tuples(st.just("erase"), st.just("--reapply"), argument),
+        st.tuples(st.just("erase"), st.just("--reapply"), st.just("--nats-url"),
+                  st.just("nats://127.0.0.1:9"), st.just("--stream"), argument),
         st.lists(argument, max_size=4).map(tuple),
     )
 

@@ -103,7 +103,7 @@ def reapply(app: EventSourcedApp, erasures: Mapping[str, str],
         if progress:
             progress(subject)
         try:
-            erasure = erase(app, subject, _reason(reason))
+            erasure = erase(app, subject, reason_for(reason))
         except UnknownSubject:
             done.unknown.append(subject)
             continue
@@ -111,7 +111,8 @@ def reapply(app: EventSourcedApp, erasures: Mapping[str, str],
     return done
 
 
-def _reason(original: str) -> str:
+def reason_for(original: str) -> str:
+    """The reason a re-applied erasure records, from the first one."""
     # The subject is erased again whatever its first reason was; one that cannot be
     # stored (too long, a NUL) is cut or left out, never a reason to keep the key.
     text = (REAPPLIED + (original or "-"))[:MAX_REASON]

@@ -33,8 +33,9 @@ class SealBroken(EventUndecodable):
     names the event, never a value."""
 
 
-#: AES-GCM contexts by data key, and each topic's bytes in the associated data: looked up
-#: once an event opened, so plain dicts (an ``lru_cache`` call costs more than the lookup).
+#: AES-GCM contexts by data key, and each topic's bytes in the associated data: read on
+#: the hot path as ``cache.get(k) or _kept(...)`` (a plain dict lookup; an ``lru_cache``
+#: call costs more than the lookup, profiled).
 _ciphers: dict[bytes, AESGCM] = {}
 _topics: dict[str, bytes] = {}
 #: How many of each are kept; past it the oldest half is dropped (a worker reads a few
@@ -42,30 +43,25 @@ _topics: dict[str, bytes] = {}
 _KEPT = 4096
 
 
+def _kept(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    """``value``, stored under ``key`` in ``cache`` within its bound."""
+    if len(cache) >= _KEPT:
+        for old in list(cache)[:_KEPT // 2]:
+            del cache[old]
+    cache[key] = value
+    return value
+
+
 def _cipher(data_key: bytes) -> AESGCM:
-    cipher = _ciphers.get(data_key)
-    if cipher is None:
-        if len(_ciphers) >= _KEPT:
-            for old in list(_ciphers)[:_KEPT // 2]:
-                del _ciphers[old]
-        cipher = _ciphers[data_key] = AESGCM(data_key)
+    cipher: AESGCM = _ciphers.get(data_key) or _kept(_ciphers, data_key, AESGCM(data_key))
     return cipher
-
-
-def _topic_bytes(topic: str) -> bytes:
-    prefix = _topics.get(topic)
-    if prefix is None:
-        if len(_topics) >= _KEPT:
-            _topics.clear()
-        prefix = _topics[topic] = topic.encode() + b"\x00"
-    return prefix
 
 
 def _aad(topic: str, aggregate_id: UUID | str, version: int) -> bytes:
     # Bytes, not text: formatting a UUID costs more than the decryption (profiled).
     aggregate = aggregate_id if type(aggregate_id) is UUID else UUID(str(aggregate_id))
-    return (_topics.get(topic) or _topic_bytes(topic)) + aggregate.bytes \
-        + version.to_bytes(8, "big")
+    prefix = _topics.get(topic) or _kept(_topics, topic, topic.encode() + b"\x00")
+    return prefix + aggregate.bytes + version.to_bytes(8, "big")
 
 
 def seal(state: dict[str, Any], fields: dict[str, tuple[Any, Any]], subject: str,
@@ -103,7 +99,7 @@ def open_seal(seal_value: Any, data_key: bytes, topic: str, aggregate_id: UUID |
         raise SealBroken(f"{_where(topic, aggregate_id, version)}: its seal is malformed"
                          ) from None
     try:
-        plain = (_ciphers.get(data_key) or _cipher(data_key)).decrypt(
+        plain = _cipher(data_key).decrypt(
             sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _aad(topic, aggregate_id, version))
     except (InvalidTag, ValueError):
         raise SealBroken(f"{_where(topic, aggregate_id, version)}: its seal fails"
