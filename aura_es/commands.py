@@ -11,10 +11,11 @@ of the library: its ``CommandStore`` (an ``EventSourcedApp``) loads and saves.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
-from uuid import UUID, uuid4
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import IntegrityError
@@ -34,6 +35,7 @@ from aura_es.events import CommandContext, command_context
 from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED, OUTAGE_RETRIES
 from aura_es.observability.tracing import span
 from aura_es.personal import check_subject
+from aura_es.random_ids import random_uuid
 from aura_es.retry import Backoff, until_deadline
 from aura_es.store import idempotency
 from aura_es.store.idempotency import IdempotencyRecord
@@ -128,7 +130,7 @@ class CommandStore(Protocol):
 
     def save_commands(
         self, *aggregates: AuraAggregate, records: Sequence[IdempotencyRecord | None],
-    ) -> list[Any]: ...
+    ) -> list[Appended]: ...
 
     def load_aggregate(self, aggregate_id: UUID) -> AuraAggregate: ...
 
@@ -169,7 +171,7 @@ class CommandPipeline:
                     return earlier
                 raise
             try:
-                recordings = self.store.save_commands(aggregate, records=[prepared.record])
+                appended = self.store.save_commands(aggregate, records=[prepared.record])
             except IntegrityError:
                 if earlier := self._stored_result(prepared):
                     return earlier
@@ -186,7 +188,7 @@ class CommandPipeline:
                 aggregate_id=prepared.aggregate_id,
                 from_version=prepared.record.from_version,
                 to_version=prepared.record.to_version,
-                positions=tuple(r.notification.id for r in recordings),
+                positions=tuple(a.position for a in appended),
             )
         raise ConcurrencyConflict(prepared.aggregate_id, self.store.max_attempts)
 
@@ -234,12 +236,9 @@ class CommandPipeline:
         )
         for p in fresh:
             aggregates[p.aggregate_id] = self._decide(p, aggregates.get(p.aggregate_id))
-        recordings = self.store.save_commands(*aggregates.values(),
+        appended = self.store.save_commands(*aggregates.values(),
                                               records=[p.record for p in fresh])
-        positions = {
-            (r.domain_event.originator_id, r.domain_event.originator_version): r.notification.id
-            for r in recordings
-        }
+        positions = {(a.aggregate_id, a.version): a.position for a in appended}
         for p in fresh:
             assert p.record is not None
             p.result = CommandResult(
@@ -293,7 +292,7 @@ class CommandPipeline:
             tenant_id = getattr(existing, "tenant_id", tenant_id)
         context = CommandContext(
             tenant_id=tenant_id,
-            correlation_id=command.correlation_id or str(uuid4()),
+            correlation_id=command.correlation_id or random_uuid(),
             causation_id=command.causation_id,
             idempotency_key=command.idempotency_key,
             subject=command.subject,
@@ -351,14 +350,26 @@ def _as_row(first: _Prepared) -> dict[str, Any]:
     }
 
 
+class Appended(NamedTuple):
+    """One event a save stored: whose, which version, its topic, its position. (A
+    tuple: made for every event appended, at a sixth of a frozen dataclass's cost.)"""
+
+    aggregate_id: UUID
+    version: int
+    topic: str
+    position: int
+
+
 # One counter per topic, looked up once: ``labels()`` takes a lock and builds a key.
 _appended_by_topic: dict[str, Any] = {}
 
 
-def count_appended(recordings: Sequence[Any]) -> None:
-    for recording in recordings:
-        topic = recording.notification.topic
+def count_appended(appended: Sequence[Appended]) -> None:
+    # One increment per topic, not per event (each takes the counter's lock).
+    topics = Counter(event.topic for event in appended) if len(appended) > 1 else (
+        {appended[0].topic: 1} if appended else {})
+    for topic, n in topics.items():
         counter = _appended_by_topic.get(topic)
         if counter is None:
             counter = _appended_by_topic[topic] = EVENTS_APPENDED.labels(topic)
-        counter.inc()
+        counter.inc(n)

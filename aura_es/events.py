@@ -11,10 +11,12 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from eventsourcing.domain import AggregateCreated, AggregateEvent
 from eventsourcing.utils import register_topic, resolve_topic
+
+from aura_es.random_ids import random_uuid
 
 META_KEYS = ("event_id", "tenant_id", "correlation_id", "causation_id", "idempotency_key")
 
@@ -56,7 +58,7 @@ def new_meta() -> dict[str, str | None]:
     """Metadata for one new event, taken from the active command context."""
     ctx = _current_context.get()
     meta = {
-        "event_id": str(uuid4()),
+        "event_id": random_uuid(),
         "tenant_id": ctx.tenant_id,
         "correlation_id": ctx.correlation_id,
         "causation_id": ctx.causation_id,

@@ -16,13 +16,15 @@ import select
 from typing import Any
 
 import psycopg
+from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 
 def check(conn: psycopg.Connection[Any]) -> None:
     """psycopg_pool's ``check``: raises when the connection is dead."""
-    if conn.closed or conn.broken:
+    pgconn = conn.pgconn
+    if pgconn.status != pq.ConnStatus.OK:  # closed, or broken
         raise psycopg.OperationalError("the connection is closed")
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    readable, _, _ = select.select([pgconn.socket], [], [], 0)
     if readable:  # a goodbye, or a message nobody asked for: ask properly
         ConnectionPool.check_connection(conn)

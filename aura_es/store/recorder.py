@@ -44,6 +44,8 @@ from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids, as_uuid
 from aura_es.store.keyring import Keyring, SubjectErased
 from aura_es.store.mapper import SealedStoredEvent
 from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
+from aura_es.store.own_connection import OwnConnection, connect_like
+from aura_es.store.prepared import PreparedAppend
 
 #: No append statement runs longer than this (a stalled client cannot hold rows it
 #: inserted, nor its keys, for ever).
@@ -137,6 +139,7 @@ class AuraRecorder(PostgresApplicationRecorder):
             "BEGIN; SET LOCAL synchronous_commit = off; NOTIFY {}; COMMIT"
         ).format(sql.Identifier(self.channel_name))
         self._notifier: psycopg.Connection[Any] | None = None
+        self._own = OwnConnection(datastore.pool)
         self._notifier_pid = 0
         self.waker = wakeup.register(wakeup.Waker(
             self._send_notify, self._close_notifier, min_interval=wake_interval))
@@ -188,6 +191,9 @@ class AuraRecorder(PostgresApplicationRecorder):
         self._insert_one = _rendered(sql.SQL("WITH {event}").format(event=event))
         self._insert_one_with_key = _rendered(sql.SQL("WITH keys AS ({key}), {event}").format(
             key=idempotency.INSERT_ONE, event=event))
+        # The same two, run by libpq with our own parameter encoding (``prepared.py``).
+        self._prepared_one = PreparedAppend(self._insert_one.as_string())
+        self._prepared_one_with_key = PreparedAppend(self._insert_one_with_key.as_string())
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
     def insert_events(
@@ -195,8 +201,37 @@ class AuraRecorder(PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         if not stored_events:
             return []
+        try:
+            own = self._own.take()
+        except psycopg.Error as e:
+            raise pooled.as_persistence_error(e) from e
+        if own is None:  # another thread appends on it: the pool's turn
+            with pooled.connection(self.datastore) as conn:
+                positions = self._append(conn, stored_events, kwargs)
+        else:
+            try:
+                positions = self._append(own, stored_events, kwargs)
+            except psycopg.Error as e:
+                raise pooled.as_persistence_error(e) from e
+            finally:
+                self._own.give_back(own)
+        self.waker.committed()
+        return positions
+
+    def _append(self, conn: psycopg.Connection[Any], stored_events: Sequence[StoredEvent],
+                kwargs: dict[str, Any]) -> list[int]:
+        if (not self.serial and len(stored_events) == 1
+                and not isinstance(stored_events[0], SealedStoredEvent)
+                and conn.pgconn.parameter_status(b"client_encoding") == b"UTF8"):
+            keys = idempotency.KeyRows.from_save_kwargs(kwargs)
+            if keys is None or not keys.records:
+                return self._prepared_one.positions(conn, _one_row(stored_events[0]))
+            if len(keys.records) == 1:
+                return self._prepared_one_with_key.positions(conn, (
+                    *idempotency.insert_one_params(keys.records[0]),
+                    *_one_row(stored_events[0])))
         # Rows as tuples: the dict row factory builds the column names on every append.
-        with pooled.connection(self.datastore) as conn, conn.cursor(row_factory=tuple_row) as curs:
+        with conn.cursor(row_factory=tuple_row) as curs:
             assert conn.autocommit  # one statement, one transaction
             if self.serial:
                 with conn.transaction():
@@ -210,9 +245,7 @@ class AuraRecorder(PostgresApplicationRecorder):
                     self._insert_stored_events(curs, stored_events, **kwargs)
             else:
                 self._insert_stored_events(curs, stored_events, **kwargs)
-            positions = [row[0] for row in curs.fetchall()]
-        self.waker.committed()
-        return positions
+            return [row[0] for row in curs.fetchall()]
 
     def append_in(self, curs: Cursor[Any], stored_events: Sequence[StoredEvent]) -> list[int]:
         """Appends in the caller's transaction (an erasure records its event in the
@@ -230,9 +263,7 @@ class AuraRecorder(PostgresApplicationRecorder):
             self._close_notifier()
             return
         if self._notifier is None or self._notifier.closed or self._notifier_pid != os.getpid():
-            conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
-            kwargs = (pool.kwargs() if callable(pool.kwargs) else pool.kwargs) or {}
-            self._notifier = psycopg.connect(conninfo, **{**kwargs, "autocommit": True})
+            self._notifier = connect_like(pool)
             self._notifier_pid = os.getpid()
         try:
             self._notifier.execute(self._notify)
@@ -244,6 +275,7 @@ class AuraRecorder(PostgresApplicationRecorder):
         """Sends the last NOTIFY still owed, then closes the waker's connection."""
         self.waker.flush(timeout=1.0)
         self._close_notifier()
+        self._own.close()
 
     def _close_notifier(self) -> None:
         if self._notifier is not None and self._notifier_pid == os.getpid():
@@ -303,7 +335,7 @@ class AuraRecorder(PostgresApplicationRecorder):
             return
         if len(stored_events) == 1 and len(records) <= 1:
             (e,) = stored_events
-            row = (as_uuid(e.originator_id), e.originator_version, e.topic, e.state)
+            row = _one_row(e)
             if records:
                 curs.execute(self._insert_one_with_key,
                              (*idempotency.insert_one_params(records[0]), *row), binary=True)
@@ -324,6 +356,10 @@ class AuraRecorder(PostgresApplicationRecorder):
             )
         else:
             curs.execute(self._insert_plain, columns, binary=True)
+
+
+def _one_row(e: StoredEvent) -> tuple[Any, ...]:
+    return (as_uuid(e.originator_id), e.originator_version, e.topic, e.state)
 
 
 def _erased_subject(error: psycopg.Error) -> SubjectErased | None:

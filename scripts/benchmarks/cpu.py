@@ -15,6 +15,7 @@ from __future__ import annotations
 import cProfile
 import os
 import pstats
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,6 @@ from uuid import uuid4
 
 import orjson
 import psycopg
-from psycopg_pool import ConnectionPool
 
 from aura_es.app import AuraApp
 from aura_es.commands import Create
@@ -36,54 +36,59 @@ _ROW = orjson.dumps({"topic": "AI ethics", "participants": ["a", "b"],
                      "meta": {"event_id": str(uuid4()), "tenant_id": "default"}})
 
 
-def cpu_per_call(calls: int, one: Callable[[int], object]) -> float:
-    """Microseconds of this process's CPU per call, after a short warm-up."""
-    for i in range(min(50, calls)):
-        one(-1 - i)
+def cpu_per_call(calls: int, one: Callable[[int], object], start: int = 0) -> float:
+    """Microseconds of this process's CPU per call (``one(start)``, ``one(start + 1)``, …)."""
     started = time.process_time()
-    for i in range(calls):
+    for i in range(start, start + calls):
         one(i)
     return (time.process_time() - started) / calls * 1e6
 
 
+def side_by_side(calls: int, cases: dict[str, tuple[int, Callable[[int], object]]],
+                 rounds: int = 10) -> dict[str, float]:
+    """Each case's CPU per call, the cases taking turns in ``rounds`` rounds (a case is
+    given as (calls per unit, the call)): the median of its rounds. A machine whose
+    speed drifts during the run (another process, a CPU's clock) shifts every case
+    alike instead of whichever ran then."""
+    for i, (per, one) in enumerate(cases.values()):
+        for j in range(max(1, min(50, calls // per) // 5)):
+            one(-1 - j - 1000 * i)  # warm-up: the connections, prepared statements
+    spent: dict[str, list[float]] = {case: [] for case in cases}
+    for r in range(rounds):
+        for case, (per, one) in cases.items():
+            n = max(1, calls // per // rounds)
+            spent[case].append(cpu_per_call(n, one, start=r * n) / per)
+    return {case: statistics.median(values) for case, values in spent.items()}
+
+
 def measure(url: str, n: int) -> dict[str, float]:
     app = AuraApp(url, pool_size=2)
-    # The same app with psycopg_pool's own check (a query at every checkout): the
-    # pool check before store/liveness.py.
-    pinged = AuraApp(url, pool_size=2)
-    pinged.factory.datastore.pool._check = ConnectionPool.check_connection  # type: ignore[attr-defined]
     library = plain_app(url, 2, create_table=True)
     raw = psycopg.connect(url, autocommit=True)
     insert = ("INSERT INTO aura_events (originator_id, originator_version, topic, state)"
               " VALUES (%s, 1, 'bench.raw.v1', %s)")
     try:
-        figures = {
-            "bare psycopg INSERT": cpu_per_call(
-                n, lambda i: raw.execute(insert, (uuid4(), _ROW))),
-            "library app.save, no key": cpu_per_call(
-                n, lambda i: library.save(PlainDebate("AI ethics", ["a", "b"]))),
-            "keyed single-event command": cpu_per_call(
-                n, lambda i: app.start_debate("AI ethics", ["a", "b"],
+        figures = side_by_side(n, {
+            "bare psycopg INSERT": (1, lambda i: raw.execute(insert, (uuid4(), _ROW))),
+            "library app.save, no key": (
+                1, lambda i: library.save(PlainDebate("AI ethics", ["a", "b"]))),
+            "keyed single-event command": (
+                1, lambda i: app.start_debate("AI ethics", ["a", "b"],
                                               idempotency_key=f"k{i}-{uuid4()}")),
-            "keyed single-event command, pool check by query": cpu_per_call(
-                n, lambda i: pinged.start_debate("AI ethics", ["a", "b"],
-                                                 idempotency_key=f"q{i}-{uuid4()}")),
-            "a retried keyed command (absorbed)": cpu_per_call(
-                n, lambda i: app.start_debate("AI ethics", ["a", "b"],
+            "a retried keyed command (absorbed)": (
+                1, lambda i: app.start_debate("AI ethics", ["a", "b"],
                                               idempotency_key="the-same-key")),
-            "100-event command, per event": cpu_per_call(
-                max(1, n // 50), lambda i: app.execute(Create(
-                    "import", f"b{i}-{uuid4()}", {"n": i},
-                    lambda batch_id: UsageBatch.imported(batch_id, "bench", 100)))) / 100,
-            "100 keyed commands in one transaction, per command": cpu_per_call(
-                max(1, n // 50), lambda i: app.execute_many([app.start_debate_command(
+            "100-event command, per event": (100, lambda i: app.execute(Create(
+                "import", f"b{i}-{uuid4()}", {"n": i},
+                lambda batch_id: UsageBatch.imported(batch_id, "bench", 100)))),
+            "100 keyed commands in one transaction, per command": (
+                100, lambda i: app.execute_many([app.start_debate_command(
                     "AI ethics", ["a", "b"], idempotency_key=f"m{i}-{j}-{uuid4()}")
-                    for j in range(100)])) / 100,
-        }
+                    for j in range(100)])),
+        })
     finally:
         raw.close()
         library.close()
-        pinged.close()
         app.close()
     return figures
 
