@@ -214,7 +214,9 @@ class EventSourcedApp(Application[UUID]):
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
-        with pooled.connection(self.factory.datastore) as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
+        # The connection the recorder keeps between appends, when free: a retried
+        # command's lookup then costs no checkout from the pool.
+        with self.recorder.connection() as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
             yield cur
 
     def init_schema(self) -> None:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import orjson
 
@@ -120,12 +122,18 @@ def _storable(value: Any) -> bool:
 
 def _all_storable(children: Iterable[Any]) -> bool:
     for child in children:
-        if type(child) is str:
+        kind = type(child)
+        if kind is str:
             if "\x00" in child:
                 return False
-        elif not _storable(child):
+        elif kind not in _ALWAYS_STORABLE and not _storable(child):
             return False
     return True
+
+
+# Children that can hold nothing to refuse, passed without a call: in an event's
+# metadata and timestamps, most of the values checked (issue 27).
+_ALWAYS_STORABLE = frozenset({type(None), bool, datetime, UUID})
 
 
 def _child_path(where: str, key: str) -> str:

@@ -4,6 +4,7 @@ field: it never refuses a storable value, and never passes one the slow check re
 
 from __future__ import annotations
 
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +18,7 @@ _scalars = st.one_of(
     st.none(), st.booleans(), st.text(max_size=8), st.sampled_from(["a\x00b", "\x00"]),
     st.floats(), st.integers(min_value=-(2**70), max_value=2**70),
     st.decimals(), st.sampled_from([Decimal("NaN"), Decimal("Infinity")]),
+    st.datetimes(timezones=st.just(UTC)), st.uuids(),
 )
 _keys = st.one_of(st.text(max_size=6), st.sampled_from(["k\x00"]), st.integers(0, 3))
 _values = st.recursive(

@@ -77,7 +77,10 @@ def test_appends_stay_right_whatever_happens_to_the_held_connection_between_them
                 continue
             try:
                 if step == "deallocate":
-                    held.execute("DEALLOCATE ALL")
+                    # As psycopg itself does after a ROLLBACK or DDL on the connection.
+                    # (Each time another text: psycopg checks a text's status only the
+                    # first time, and would lose track of its own statements.)
+                    held.execute(f"DEALLOCATE ALL /* step {n} */")
                 else:
                     held.execute("BEGIN")  # left open: it must not reach the next append
             except psycopg.OperationalError:
@@ -149,8 +152,7 @@ def test_a_held_connection_left_in_a_transaction_goes_back_to_the_pool(
     held.execute("BEGIN")
     own.give_back(held)
     again = own.take()
-    try:
-        assert again is not held
+    try:  # the same connection, rolled back by the pool, or another: never in the transaction
         assert again is not None
         assert again.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     finally:

@@ -114,6 +114,11 @@ def _text(value: Any) -> str:
     return text
 
 
+def dump_texts(values: list[str]) -> bytes:
+    """A ``text[]`` in PostgreSQL's binary format (UTF-8), for statements run by libpq."""
+    return _UTF8_TEXTS.dump(values)
+
+
 def as_uuid(value: Any) -> UUID:
     """A UUID, from a UUID or its text (the append writes only UUIDs)."""
     return value if isinstance(value, UUID) else UUID(str(value))
@@ -122,3 +127,5 @@ def as_uuid(value: Any) -> UUID:
 for _cls, _dumper in ((Texts, _TextsDumper), (Uuids, _UuidsDumper),
                       (BigInts, _BigIntsDumper), (Blobs, _BlobsDumper)):
     psycopg.adapters.register_dumper(_cls, _dumper)
+
+_UTF8_TEXTS = _TextsDumper(Texts)

@@ -27,6 +27,8 @@ from uuid import UUID
 import psycopg
 from psycopg import errors, generators, pq
 
+from aura_es.store.arrays import dump_texts
+
 #: How a parameter of each kind is sent (all in binary: a text's UTF-8 bytes with their
 #: length, so a NUL is refused by the server instead of cutting the text short).
 Encode = Callable[[Any], bytes]
@@ -49,8 +51,9 @@ def bytea(value: bytes) -> bytes:
     return bytes(value)
 
 
-_ENCODERS: dict[str, Encode] = {"text": text, "uuid": uuid, "bigint": bigint, "bytea": bytea}
-_PLACEHOLDER = re.compile(r"%s::(\w+)")
+_ENCODERS: dict[str, Encode] = {"text": text, "uuid": uuid, "bigint": bigint, "bytea": bytea,
+                                "text[]": dump_texts}
+_PLACEHOLDER = re.compile(r"%s::(\w+(?:\[\])?)")
 _names = itertools.count(1)
 #: SQLSTATE 26000: the server holds no statement of that name.
 _UNKNOWN_STATEMENT = "26000"

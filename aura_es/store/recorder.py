@@ -27,8 +27,9 @@ gap-safe when positions commit in order. Every writer of the store must then use
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -191,9 +192,13 @@ class AuraRecorder(PostgresApplicationRecorder):
         self._insert_one = _rendered(sql.SQL("WITH {event}").format(event=event))
         self._insert_one_with_key = _rendered(sql.SQL("WITH keys AS ({key}), {event}").format(
             key=idempotency.INSERT_ONE, event=event))
-        # The same two, run by libpq with our own parameter encoding (``prepared.py``).
+        # The same one-event statements, run by libpq with our own parameter encoding
+        # (``prepared.py``).
         self._prepared_one = PreparedAppend(self._insert_one.as_string())
         self._prepared_one_with_key = PreparedAppend(self._insert_one_with_key.as_string())
+        self._prepared_sealed_one = PreparedAppend(self._insert_sealed_one.as_string())
+        self._prepared_sealed_one_with_key = PreparedAppend(
+            self._insert_sealed_one_with_key.as_string())
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
     def insert_events(
@@ -201,35 +206,38 @@ class AuraRecorder(PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         if not stored_events:
             return []
+        with self.connection() as conn:
+            positions = self._append(conn, stored_events, kwargs)
+        self.waker.committed()
+        return positions
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """The connection this recorder keeps when no other thread is using it, else one
+        from the pool (``own_connection.py``); driver errors become the library's."""
         try:
             own = self._own.take()
         except psycopg.Error as e:
             raise pooled.as_persistence_error(e) from e
-        if own is None:  # another thread appends on it: the pool's turn
+        if own is None:  # another thread is using it: the pool's turn
             with pooled.connection(self.datastore) as conn:
-                positions = self._append(conn, stored_events, kwargs)
-        else:
-            try:
-                positions = self._append(own, stored_events, kwargs)
-            except psycopg.Error as e:
-                raise pooled.as_persistence_error(e) from e
-            finally:
-                self._own.give_back(own)
-        self.waker.committed()
-        return positions
+                yield conn
+            return
+        try:
+            yield own
+        except psycopg.Error as e:
+            raise pooled.as_persistence_error(e) from e
+        finally:
+            self._own.give_back(own)
 
     def _append(self, conn: psycopg.Connection[Any], stored_events: Sequence[StoredEvent],
                 kwargs: dict[str, Any]) -> list[int]:
-        if (not self.serial and len(stored_events) == 1
-                and not isinstance(stored_events[0], SealedStoredEvent)
-                and conn.pgconn.parameter_status(b"client_encoding") == b"UTF8"):
+        if not self.serial and len(stored_events) == 1:
             keys = idempotency.KeyRows.from_save_kwargs(kwargs)
-            if keys is None or not keys.records:
-                return self._prepared_one.positions(conn, _one_row(stored_events[0]))
-            if len(keys.records) == 1:
-                return self._prepared_one_with_key.positions(conn, (
-                    *idempotency.insert_one_params(keys.records[0]),
-                    *_one_row(stored_events[0])))
+            records = keys.records if keys is not None else ()
+            if (len(records) <= 1
+                    and conn.pgconn.parameter_status(b"client_encoding") == b"UTF8"):
+                return self._append_one(conn, stored_events[0], records)
         # Rows as tuples: the dict row factory builds the column names on every append.
         with conn.cursor(row_factory=tuple_row) as curs:
             assert conn.autocommit  # one statement, one transaction
@@ -246,6 +254,30 @@ class AuraRecorder(PostgresApplicationRecorder):
             else:
                 self._insert_stored_events(curs, stored_events, **kwargs)
             return [row[0] for row in curs.fetchall()]
+
+    def _append_one(self, conn: psycopg.Connection[Any], e: StoredEvent,
+                    records: tuple[idempotency.IdempotencyRecord, ...]) -> list[int]:
+        """One event and at most one key row (most commands): by a statement prepared on
+        the connection, its parameters encoded here (``prepared.py``)."""
+        key = idempotency.insert_one_params(records[0]) if records else ()
+        subject = e.subject if isinstance(e, SealedStoredEvent) else None
+        if not subject:
+            plain = self._prepared_one_with_key if records else self._prepared_one
+            return plain.positions(conn, (*key, *_one_row(e)))
+        sealed = self._prepared_sealed_one_with_key if records else self._prepared_sealed_one
+        try:
+            return sealed.positions(conn, (*key, [subject], *_one_row(e), subject))
+        except psycopg.Error as error:
+            self._raise_if_erased(error)
+            raise
+
+    def _raise_if_erased(self, error: psycopg.Error) -> None:
+        """The append was refused because a subject is erased: ``SubjectErased``, their
+        cached keys forgotten."""
+        if (erased := _erased_subject(error)) is not None:
+            if self.keyring is not None:
+                self.keyring.forget(erased.subjects)
+            raise erased from None
 
     def append_in(self, curs: Cursor[Any], stored_events: Sequence[StoredEvent]) -> list[int]:
         """Appends in the caller's transaction (an erasure records its event in the
@@ -314,10 +346,7 @@ class AuraRecorder(PostgresApplicationRecorder):
             else:
                 curs.execute(self._insert_sealed, columns, binary=True)
         except psycopg.Error as e:
-            if (erased := _erased_subject(e)) is not None:
-                if self.keyring is not None:
-                    self.keyring.forget(erased.subjects)
-                raise erased from None
+            self._raise_if_erased(e)
             raise
 
     def _insert_stored_events(

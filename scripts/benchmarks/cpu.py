@@ -157,7 +157,9 @@ def profile(url: str, n: int) -> list[dict[str, Any]]:
         "mapping, JSON and payload checks": "mapper.py:to_stored_event",
         "schema validation": "validate.py:check_payload",
         "the append: statement, driver, round trip": "recorder.py:insert_events",
-        "taking and returning a pooled connection (in the append)": "pooled.py:connection",
+        "the statement by libpq: parameters, send, wait, result (in the append)":
+            "prepared.py:positions",
+        "taking and returning the held connection (in the append)": "recorder.py:connection",
     }
     try:
         for i in range(50):
