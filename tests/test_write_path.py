@@ -342,3 +342,25 @@ def test_a_key_lookup_reads_no_table_scan_whatever_the_tables_statistics(db_url:
     assert list(found_one) == [hashes[7]]
     assert sorted(found_many) == hashes[100:200]
     assert row == (0,)
+
+
+def test_a_statement_the_server_holds_but_the_client_lost_track_of_is_used(
+    small_app: AuraApp,
+) -> None:
+    """An interrupt between preparing a statement and hearing the answer leaves the
+    server holding what the client does not know of: preparing it again is not an
+    error, and the append goes on."""
+    app = small_app
+    app.start_debate("t", ["a"], idempotency_key="first")
+    own = app.recorder._own  # type: ignore[attr-defined]
+    held = own.take()
+    assert held is not None
+    try:
+        for statement in (app.recorder._prepared_one_with_key,  # type: ignore[attr-defined]
+                          app.recorder._prepared_one):  # type: ignore[attr-defined]
+            statement._held.discard(held)
+    finally:
+        own.give_back(held)
+    result = app.execute(app.start_debate_command("t", ["a"], idempotency_key="second"))
+    assert not result.duplicate and _stored(app, result.aggregate_id) == [
+        (result.positions[0], 1, "aura.debate.started.v1")]

@@ -16,6 +16,7 @@ so, and it is prepared again and run once more: the failed run did nothing.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import struct
@@ -61,7 +62,7 @@ _UNKNOWN_STATEMENT = "26000"
 
 class PreparedAppend:
     """One statement whose every parameter is written ``%s::type`` (text, uuid, bigint,
-    bytea) and whose rows are one bigint each: the positions the append took."""
+    bytea, text[]) and whose rows are one bigint each: the positions the append took."""
 
     def __init__(self, statement: str) -> None:
         kinds = _PLACEHOLDER.findall(statement)
@@ -94,7 +95,9 @@ class PreparedAppend:
     def _prepare(self, conn: psycopg.Connection[Any]) -> None:
         pgconn = conn.pgconn
         pgconn.send_prepare(self.name, self.text.encode())
-        self._check(conn, conn.wait(generators.execute(pgconn)), pq.ExecStatus.COMMAND_OK)
+        # Prepared before but its answer lost (an interrupt): the name is this text's.
+        with contextlib.suppress(errors.DuplicatePreparedStatement):
+            self._check(conn, conn.wait(generators.execute(pgconn)), pq.ExecStatus.COMMAND_OK)
         self._held.add(conn)
 
     def _run(self, conn: psycopg.Connection[Any], encoded: list[bytes]) -> list[int]:
