@@ -364,3 +364,27 @@ def test_a_statement_the_server_holds_but_the_client_lost_track_of_is_used(
     result = app.execute(app.start_debate_command("t", ["a"], idempotency_key="second"))
     assert not result.duplicate and _stored(app, result.aggregate_id) == [
         (result.positions[0], 1, "aura.debate.started.v1")]
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(gt=st.none() | st.integers(min_value=-1, max_value=8),
+       lte=st.none() | st.integers(min_value=-1, max_value=8),
+       desc=st.booleans(), limit=st.none() | st.integers(min_value=0, max_value=8))
+def test_an_aggregates_events_are_read_as_the_librarys_own_read_gives_them(
+    small_app: AuraApp, gt: int | None, lte: int | None, desc: bool, limit: int | None,
+) -> None:
+    """The recorder's ``select_events`` (on its kept connection, one rendered statement
+    per shape) returns what the library's gives for every combination of bounds."""
+    from eventsourcing.postgres import PostgresAggregateRecorder
+
+    app = small_app
+    debate = app.start_debate("t", ["a"], idempotency_key="events-to-read")
+    for n in range(len(_stored(app, debate)), 6):
+        app.add_argument(debate, "agent-1", "for", f"point {n}", round=1,
+                         idempotency_key=f"argument-{n}")
+    kwargs: dict[str, Any] = {"gt": gt, "lte": lte, "desc": desc, "limit": limit}
+    ours = app.recorder.select_events(debate, **kwargs)
+    theirs = PostgresAggregateRecorder.select_events(app.recorder, debate, **kwargs)
+    assert ours == theirs
+    assert all(isinstance(e.state, bytes) for e in ours)

@@ -182,5 +182,6 @@ _LOOKUP = sql.SQL(
 
 def stored(cur: psycopg.Cursor[Any], key_hashes: Sequence[str]) -> dict[str, Any]:
     """The stored keys among ``key_hashes``, with the positions their command stored."""
-    cur.execute(_LOOKUP, (list(key_hashes),), prepare=True)
+    # A typed array in binary: psycopg would inspect every element of a plain list.
+    cur.execute(_LOOKUP, (Texts(key_hashes),), prepare=True, binary=True)
     return {row["key_hash"]: row for row in cur.fetchall()}

@@ -36,6 +36,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -146,6 +147,7 @@ class AuraRecorder(PostgresApplicationRecorder):
         ).format(sql.Identifier(self.channel_name))
         self._notifier: psycopg.Connection[Any] | None = None
         self._own = OwnConnection(datastore.pool)
+        self._select_by_shape: dict[tuple[bool, ...], sql.SQL] = {}
         self._notifier_pid = 0
         self.waker = wakeup.register(wakeup.Waker(
             self._send_notify, self._close_notifier, min_interval=wake_interval))
@@ -234,6 +236,28 @@ class AuraRecorder(PostgresApplicationRecorder):
             raise pooled.as_persistence_error(e) from e
         finally:
             self._own.give_back(own)
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_events(
+        self, originator_id: UUID | str, *, gt: int | None = None, lte: int | None = None,
+        desc: bool = False, limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        """The library's read of one aggregate's events (what loading it runs), on the
+        kept connection, by a statement rendered once per shape, in binary: the
+        library's own composes its SQL on every call, checks out a pooled connection
+        through its wrapper and reads every column as dicts, ~60 µs of an update
+        command's client CPU (issue 27)."""
+        shape = (gt is not None, lte is not None, desc, limit is not None)
+        statement = self._select_by_shape.get(shape)
+        if statement is None:
+            statement = self._select_by_shape[shape] = _select_events(
+                self.events_table_name, *shape)
+        params = [value for value in (gt, lte, limit) if value is not None]
+        with self.connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(statement, (as_uuid(originator_id), *params), prepare=True,
+                         binary=True)
+            return [StoredEvent(row[0], row[1], row[2], bytes(row[3]))
+                    for row in curs.fetchall()]
 
     def _append(self, conn: psycopg.Connection[Any], stored_events: Sequence[StoredEvent],
                 kwargs: dict[str, Any]) -> list[int]:
@@ -390,6 +414,18 @@ class AuraRecorder(PostgresApplicationRecorder):
             )
         else:
             curs.execute(self._insert_plain, columns, binary=True)
+
+
+def _select_events(table: str, gt: bool, lte: bool, desc: bool, limit: bool) -> sql.SQL:
+    """The statement of one shape of ``select_events`` (which bounds it is given)."""
+    return _rendered(sql.SQL(
+        "SELECT originator_id, originator_version, topic, state FROM {t}"
+        " WHERE originator_id = %s{gt}{lte} ORDER BY originator_version {order}{limit}"
+    ).format(t=sql.Identifier(table),
+             gt=sql.SQL(" AND originator_version > %s" if gt else ""),
+             lte=sql.SQL(" AND originator_version <= %s" if lte else ""),
+             order=sql.SQL("DESC" if desc else "ASC"),
+             limit=sql.SQL(" LIMIT %s" if limit else "")))
 
 
 def _one_row(e: StoredEvent) -> tuple[Any, ...]:

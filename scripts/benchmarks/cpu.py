@@ -18,6 +18,7 @@ import pstats
 import statistics
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -67,6 +68,11 @@ def measure(url: str, n: int) -> dict[str, float]:
     raw = psycopg.connect(url, autocommit=True)
     insert = ("INSERT INTO aura_events (originator_id, originator_version, topic, state)"
               " VALUES (%s, 1, 'bench.raw.v1', %s)")
+    # An update needs an aggregate of its own: calls requested beforehand, each completed
+    # once (the warm-up takes some too).
+    requested = iter([app.request_llm_call("acme", "openai", "gpt-4o", 10,
+                                           idempotency_key=f"r{i}-{uuid4()}")
+                      for i in range(n + 100)])
     try:
         figures = side_by_side(n, {
             "bare psycopg INSERT": (1, lambda i: raw.execute(insert, (uuid4(), _ROW))),
@@ -75,6 +81,9 @@ def measure(url: str, n: int) -> dict[str, float]:
             "keyed single-event command": (
                 1, lambda i: app.start_debate("AI ethics", ["a", "b"],
                                               idempotency_key=f"k{i}-{uuid4()}")),
+            "keyed update command (load, decide, append)": (
+                1, lambda i: app.complete_llm_call(next(requested), 5, Decimal("0.01"), 12.0,
+                                                   idempotency_key=f"u{i}-{uuid4()}")),
             "a retried keyed command (absorbed)": (
                 1, lambda i: app.start_debate("AI ethics", ["a", "b"],
                                               idempotency_key="the-same-key")),
