@@ -276,13 +276,14 @@ class EventSourcedApp(Application[UUID]):
             raise AssertionError(f"{len(stored)} events stored, {len(positions)} positions")
         appended = [Appended(d.originator_id, d.originator_version, s.topic, position)
                     for d, s, position in zip(events, stored, positions, strict=True)]
-        if (self.repository.cache and not self.repository.fastforward) or (
-                self.snapshots and self.snapshotting_intervals):
+        cached = bool(self.repository.cache) and not self.repository.fastforward
+        if cached or (self.snapshots and self.snapshotting_intervals):
             processing_event = ProcessingEvent[UUID]()
             processing_event.events.extend(events)
             for aggregate in aggregates:
                 processing_event.aggregates[aggregate.id] = aggregate
-            if self.repository.cache and not self.repository.fastforward:
+            if cached:
+                assert self.repository.cache is not None
                 for aggregate in aggregates:
                     self.repository.cache.put(aggregate.id, aggregate)
             self._take_snapshots(processing_event)

@@ -388,3 +388,27 @@ def test_an_aggregates_events_are_read_as_the_librarys_own_read_gives_them(
     theirs = PostgresAggregateRecorder.select_events(app.recorder, debate, **kwargs)
     assert ours == theirs
     assert all(isinstance(e.state, bytes) for e in ours)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(aggregate_id=st.text(max_size=60) | st.uuids().map(str))
+def test_an_aggregate_id_that_is_no_uuid_is_refused_as_the_librarys_read_refuses_it(
+    small_app: AuraApp, aggregate_id: str,
+) -> None:
+    """Whatever text is given for an aggregate id (NUL, a huge one, a UUID's text), the
+    recorder's read answers as the library's: the same events, or a DataError."""
+    from eventsourcing.persistence import DataError
+    from eventsourcing.postgres import PostgresAggregateRecorder
+
+    app = small_app
+
+    def read(how: Any) -> Any:
+        try:
+            return list(how(app.recorder, aggregate_id))
+        except DataError:
+            return DataError
+
+    ours = read(type(app.recorder).select_events)
+    theirs = read(PostgresAggregateRecorder.select_events)
+    assert ours == theirs

@@ -30,13 +30,6 @@ from psycopg_pool import ConnectionPool
 from aura_es.store import liveness
 
 
-def connect_like(pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
-    """A new autocommit connection with the pool's parameters (not counted by it)."""
-    conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
-    kwargs = (pool.kwargs() if callable(pool.kwargs) else pool.kwargs) or {}
-    return psycopg.connect(conninfo, **{**kwargs, "autocommit": True})
-
-
 class OwnConnection:
     """A pooled connection for one user at a time: ``take`` it (None when another
     thread holds it, or the pool is closed: check one out instead), ``give_back`` it

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from eventsourcing import persistence
 from eventsourcing.postgres import PostgresDatastore
+from psycopg_pool import ConnectionPool
 
 # Most specific first: a psycopg error is turned into the first that it is an instance of.
 _ERRORS: tuple[tuple[type[psycopg.Error], type[persistence.PersistenceError]], ...] = (
@@ -36,6 +37,14 @@ def as_persistence_error(error: psycopg.Error) -> persistence.PersistenceError:
         if isinstance(error, driver_error):
             return library_error(str(error))
     return persistence.PersistenceError(str(error))  # pragma: no cover - psycopg.Error is last
+
+
+def connect_like(pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
+    """A new autocommit connection with the pool's parameters, not counted by it (the
+    waker's, which must never wait for a pooled one)."""
+    conninfo = pool.conninfo() if callable(pool.conninfo) else pool.conninfo
+    kwargs = (pool.kwargs() if callable(pool.kwargs) else pool.kwargs) or {}
+    return psycopg.connect(conninfo, **{**kwargs, "autocommit": True})
 
 
 @contextlib.contextmanager

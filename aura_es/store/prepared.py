@@ -4,7 +4,7 @@ psycopg's cursor prepares a statement after five runs too, but each run still go
 through its query conversion, its parameter dumpers, its prepared-statement cache and
 its result machinery: about 10 µs of a keyed command's client CPU beyond the libpq
 call (issue 27). The append's statements are few and fixed, and their parameters of
-four kinds, so they are prepared under a name of ours and run by ``send_query_prepared``
+five kinds, so they are prepared under a name of ours and run by ``send_query_prepared``
 with the parameters encoded here, all in binary, the result read in binary.
 
 Nothing here can go stale. The statement's plan is the server's (PostgreSQL replans a
@@ -28,7 +28,7 @@ from uuid import UUID
 import psycopg
 from psycopg import errors, generators, pq
 
-from aura_es.store.arrays import dump_texts
+from aura_es.store.arrays import as_uuid, dump_texts
 
 #: How a parameter of each kind is sent (all in binary: a text's UTF-8 bytes with their
 #: length, so a NUL is refused by the server instead of cutting the text short).
@@ -41,7 +41,7 @@ def text(value: str) -> bytes:
 
 
 def uuid(value: UUID | str) -> bytes:
-    return (value if isinstance(value, UUID) else UUID(value)).bytes
+    return as_uuid(value).bytes
 
 
 def bigint(value: int) -> bytes:
@@ -56,8 +56,6 @@ _ENCODERS: dict[str, Encode] = {"text": text, "uuid": uuid, "bigint": bigint, "b
                                 "text[]": dump_texts}
 _PLACEHOLDER = re.compile(r"%s::(\w+(?:\[\])?)")
 _names = itertools.count(1)
-#: SQLSTATE 26000: the server holds no statement of that name.
-_UNKNOWN_STATEMENT = "26000"
 
 
 class PreparedAppend:

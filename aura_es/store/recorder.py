@@ -39,7 +39,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import DataError, InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg import Cursor, sql
@@ -51,7 +51,7 @@ from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids, as_uuid
 from aura_es.store.keyring import Keyring, SubjectErased
 from aura_es.store.mapper import SealedStoredEvent
 from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
-from aura_es.store.own_connection import OwnConnection, connect_like
+from aura_es.store.own_connection import OwnConnection
 from aura_es.store.prepared import PreparedAppend
 
 #: No append statement runs longer than this (a stalled client cannot hold rows it
@@ -252,9 +252,13 @@ class AuraRecorder(PostgresApplicationRecorder):
         if statement is None:
             statement = self._select_by_shape[shape] = _select_events(
                 self.events_table_name, *shape)
+        try:
+            aggregate_id = as_uuid(originator_id)
+        except ValueError:  # as the library's read: the server refuses it, a DataError
+            raise DataError(f"aggregate id {str(originator_id)[:40]!r} is not a UUID") from None
         params = [value for value in (gt, lte, limit) if value is not None]
         with self.connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(statement, (as_uuid(originator_id), *params), prepare=True,
+            curs.execute(statement, (aggregate_id, *params), prepare=True,
                          binary=True)
             return [StoredEvent(row[0], row[1], row[2], bytes(row[3]))
                     for row in curs.fetchall()]
@@ -324,7 +328,7 @@ class AuraRecorder(PostgresApplicationRecorder):
             self._close_notifier()
             return
         if self._notifier is None or self._notifier.closed or self._notifier_pid != os.getpid():
-            self._notifier = connect_like(pool)
+            self._notifier = pooled.connect_like(pool)
             self._notifier_pid = os.getpid()
         try:
             self._notifier.execute(self._notify)
