@@ -112,6 +112,24 @@ def test_after_erase_nothing_is_left_and_everything_keeps_working(app: AuraApp) 
     assert app.get_debate(debate).arguments == 5
 
 
+def test_a_retried_command_of_an_erased_subject_gets_its_original_result(
+        app: AuraApp) -> None:
+    """The retry's save is refused (the subject is erased), and it is answered from its
+    key row as any retry is: the original result, nothing stored, nothing unsealed."""
+    debate = app.start_debate("tax", ["agent-1"], idempotency_key="d")
+    first = app.add_argument(debate, "agent-1", "pro", "Carol's view", round=1,
+                             idempotency_key="carol-1", subject="user-3")
+    erase(app, "user-3", "request 9")
+    head = app.head_position()
+    again = app.add_argument(debate, "agent-1", "pro", "Carol's view", round=1,
+                             idempotency_key="carol-1", subject="user-3")
+    assert (again.duplicate, again.positions) == (True, first.positions)
+    assert app.head_position() == head
+    with pytest.raises(SubjectErased, match="user-3"):
+        app.add_argument(debate, "agent-1", "pro", "Carol again", round=1,
+                         idempotency_key="carol-2", subject="user-3")
+
+
 def test_verify_names_a_table_that_kept_a_copy(app: AuraApp) -> None:
     debate = app.start_debate("tax", ["agent-1"], idempotency_key="d")
     argue(app, debate, "user-9", "a sentence that a careless table copies")

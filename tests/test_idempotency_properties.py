@@ -15,7 +15,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from aura_es import AuraApp, CommandResult, ConcurrencyConflict, IdempotencyKeyConflict
+from aura_es import (
+    AuraApp,
+    CommandResult,
+    ConcurrencyConflict,
+    DomainError,
+    IdempotencyKeyConflict,
+)
 from aura_es.commands import Command
 from aura_es.testing.servers import PostgresServer
 
@@ -93,6 +99,63 @@ def test_sequential_retries_store_once_and_conflicts_store_nothing(
             assert result.duplicate
             assert result == CommandResult(**{**seen[1].__dict__, "duplicate": True})
     assert stored_events(app) == 1 + len(first)
+
+
+@dataclass(frozen=True)
+class UpdateStep:
+    kind: str  # "argue" (a key, new or retried) | "retry-other" | "close"
+    key: int
+
+
+update_steps = st.lists(
+    st.builds(UpdateStep, kind=st.sampled_from(["argue", "argue", "retry-other", "close"]),
+              key=st.integers(0, 5)),
+    min_size=1, max_size=25,
+)
+
+
+@DB_SETTINGS
+@given(steps=update_steps)
+def test_a_retried_update_gets_its_original_result_whatever_its_aggregate_became(
+    app: AuraApp, steps: list[UpdateStep]
+) -> None:
+    """Updates go straight to the save (no lookup first): a retry is answered from its
+    key row whether the decide on today's state passes again (the key collides in the
+    insert) or is refused (the debate was closed since), and stores nothing."""
+    reset(app)
+    debate_id = app.start_debate("retries", ["a"], idempotency_key="setup")
+    first: dict[int, CommandResult] = {}
+    closed = False
+
+    def argue(key: int, text: str) -> CommandResult:
+        return app.add_argument(debate_id, "a", "for", text, round=1,
+                                idempotency_key=f"arg-{key}")
+
+    for step in steps:
+        head = app.head_position()
+        if step.kind == "close":
+            if not closed:
+                app.reach_consensus(debate_id, "done", idempotency_key="close")
+                closed = True
+            continue
+        if step.kind == "retry-other" and step.key in first:
+            with pytest.raises(IdempotencyKeyConflict):
+                argue(step.key, "other words")
+            assert app.head_position() == head
+            continue
+        if step.key in first:
+            again = argue(step.key, f"text {step.key}")
+            assert again == CommandResult(**{**first[step.key].__dict__, "duplicate": True})
+            assert app.head_position() == head
+        elif closed:
+            with pytest.raises(DomainError):
+                argue(step.key, f"text {step.key}")
+            assert app.head_position() == head
+        else:
+            first[step.key] = argue(step.key, f"text {step.key}")
+            assert not first[step.key].duplicate
+    assert stored_events(app) == 1 + len(first) + closed
+    assert app.get_debate(debate_id).arguments == len(first)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
