@@ -269,8 +269,8 @@ class EventSourcedApp(Application[UUID]):
         events: list[Any] = []
         for aggregate in aggregates:
             events.extend(aggregate.collect_events())
-        to_stored = self.mapper.to_stored_event
-        stored = [to_stored(e) for e in events]
+        assert isinstance(self.mapper, JsonMapper)
+        stored = self.mapper.to_stored_events(events)
         positions = self.recorder.insert_events(stored, **kwargs) or ()
         if len(positions) != len(stored):
             raise AssertionError(f"{len(stored)} events stored, {len(positions)} positions")

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from eventsourcing.persistence import StoredEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
@@ -44,8 +45,9 @@ from aura_es.personal import ERASED_TEXT, ERASURE_TOPIC, InvalidSubject, check_s
 from aura_es.projection import dlq
 from aura_es.projection.engine.loading import build
 from aura_es.projection.engine.runner import BatchRunner
-from aura_es.store import eventlog, keystore, sealing
+from aura_es.store import eventlog, idempotency, keystore, sealing
 from aura_es.store.keyring import Keyring, SubjectErased
+from aura_es.store.mapper import SealedStoredEvent
 from tests.support import arguments
 from tests.support.arguments import catch_up, every_byte, rows
 from tests.support.mirror import head, mirrored, publish, running_relay, stream_messages
@@ -128,6 +130,40 @@ def test_a_retried_command_of_an_erased_subject_gets_its_original_result(
     with pytest.raises(SubjectErased, match="user-3"):
         app.add_argument(debate, "agent-1", "pro", "Carol again", round=1,
                          idempotency_key="carol-2", subject="user-3")
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(count=st.sampled_from([1, 2, 10, 63, 64, 100, 200]), where=st.floats(0, 1),
+       keyed=st.booleans())
+def test_an_append_for_an_erased_subject_is_refused_by_its_own_statement(
+        app: AuraApp, count: int, where: float, keyed: bool) -> None:
+    """A writer that still holds the subject's key (another process, its cache) gets
+    past the mapper: the append's statement checks, whatever its shape (one event, many,
+    a long one in chunks with the sealed event in any chunk), and stores nothing."""
+    with app.connect() as conn:
+        erased = conn.execute("SELECT 1 FROM aura_subject_keys WHERE subject = 'user-6'"
+                              " AND erased_at IS NOT NULL").fetchone()
+    if not erased:
+        debate = app.start_debate("tax", ["agent-1"], idempotency_key="d-6")
+        argue(app, debate, "user-6", "to be erased")
+        erase(app, "user-6", "request 6")
+    aggregate_id = uuid.uuid4()
+    sealed_at = min(count, int(where * count) + 1)
+    stored = [SealedStoredEvent(aggregate_id, v, "test.raw.v1", b"{}", "user-6")
+              if v == sealed_at else StoredEvent(aggregate_id, v, "test.raw.v1", b"{}")
+              for v in range(1, count + 1)]
+    record = idempotency.IdempotencyRecord(
+        key_hash=uuid.uuid4().hex, command_type="c", idempotency_key="k",
+        aggregate_id=aggregate_id, request_hash="r", from_version=1, to_version=count)
+    kwargs = idempotency.KeyRows((record,)).as_save_kwargs() if keyed else {}
+    with pytest.raises(SubjectErased, match="user-6"):
+        app.recorder.insert_events(stored, **kwargs)
+    with app.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM aura_events WHERE originator_id = %s",
+                            (aggregate_id,)).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM aura_idempotency WHERE key_hash = %s",
+                            (record.key_hash,)).fetchone() == (0,)
 
 
 def test_verify_names_a_table_that_kept_a_copy(app: AuraApp) -> None:

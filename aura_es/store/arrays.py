@@ -119,6 +119,35 @@ def dump_texts(values: list[str]) -> bytes:
     return _UTF8_TEXTS.dump(values)
 
 
+def dump_uuids(values: list[Any]) -> bytes:
+    """A ``uuid[]`` in binary, for statements run by libpq."""
+    return _UUIDS.dump(values)
+
+
+def dump_bigints(values: list[int]) -> bytes:
+    """A ``bigint[]`` in binary, for statements run by libpq."""
+    return _BIGINTS.dump(values)
+
+
+def dump_blobs(values: list[bytes]) -> bytes:
+    """A ``bytea[]`` in binary, for statements run by libpq."""
+    return _BLOBS.dump(values)
+
+
+_NULL = _LENGTH.pack(-1)
+
+
+def dump_nullable_texts(values: list[str | None]) -> bytes:
+    """A ``text[]`` in binary whose elements may be NULL (an event without a subject)."""
+    if not values:
+        return _EMPTY.pack(0, 0, _TextsDumper.element_oid)
+    has_null = any(value is None for value in values)
+    body = b"".join(
+        _NULL if value is None else _LENGTH.pack(len(data := _text(value).encode())) + data
+        for value in values)
+    return _HEADER.pack(1, int(has_null), _TextsDumper.element_oid, len(values), 1) + body
+
+
 def as_uuid(value: Any) -> UUID:
     """A UUID, from a UUID or its text (the append writes only UUIDs)."""
     return value if isinstance(value, UUID) else UUID(str(value))
@@ -129,3 +158,6 @@ for _cls, _dumper in ((Texts, _TextsDumper), (Uuids, _UuidsDumper),
     psycopg.adapters.register_dumper(_cls, _dumper)
 
 _UTF8_TEXTS = _TextsDumper(Texts)
+_UUIDS = _UuidsDumper(Uuids)
+_BIGINTS = _BigIntsDumper(BigInts)
+_BLOBS = _BlobsDumper(Blobs)

@@ -115,6 +115,48 @@ def _writing(cls: type) -> tuple[str, int, str]:
     return topic, class_version, f"event {topic} (schema v{class_version})"
 
 
+#: Appends of at least this many events are mapped as the recorder asks for them.
+LAZY_FROM = 64
+
+
+class MappedLazily(abc.Sequence[StoredEvent]):
+    """Domain events, each mapped the first time it is asked for, and kept: a second
+    pass (the recorder's retry after a lost connection, the application's results)
+    maps nothing again. A mapping that fails raises where the event is asked for."""
+
+    def __init__(self, events: list[DomainEventProtocol[UUID]],
+                 to_stored: Callable[[DomainEventProtocol[UUID]], StoredEvent]) -> None:
+        self._events = events
+        self._to_stored = to_stored
+        self._mapped: list[StoredEvent] = []
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @typing.overload
+    def __getitem__(self, index: int) -> StoredEvent: ...
+
+    @typing.overload
+    def __getitem__(self, index: slice) -> abc.Sequence[StoredEvent]: ...
+
+    def __getitem__(self, index: int | slice) -> StoredEvent | abc.Sequence[StoredEvent]:
+        if isinstance(index, slice):
+            wanted = range(len(self._events))[index]
+            self._map_until(max(wanted, default=-1) + 1)
+            return [self._mapped[i] for i in wanted]
+        self._map_until(len(self._events) if index < 0 else index + 1)
+        return self._mapped[index]
+
+    def __iter__(self) -> abc.Iterator[StoredEvent]:
+        self._map_until(len(self._events))
+        return iter(self._mapped)
+
+    def _map_until(self, end: int) -> None:
+        mapped, to_stored = self._mapped, self._to_stored
+        for event in self._events[len(mapped):end]:
+            mapped.append(to_stored(event))
+
+
 @dataclass(frozen=True)
 class SealedStoredEvent(StoredEvent):
     """A stored event whose personal fields are sealed: the recorder writes its subject
@@ -172,6 +214,16 @@ class JsonMapper(Mapper[UUID]):
             topic=topic,
             state=state,
         )
+
+    def to_stored_events(self, events: list[DomainEventProtocol[UUID]]
+                         ) -> abc.Sequence[StoredEvent]:
+        """The events mapped, a long run of them as the recorder asks for them (it sends
+        the first chunk while the next is mapped: ``pipelined.py``). Mapped at once when
+        one must be sealed: its subject's key may need a connection from the pool the
+        recorder is appending on."""
+        if len(events) < LAZY_FROM or any(personal_fields(type(e)) for e in events):
+            return [self.to_stored_event(e) for e in events]
+        return MappedLazily(events, self.to_stored_event)
 
     def _sealed(self, event_state: dict[str, Any], fields: dict[str, tuple[Any, Any]],
                 cls: type, originator_id: UUID, originator_version: int, topic: str,

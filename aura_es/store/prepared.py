@@ -28,12 +28,19 @@ from uuid import UUID
 import psycopg
 from psycopg import errors, generators, pq
 
-from aura_es.store.arrays import as_uuid, dump_texts
+from aura_es.store.arrays import (
+    as_uuid,
+    dump_bigints,
+    dump_blobs,
+    dump_nullable_texts,
+    dump_uuids,
+)
 
 #: How a parameter of each kind is sent (all in binary: a text's UTF-8 bytes with their
 #: length, so a NUL is refused by the server instead of cutting the text short).
 Encode = Callable[[Any], bytes]
 _INT8 = struct.Struct(">q")
+_INT4 = struct.Struct(">i")
 
 
 def text(value: str) -> bytes:
@@ -52,8 +59,17 @@ def bytea(value: bytes) -> bytes:
     return bytes(value)
 
 
-_ENCODERS: dict[str, Encode] = {"text": text, "uuid": uuid, "bigint": bigint, "bytea": bytea,
-                                "text[]": dump_texts}
+def integer(value: int) -> bytes:
+    return _INT4.pack(value)
+
+
+_ENCODERS: dict[str, Encode] = {
+    "text": text, "uuid": uuid, "bigint": bigint, "bytea": bytea, "integer": integer,
+    # A text[] may hold NULLs (the subjects of events without personal fields); the
+    # other arrays never do (their dumpers refuse None).
+    "text[]": dump_nullable_texts, "uuid[]": dump_uuids, "bigint[]": dump_bigints,
+    "bytea[]": dump_blobs,
+}
 _PLACEHOLDER = re.compile(r"%s::(\w+(?:\[\])?)")
 _names = itertools.count(1)
 
@@ -77,10 +93,31 @@ class PreparedAppend:
         # Which connections hold it: weak, so a closed connection is forgotten with it.
         self._held: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
+    def encode(self, params: Sequence[Any]) -> list[bytes]:
+        return [encode(value) for encode, value in zip(self._encoders, params, strict=True)]
+
+    # For a pipeline (``pipelined.py``), which queues the preparation and the runs, and
+    # says which connections hold the statement once the server has answered.
+
+    def held_by(self, conn: psycopg.Connection[Any]) -> bool:
+        return conn in self._held
+
+    def send_prepare(self, conn: psycopg.Connection[Any]) -> None:
+        conn.pgconn.send_prepare(self.name, self.text.encode())
+
+    def send_run(self, conn: psycopg.Connection[Any], encoded: list[bytes]) -> None:
+        conn.pgconn.send_query_prepared(self.name, encoded, self._formats, pq.Format.BINARY)
+
+    def mark_held(self, conn: psycopg.Connection[Any], held: bool) -> None:
+        if held:
+            self._held.add(conn)
+        else:
+            self._held.discard(conn)
+
     def positions(self, conn: psycopg.Connection[Any], params: Sequence[Any]) -> list[int]:
         """Runs the statement on ``conn`` (autocommit, not in use by anyone else) and
         returns the positions; errors are psycopg's, as a cursor would raise them."""
-        encoded = [encode(value) for encode, value in zip(self._encoders, params, strict=True)]
+        encoded = self.encode(params)
         if conn not in self._held:
             self._prepare(conn)
         try:
@@ -101,11 +138,8 @@ class PreparedAppend:
     def _run(self, conn: psycopg.Connection[Any], encoded: list[bytes]) -> list[int]:
         pgconn = conn.pgconn
         pgconn.send_query_prepared(self.name, encoded, self._formats, pq.Format.BINARY)
-        result = self._check(conn, conn.wait(generators.execute(pgconn)),
-                             pq.ExecStatus.TUPLES_OK)
-        unpack = _INT8.unpack
-        return [unpack(result.get_value(row, 0))[0]  # type: ignore[arg-type]
-                for row in range(result.ntuples)]
+        return read_positions(self._check(conn, conn.wait(generators.execute(pgconn)),
+                                          pq.ExecStatus.TUPLES_OK))
 
     @staticmethod
     def _check(conn: psycopg.Connection[Any], results: list[pq.abc.PGresult],
@@ -118,3 +152,10 @@ class PreparedAppend:
                         errors="replace").strip())
             raise errors.error_from_result(result, encoding=conn.info.encoding)
         return result
+
+
+def read_positions(result: pq.abc.PGresult) -> list[int]:
+    """The bigints of a result's one column, read in binary."""
+    unpack = _INT8.unpack
+    return [unpack(result.get_value(row, 0))[0]  # type: ignore[arg-type]
+            for row in range(result.ntuples)]

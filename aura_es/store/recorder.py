@@ -48,10 +48,12 @@ from psycopg.rows import tuple_row
 from aura_es.errors import ServiceUnavailable
 from aura_es.store import idempotency, keystore, pooled, wakeup
 from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids, as_uuid
+from aura_es.store.chunked import CHUNKED_FROM, ChunkStatements, append_statement
 from aura_es.store.keyring import Keyring, SubjectErased
 from aura_es.store.mapper import SealedStoredEvent
 from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
 from aura_es.store.own_connection import OwnConnection
+from aura_es.store.pipelined import append_in_chunks
 from aura_es.store.prepared import PreparedAppend
 
 #: No append statement runs longer than this (a stalled client cannot hold rows it
@@ -128,16 +130,6 @@ class AuraRecorder(PostgresApplicationRecorder):
         ).format(ms=sql.Literal(f"{SERIAL_LOCK_TIMEOUT_SECONDS * 1000}"),
                  t=sql.Identifier(events_table_name))
         self.sql_create_statements.extend(log_ddl(events_table_name))  # type: ignore[arg-type]
-        events = sql.SQL(
-            "first AS (SELECT {reserve}(%s) AS first),"
-            " ev AS (INSERT INTO {events}"
-            " (notification_id, originator_id, originator_version, topic, state)"
-            " SELECT first.first + e.n - 1, e.id, e.v, e.t, e.s FROM first,"
-            " unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
-            " WITH ORDINALITY AS e(id, v, t, s, n) RETURNING notification_id)"
-            " SELECT notification_id FROM ev ORDER BY notification_id"
-        ).format(reserve=sql.Identifier(RESERVE_FUNCTION),
-                 events=sql.Identifier(events_table_name))
         # A NOTIFY takes a transaction id, and its commit would wait for a WAL flush under
         # the server-wide notify lock. It is only a hint (readers also poll), so it need
         # not wait for the disk. SET LOCAL, in one round trip: a session-wide SET would
@@ -151,8 +143,8 @@ class AuraRecorder(PostgresApplicationRecorder):
         self._notifier_pid = 0
         self.waker = wakeup.register(wakeup.Waker(
             self._send_notify, self._close_notifier, min_interval=wake_interval))
-        # One event (most commands): plain parameters, dumped by psycopg's C code. The
-        # arrays above are dumped in Python, ~60 µs of a keyed command's client CPU.
+        # One event (most commands): plain parameters, not arrays (dumped in Python, ~60
+        # µs of a keyed command's client CPU through psycopg's cursor).
         event = sql.SQL(
             "ev AS (INSERT INTO {events}"
             " (notification_id, originator_id, originator_version, topic, state)"
@@ -163,7 +155,9 @@ class AuraRecorder(PostgresApplicationRecorder):
                  events=sql.Identifier(events_table_name))
         # Events with sealed personal fields: the subject column, and a check in the same
         # statement that no subject is erased (``keystore``: AUR01). ``ok`` is joined into
-        # the insert, so it runs first.
+        # the insert, so it runs first, and its value is tested: the check is STABLE, and
+        # a value nobody reads was never computed (PostgreSQL 16 dropped it, and the
+        # appends of an erased subject's writers holding its key went through).
         check = sql.SQL("ok AS (SELECT {f}(%s::text[]) AS ok)").format(
             f=sql.Identifier(keystore.CHECK_FUNCTION))
         into = sql.SQL(
@@ -171,31 +165,25 @@ class AuraRecorder(PostgresApplicationRecorder):
             " (notification_id, originator_id, originator_version, topic, state, subject)"
         ).format(events=sql.Identifier(events_table_name))
         reserve = sql.Identifier(RESERVE_FUNCTION)
-        sealed = sql.SQL(
-            "{check}, first AS (SELECT {reserve}(%s) AS first FROM ok), {into}"
-            " SELECT first.first + e.n - 1, e.id, e.v, e.t, e.s, e.subject FROM first,"
-            " unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s::text[])"
-            " WITH ORDINALITY AS e(id, v, t, s, subject, n) RETURNING notification_id)"
-            " SELECT notification_id FROM ev ORDER BY notification_id"
-        ).format(check=check, into=into, reserve=reserve)
         # One sealed event (most commands): plain parameters, as ``event`` below.
         sealed_one = sql.SQL(
             "{check}, {into} SELECT {reserve}(1), %s::uuid, %s::bigint, %s::text, %s::bytea,"
-            " %s::text FROM ok RETURNING notification_id)"
+            " %s::text FROM ok WHERE ok.ok = 1 RETURNING notification_id)"
             " SELECT notification_id FROM ev"
         ).format(check=check, into=into, reserve=reserve)
-        self._insert_sealed = _rendered(sql.SQL("WITH {sealed}").format(sealed=sealed))
-        self._insert_sealed_with_keys = _rendered(
-            sql.SQL("WITH keys AS ({keys}), {sealed}").format(
-                keys=idempotency.INSERT, sealed=sealed))
+        # Many events: the key rows and the events from arrays (``chunked.py``); a long
+        # run of them in chunks.
+        table = events_table_name
+        self._insert_plain = sql.SQL(append_statement(table, sealed=False, keys=False))
+        self._insert_with_keys = sql.SQL(append_statement(table, sealed=False, keys=True))
+        self._insert_sealed = sql.SQL(append_statement(table, sealed=True, keys=False))
+        self._insert_sealed_with_keys = sql.SQL(append_statement(table, sealed=True, keys=True))
+        self._chunked = ChunkStatements(table)
         self._insert_sealed_one = _rendered(sql.SQL("WITH {one}").format(one=sealed_one))
         self._insert_sealed_one_with_key = _rendered(
             sql.SQL("WITH keys AS ({key}), {one}").format(
                 key=idempotency.INSERT_ONE, one=sealed_one))
         # Rendered once: psycopg would compose the statement again on every append.
-        self._insert_plain = _rendered(sql.SQL("WITH {events}").format(events=events))
-        self._insert_with_keys = _rendered(sql.SQL("WITH keys AS ({keys}), {events}").format(
-            keys=idempotency.INSERT, events=events))
         self._insert_one = _rendered(sql.SQL("WITH {event}").format(event=event))
         self._insert_one_with_key = _rendered(sql.SQL("WITH keys AS ({key}), {event}").format(
             key=idempotency.INSERT_ONE, event=event))
@@ -265,11 +253,13 @@ class AuraRecorder(PostgresApplicationRecorder):
 
     def _append(self, conn: psycopg.Connection[Any], stored_events: Sequence[StoredEvent],
                 kwargs: dict[str, Any]) -> list[int]:
-        if not self.serial and len(stored_events) == 1:
+        if (not self.serial and (len(stored_events) == 1 or len(stored_events) >= CHUNKED_FROM)
+                and conn.pgconn.parameter_status(b"client_encoding") == b"UTF8"):
             keys = idempotency.KeyRows.from_save_kwargs(kwargs)
             records = keys.records if keys is not None else ()
-            if (len(records) <= 1
-                    and conn.pgconn.parameter_status(b"client_encoding") == b"UTF8"):
+            if len(stored_events) > 1:
+                return self._append_in_chunks(conn, stored_events, records)
+            if len(records) <= 1:
                 return self._append_one(conn, stored_events[0], records)
         # Rows as tuples: the dict row factory builds the column names on every append.
         with conn.cursor(row_factory=tuple_row) as curs:
@@ -300,6 +290,18 @@ class AuraRecorder(PostgresApplicationRecorder):
         sealed = self._prepared_sealed_one_with_key if records else self._prepared_sealed_one
         try:
             return sealed.positions(conn, (*key, [subject], *_one_row(e), subject))
+        except psycopg.Error as error:
+            self._raise_if_erased(error)
+            raise
+
+    def _append_in_chunks(self, conn: psycopg.Connection[Any],
+                          stored_events: Sequence[StoredEvent],
+                          records: tuple[idempotency.IdempotencyRecord, ...]) -> list[int]:
+        """Many events: in chunks, one transaction, the server inserting a chunk while
+        the next is mapped (``pipelined.py``)."""
+        try:
+            return append_in_chunks(conn, self._chunked.statements,
+                                    lambda: self._chunked.chunks(stored_events, records))
         except psycopg.Error as error:
             self._raise_if_erased(error)
             raise
