@@ -264,3 +264,22 @@ def test_a_long_append_racing_writers_keeps_its_block(small_app: AuraApp) -> Non
         stop.set()
         for t in writers:
             t.join()
+
+
+def test_an_append_larger_than_the_sockets_buffers_is_stored_whole(
+    small_app: AuraApp,
+) -> None:
+    """40 MB in 625 chunks: sends that cannot complete at once (the server still busy
+    with the first chunks) are finished while its answers are read, and every event is
+    stored, in one block."""
+    aggregate_id = uuid4()
+    state = b'{"pad": "' + b"x" * 2000 + b'"}'
+    stored = [StoredEvent(aggregate_id, v, "test.raw.v1", state) for v in range(1, 20_001)]
+    positions = small_app.recorder.insert_events(stored)
+    assert positions is not None
+    assert list(positions) == list(range(positions[0], positions[0] + 20_000))
+    with small_app.connect() as conn:
+        assert conn.execute("SELECT count(*), min(originator_version), max(originator_version)"
+                            " FROM aura_events WHERE originator_id = %s",
+                            (aggregate_id,)).fetchone() == (20_000, 1, 20_000)
+    _held_is_idle(small_app)

@@ -77,7 +77,7 @@ class _Pipeline:
         pgconn.enter_pipeline_mode()
         unmappable: Exception | None = None
         try:
-            self._send(partial(pgconn.send_query_params, b"BEGIN", None))
+            self._queue(partial(pgconn.send_query_params, b"BEGIN", None))
             try:
                 for statement, params in chunks:
                     encoded = statement.encode(params)
@@ -85,13 +85,15 @@ class _Pipeline:
                         # Only what the append uses: a store without keys or sealed
                         # subjects has no table for the statements that write them.
                         self._preparing.append(statement)
-                        self._send(partial(statement.send_prepare, conn), prepares=statement)
-                    self._send(partial(statement.send_run, conn, encoded), runs=statement)
+                        self._queue(partial(statement.send_prepare, conn), prepares=statement)
+                    self._queue(partial(statement.send_run, conn, encoded), runs=statement)
+                    self._push()  # on the server while the next chunk is mapped
             except Exception as e:  # a chunk not mapped or encoded: nothing may commit
                 unmappable = e
             end = b"COMMIT" if unmappable is None else b"ROLLBACK"
-            self._send(partial(pgconn.send_query_params, end, None))
-            self._send(pgconn.pipeline_sync)
+            self._queue(partial(pgconn.send_query_params, end, None))
+            self._queue(pgconn.pipeline_sync)
+            self._push()
             self._read_to_sync()
             if pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 self._roll_back()  # a refused chunk left the transaction open, failed
@@ -106,13 +108,20 @@ class _Pipeline:
             raise _OutOfStep
         return self._positions()
 
-    def _send(self, send: Callable[[], None], *, prepares: PreparedAppend | None = None,
-              runs: PreparedAppend | None = None) -> None:
-        """Sends a query, reading the results that have arrived (so neither side waits
-        on a full socket during a large append)."""
+    def _queue(self, send: Callable[[], None], *, prepares: PreparedAppend | None = None,
+               runs: PreparedAppend | None = None) -> None:
+        """A query into libpq's buffer (sent by ``_push``)."""
         self._sent.append((prepares, runs))
-        self._results.extend(self._conn.wait(
-            generators.pipeline_communicate(self._pgconn, deque([send]))))
+        send()
+
+    def _push(self) -> None:
+        """Sends what is buffered. While the server cannot take it all (its answers to
+        the chunks before wait for this process to read them, a long append's), reads
+        them meanwhile: neither side waits on the other. A flush that completes at once,
+        the common case, costs one system call."""
+        while self._pgconn.flush():
+            self._results.extend(self._conn.wait(
+                generators.pipeline_communicate(self._pgconn, deque())))
 
     def _read_to_sync(self) -> None:
         while not (self._results and self._results[-1][0].status == _SYNC):
