@@ -80,7 +80,7 @@ class ChunkStatements:
             for sealed in (False, True) for keys in (False, True)}
         self._next = {sealed: PreparedAppend(append_statement(
             table, sealed=sealed, keys=False, first=_AT_OFFSET)) for sealed in (False, True)}
-        #: Every statement a chunk may use (prepared before a pipeline starts).
+        #: Every statement a chunk may use (each prepared on a connection when first used).
         self.statements = [*self._first.values(), *self._next.values()]
 
     def chunks(self, stored_events: Sequence[StoredEvent],
