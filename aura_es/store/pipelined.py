@@ -95,6 +95,9 @@ class _Pipeline:
             self._queue(pgconn.pipeline_sync)
             self._push()
             self._read_to_sync()
+            if len(self._results) != len(self._sent):
+                raise psycopg.InterfaceError(f"a pipelined append read {len(self._results)}"
+                                             f" results for {len(self._sent)} queries")
             if pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 self._roll_back()  # a refused chunk left the transaction open, failed
             pgconn.exit_pipeline_mode()
@@ -114,27 +117,27 @@ class _Pipeline:
         self._sent.append((prepares, runs))
         send()
 
-    def _push(self) -> None:
+    def _push(self, results: list[list[pq.abc.PGresult]] | None = None) -> None:
         """Sends what is buffered. While the server cannot take it all (its answers to
         the chunks before wait for this process to read them, a long append's), reads
         them meanwhile: neither side waits on the other. A flush that completes at once,
         the common case, costs one system call."""
+        into = self._results if results is None else results
         while self._pgconn.flush():
-            self._results.extend(self._conn.wait(
+            into.extend(self._conn.wait(
                 generators.pipeline_communicate(self._pgconn, deque())))
 
-    def _read_to_sync(self) -> None:
-        while not (self._results and self._results[-1][0].status == _SYNC):
-            self._results.append(self._conn.wait(generators.fetch_many(self._pgconn)))
-        if len(self._results) != len(self._sent):
-            raise psycopg.InterfaceError(f"a pipelined append read {len(self._results)}"
-                                         f" results for {len(self._sent)} queries")
+    def _read_to_sync(self, results: list[list[pq.abc.PGresult]] | None = None) -> None:
+        into = self._results if results is None else results
+        while not (into and into[-1][0].status == _SYNC):
+            into.append(self._conn.wait(generators.fetch_many(self._pgconn)))
 
     def _roll_back(self) -> None:
         self._pgconn.send_query_params(b"ROLLBACK", None)
         self._pgconn.pipeline_sync()
-        while self._conn.wait(generators.fetch_many(self._pgconn))[0].status != _SYNC:
-            pass
+        results: list[list[pq.abc.PGresult]] = []
+        self._push(results)
+        self._read_to_sync(results)
 
     def _learn_what_is_held(self) -> bool:
         """Which statements the connection holds, from the server's answers; True when
