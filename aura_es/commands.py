@@ -163,14 +163,14 @@ class CommandPipeline:
         for attempt in range(self.store.max_attempts):
             try:
                 aggregate = self._decide(prepared)
+                appended = self.store.save_commands(aggregate, records=[prepared.record])
             except (DomainError, AggregateNotFound):
-                # Stored already (a retry, or a concurrent duplicate): then the command
-                # is not invalid, it is done (e.g. "complete" of a completed call).
+                # Refused by the decide (e.g. "complete" of a completed call) or at the
+                # save (its subject erased since): when the command is stored already (a
+                # retry, or a concurrent duplicate), it is not invalid, it is done.
                 if earlier := self._stored_result(prepared):
                     return earlier
                 raise
-            try:
-                appended = self.store.save_commands(aggregate, records=[prepared.record])
             except IntegrityError:
                 if earlier := self._stored_result(prepared):
                     return earlier
@@ -182,12 +182,6 @@ class CommandPipeline:
                 # jitter so the racers spread out, then decide again on the new state.
                 time.sleep(VERSION_RACE.delay(attempt + 1))
                 continue
-            except DomainError:
-                # Refused at the save (its subject erased since): a retry of a command
-                # stored before still gets its original result.
-                if earlier := self._stored_result(prepared):
-                    return earlier
-                raise
             assert prepared.record is not None
             return CommandResult(
                 aggregate_id=prepared.aggregate_id,

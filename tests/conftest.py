@@ -51,6 +51,14 @@ def app(db_url: str) -> Iterator[AuraApp]:
     application.close()
 
 
+@pytest.fixture
+def small_app(db_url: str) -> Iterator[AuraApp]:
+    """An application whose pool holds one connection: the one its recorder keeps."""
+    application = AuraApp(db_url, pool_size=1)
+    yield application
+    application.close()
+
+
 @pytest.fixture(scope="session")
 def nats_url(aura_nats_url: str) -> str:
     return aura_nats_url

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -63,13 +63,6 @@ def open_ledger(key: str, amounts: list[float]) -> Create[Ledger]:
     # holding one is refused before anything is sent).
     return Create("open_ledger", key, {"amounts": repr(amounts)},
                   lambda id_: Ledger.opened(id_, amounts))
-
-
-@pytest.fixture
-def small_app(db_url: str) -> Iterator[AuraApp]:
-    application = AuraApp(db_url, pool_size=1)
-    yield application
-    application.close()
 
 
 def _rows(app: AuraApp, aggregate_id: UUID) -> list[tuple[int, int, str]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import multiprocessing
 import re
 import threading
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -27,13 +26,6 @@ from aura_es.store.prepared import PreparedAppend
 STEPS = st.lists(st.sampled_from(["append", "retry", "terminate", "deallocate",
                                   "add column", "drop column", "open transaction"]),
                  min_size=1, max_size=10)
-
-
-@pytest.fixture
-def small_app(db_url: str) -> Iterator[AuraApp]:
-    application = AuraApp(db_url, pool_size=1)
-    yield application
-    application.close()
 
 
 def _stored(app: AuraApp, aggregate_id: UUID) -> list[tuple[int, int, str]]:

@@ -24,6 +24,7 @@ _EMPTY = struct.Struct(">iiI")
 _LENGTH = struct.Struct(">i")
 _INT8 = struct.Struct(">iq")  # its length (8), then the value
 _UUID_LENGTH = b"\x00\x00\x00\x10"
+_NULL = _LENGTH.pack(-1)  # a NULL element
 
 
 class _Typed(list[Any]):
@@ -114,9 +115,15 @@ def _text(value: Any) -> str:
     return text
 
 
-def dump_texts(values: list[str]) -> bytes:
-    """A ``text[]`` in PostgreSQL's binary format (UTF-8), for statements run by libpq."""
-    return _UTF8_TEXTS.dump(values)
+def dump_texts(values: list[str | None]) -> bytes:
+    """A ``text[]`` in PostgreSQL's binary format (UTF-8), for statements run by libpq;
+    its elements may be NULL (the subjects of events without personal fields)."""
+    if not any(map(is_, values, repeat(None))):
+        return _UTF8_TEXTS.dump(values)
+    body = b"".join(
+        _NULL if value is None else _LENGTH.pack(len(data := _text(value).encode())) + data
+        for value in values)
+    return _HEADER.pack(1, 1, _TextsDumper.element_oid, len(values), 1) + body
 
 
 def dump_uuids(values: list[Any]) -> bytes:
@@ -132,20 +139,6 @@ def dump_bigints(values: list[int]) -> bytes:
 def dump_blobs(values: list[bytes]) -> bytes:
     """A ``bytea[]`` in binary, for statements run by libpq."""
     return _BLOBS.dump(values)
-
-
-_NULL = _LENGTH.pack(-1)
-
-
-def dump_nullable_texts(values: list[str | None]) -> bytes:
-    """A ``text[]`` in binary whose elements may be NULL (an event without a subject)."""
-    if not values:
-        return _EMPTY.pack(0, 0, _TextsDumper.element_oid)
-    has_null = any(value is None for value in values)
-    body = b"".join(
-        _NULL if value is None else _LENGTH.pack(len(data := _text(value).encode())) + data
-        for value in values)
-    return _HEADER.pack(1, int(has_null), _TextsDumper.element_oid, len(values), 1) + body
 
 
 def as_uuid(value: Any) -> UUID:

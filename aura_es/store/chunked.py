@@ -45,29 +45,24 @@ def append_statement(table: str, *, sealed: bool, keys: bool, first: str = _RESE
     seven arrays (``keys``), the subjects to check (``sealed``), the block's count (or a
     later chunk's offset), the events' four arrays, their subjects (``sealed``)."""
     start = sql.SQL(first).format(reserve=sql.Identifier(RESERVE_FUNCTION))
-    if sealed:
-        body = sql.SQL(
-            "ok AS (SELECT {check}(%s::text[]) AS ok),"
-            " first AS (SELECT {start} AS first FROM ok WHERE ok.ok = 1),"
-            " ev AS (INSERT INTO {t}"
-            " (notification_id, originator_id, originator_version, topic, state, subject)"
-            " SELECT first.first + e.n - 1, e.id, e.v, e.t, e.s, e.subject FROM first,"
-            " unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[], %s::text[])"
-            " WITH ORDINALITY AS e(id, v, t, s, subject, n) RETURNING notification_id)"
-        ).format(check=sql.Identifier(keystore.CHECK_FUNCTION), start=start,
-                 t=sql.Identifier(table))
+    ctes = [sql.SQL("keys AS ({})").format(idempotency.INSERT)] if keys else []
+    if sealed:  # the check's value is tested: a value nobody reads is never computed
+        ctes += [sql.SQL("ok AS (SELECT {}(%s::text[]) AS ok)").format(
+                     sql.Identifier(keystore.CHECK_FUNCTION)),
+                 sql.SQL("first AS (SELECT {} AS first FROM ok WHERE ok.ok = 1)").format(start)]
     else:
-        body = sql.SQL(
-            "first AS (SELECT {start} AS first),"
-            " ev AS (INSERT INTO {t}"
-            " (notification_id, originator_id, originator_version, topic, state)"
-            " SELECT first.first + e.n - 1, e.id, e.v, e.t, e.s FROM first,"
-            " unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[])"
-            " WITH ORDINALITY AS e(id, v, t, s, n) RETURNING notification_id)"
-        ).format(start=start, t=sql.Identifier(table))
-    with_keys = sql.SQL("keys AS ({}), ").format(idempotency.INSERT) if keys else sql.SQL("")
-    return sql.SQL("WITH {keys}{body} SELECT notification_id FROM ev ORDER BY notification_id"
-                   ).format(keys=with_keys, body=body).as_string()
+        ctes.append(sql.SQL("first AS (SELECT {} AS first)").format(start))
+    subject = sql.SQL(", subject" if sealed else "")
+    return sql.SQL(
+        "WITH {ctes}, ev AS (INSERT INTO {t}"
+        " (notification_id, originator_id, originator_version, topic, state{subject})"
+        " SELECT first.first + e.n - 1, e.id, e.v, e.t, e.s{e_subject} FROM first,"
+        " unnest(%s::uuid[], %s::bigint[], %s::text[], %s::bytea[]{subjects})"
+        " WITH ORDINALITY AS e(id, v, t, s{subject}, n) RETURNING notification_id)"
+        " SELECT notification_id FROM ev ORDER BY notification_id"
+    ).format(ctes=sql.SQL(", ").join(ctes), t=sql.Identifier(table), subject=subject,
+             e_subject=sql.SQL(", e.subject" if sealed else ""),
+             subjects=sql.SQL(", %s::text[]" if sealed else "")).as_string()
 
 
 class ChunkStatements:

@@ -221,7 +221,7 @@ class JsonMapper(Mapper[UUID]):
         the first chunk while the next is mapped: ``pipelined.py``). Mapped at once when
         one must be sealed: its subject's key may need a connection from the pool the
         recorder is appending on."""
-        if len(events) < LAZY_FROM or any(personal_fields(type(e)) for e in events):
+        if len(events) < LAZY_FROM or any(map(personal_fields, {type(e) for e in events})):
             return [self.to_stored_event(e) for e in events]
         return MappedLazily(events, self.to_stored_event)
 

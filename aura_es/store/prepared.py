@@ -4,8 +4,9 @@ psycopg's cursor prepares a statement after five runs too, but each run still go
 through its query conversion, its parameter dumpers, its prepared-statement cache and
 its result machinery: about 10 µs of a keyed command's client CPU beyond the libpq
 call (issue 27). The append's statements are few and fixed, and their parameters of
-five kinds, so they are prepared under a name of ours and run by ``send_query_prepared``
-with the parameters encoded here, all in binary, the result read in binary.
+few kinds (``_ENCODERS``), so they are prepared under a name of ours and run by
+``send_query_prepared`` with the parameters encoded here, all in binary, the result read
+in binary.
 
 Nothing here can go stale. The statement's plan is the server's (PostgreSQL replans a
 prepared statement after DDL on its tables). What is cached is only which connections
@@ -32,7 +33,7 @@ from aura_es.store.arrays import (
     as_uuid,
     dump_bigints,
     dump_blobs,
-    dump_nullable_texts,
+    dump_texts,
     dump_uuids,
 )
 
@@ -67,7 +68,7 @@ _ENCODERS: dict[str, Encode] = {
     "text": text, "uuid": uuid, "bigint": bigint, "bytea": bytea, "integer": integer,
     # A text[] may hold NULLs (the subjects of events without personal fields); the
     # other arrays never do (their dumpers refuse None).
-    "text[]": dump_nullable_texts, "uuid[]": dump_uuids, "bigint[]": dump_bigints,
+    "text[]": dump_texts, "uuid[]": dump_uuids, "bigint[]": dump_bigints,
     "bytea[]": dump_blobs,
 }
 _PLACEHOLDER = re.compile(r"%s::(\w+(?:\[\])?)")
@@ -75,8 +76,8 @@ _names = itertools.count(1)
 
 
 class PreparedAppend:
-    """One statement whose every parameter is written ``%s::type`` (text, uuid, bigint,
-    bytea, text[]) and whose rows are one bigint each: the positions the append took."""
+    """One statement whose every parameter is written ``%s::type`` (a type of
+    ``_ENCODERS``) and whose rows are one bigint each: the positions the append took."""
 
     def __init__(self, statement: str) -> None:
         kinds = _PLACEHOLDER.findall(statement)

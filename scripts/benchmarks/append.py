@@ -166,14 +166,7 @@ def duplicates(admin: str, n: int) -> dict[str, Any]:
             ours.start_debate(f"t{i}", ["a"], idempotency_key=f"new{i}")
             fresh.append((time.perf_counter() - started) * 1000)
         ours.close()
-    return {
-        "case": "a retried command (duplicate absorbed), ms",
-        "baseline": "the first, storing call",
-        "baseline events/s": f"p50 {percentile(fresh, 50):.2f} / p99 {percentile(fresh, 99):.2f}",
-        "aura-es events/s": f"p50 {percentile(absorbed, 50):.2f} / "
-                            f"p99 {percentile(absorbed, 99):.2f}",
-        "ratio": round(percentile(absorbed, 50) / percentile(fresh, 50), 2),
-    }
+    return _retry_row("a retried command (duplicate absorbed), ms", fresh, absorbed)
 
 
 def update_duplicates(admin: str, n: int) -> dict[str, Any]:
@@ -191,14 +184,17 @@ def update_duplicates(admin: str, n: int) -> dict[str, Any]:
                 ours.complete_llm_call(call, 5, Decimal("0.01"), 12.0, idempotency_key=f"c{i}")
                 spent.append((time.perf_counter() - started) * 1000)
         ours.close()
-    return {
-        "case": "a retried update command (duplicate absorbed), ms",
-        "baseline": "the first, storing call",
-        "baseline events/s": f"p50 {percentile(stored, 50):.2f} / p99 {percentile(stored, 99):.2f}",
-        "aura-es events/s": f"p50 {percentile(absorbed, 50):.2f} / "
-                            f"p99 {percentile(absorbed, 99):.2f}",
-        "ratio": round(percentile(absorbed, 50) / percentile(stored, 50), 2),
-    }
+    return _retry_row("a retried update command (duplicate absorbed), ms", stored, absorbed)
+
+
+def _retry_row(case: str, first: list[float], retried: list[float]) -> dict[str, Any]:
+    """Latencies (ms) of retries next to their first, storing calls."""
+    def shown(ms: list[float]) -> str:
+        return f"p50 {percentile(ms, 50):.2f} / p99 {percentile(ms, 99):.2f}"
+
+    return {"case": case, "baseline": "the first, storing call",
+            "baseline events/s": shown(first), "aura-es events/s": shown(retried),
+            "ratio": round(percentile(retried, 50) / percentile(first, 50), 2)}
 
 
 def _seconds_per_call(call: Callable[[], object], n: int) -> float:
