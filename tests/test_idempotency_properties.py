@@ -101,6 +101,55 @@ def test_sequential_retries_store_once_and_conflicts_store_nothing(
     assert stored_events(app) == 1 + len(first)
 
 
+batches = st.lists(ops, min_size=1, max_size=4)
+
+
+@DB_SETTINGS
+@given(batches=batches)
+def test_a_batch_stores_each_command_once_and_answers_like_one_by_one(
+    app: AuraApp, batches: list[list[Op]]
+) -> None:
+    """G1 and G2 for ``execute_many``: each result is what the command alone returns
+    (a first run stored once, a retry its original result, within the batch or across
+    batches); a key sent with other arguments fails the batch, and whatever the batch
+    stored before it failed is then a retry's original result, never stored twice."""
+    reset(app)
+    debate_id = app.start_debate("shared", ["a"], idempotency_key="setup")
+    first: dict[tuple[str, int], tuple[int, CommandResult]] = {}
+
+    def check(op: Op, result: CommandResult) -> None:
+        seen = first.get((op.kind, op.key))
+        if seen is None:
+            first[(op.kind, op.key)] = (op.variant, result)
+        else:
+            assert result == CommandResult(**{**seen[1].__dict__, "duplicate": True})
+
+    for batch in batches:
+        variants: dict[tuple[str, int], int] = {k: v for k, (v, _) in first.items()}
+        conflicted = False
+        for op in batch:
+            conflicted |= variants.setdefault((op.kind, op.key), op.variant) != op.variant
+        commands = [to_command(app, op, debate_id) for op in batch]
+        if not conflicted:
+            results = app.execute_many(commands)
+            for op, result in zip(batch, results, strict=True):
+                assert result.duplicate == ((op.kind, op.key) in first)
+                check(op, result)
+            continue
+        with pytest.raises(IdempotencyKeyConflict):
+            app.execute_many(commands)
+        # What the failed batch stored, if anything, is a retry's original result now.
+        for op, command in zip(batch, commands, strict=True):
+            seen = first.get((op.kind, op.key))
+            if seen is not None and seen[0] != op.variant:
+                with pytest.raises(IdempotencyKeyConflict):
+                    app.execute(command)
+                continue
+            check(op, app.execute(command))
+    assert stored_events(app) == 1 + len(first)
+    assert app.get_debate(debate_id).arguments == sum(k == "argument" for k, _ in first)
+
+
 @dataclass(frozen=True)
 class UpdateStep:
     kind: str  # "argue" (a key, new or retried) | "retry-other" | "close"

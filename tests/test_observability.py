@@ -15,9 +15,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from aura_es import embedded
@@ -39,6 +43,7 @@ from tests.support.workers import (
     positions,
     wait_for,
 )
+from tests.test_long_appends import open_ledger
 
 DEBATES = "DebateStateProjection"
 
@@ -306,3 +311,45 @@ def test_a_tracer_provider_named_by_the_environment_is_used_without_code() -> No
     unnamed = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                              text=True, timeout=60, check=True)
     assert (named.stdout.strip(), unnamed.stdout.strip()) == ("False", "True")
+
+
+APPEND_STEPS = st.lists(st.sampled_from(["start", "retry", "argue", "batch", "bulk"]),
+                        min_size=1, max_size=10)
+
+
+def _appended_samples() -> dict[str, float]:
+    return {s.labels["event_type"]: s.value for m in REGISTRY.collect()
+            if m.name == "aura_events_appended" for s in m.samples
+            if s.name == "aura_events_appended_total"}
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=APPEND_STEPS)
+def test_the_appended_counter_counts_every_stored_event_once_by_type(
+        app: AuraApp, steps: list[str]) -> None:
+    """``aura_events_appended_total`` grows by exactly what the log gained, per event
+    type, whichever way the events came (one command, a retry that stores nothing, a
+    batch, a long command): read from the registry as a scrape reads it."""
+    run = uuid4().hex
+    debate = app.start_debate("counted", ["a"], idempotency_key=f"{run}:setup")
+    start, before = app.head_position(), _appended_samples()
+    for i, step in enumerate(steps):
+        if step in ("start", "retry"):
+            key = f"{run}:{'same' if step == 'retry' else i}"
+            app.start_debate("t", ["a"], idempotency_key=key)
+        elif step == "argue":
+            app.add_argument(debate, "a", "for", "words", round=1, idempotency_key=f"{run}:{i}")
+        elif step == "batch":
+            app.execute_many([app.request_llm_call_command("acme", "p", "m", j,
+                                                           idempotency_key=f"{run}:{i}:{j}")
+                              for j in range(3)])
+        else:
+            app.execute(open_ledger(f"{run}:{i}", [1.0] * 70))  # in chunks
+    with app.connect() as conn:
+        stored = dict(conn.execute(
+            "SELECT topic, count(*) FROM aura_events WHERE notification_id > %s GROUP BY topic",
+            (start,)).fetchall())
+    after = _appended_samples()
+    grown = {t: after[t] - before.get(t, 0.0) for t in after if after[t] != before.get(t, 0.0)}
+    assert grown == {t: float(n) for t, n in stored.items()}

@@ -44,15 +44,24 @@ _start_span, _provider_installed = _load()
 _tracing = False
 
 
-def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
-    """``with span("aura.projection.batch", projection=...):`` around a unit of work."""
+def active() -> bool:
+    """Whether ``span`` opens real spans: a tracer provider is installed. (A hot path
+    asks this first and skips even the null context: ~1 µs of a keyed command.)"""
     global _tracing
     if _start_span is None:
-        return _NULL
+        return False
     if not _tracing:
         if not _provider_installed():
-            return _NULL
+            return False
         _tracing = True
+    return True
+
+
+def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
+    """``with span("aura.projection.batch", projection=...):`` around a unit of work."""
+    if not active():
+        return _NULL
+    assert _start_span is not None
     opened: contextlib.AbstractContextManager[Any] = _start_span(
         name, attributes={k: v for k, v in attributes.items() if v is not None}
     )

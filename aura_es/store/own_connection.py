@@ -18,7 +18,6 @@ pooled connection would. A forked child never touches its parent's.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
@@ -27,6 +26,7 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
+from aura_es import forks
 from aura_es.store import liveness
 
 
@@ -40,15 +40,16 @@ class OwnConnection:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._since = 0.0
-        self._pid = os.getpid()
+        self._generation = forks.generation()
 
     def take(self) -> psycopg.Connection[Any] | None:
         """The live connection, now this thread's; None when in use or the pool is
         closed. Raises ``psycopg.OperationalError`` (or the pool's ``PoolTimeout``, one
         of them) when no connection can be had."""
-        if self._pid != os.getpid():
+        if self._generation != forks.generation():
             # A forked child: the parent's socket and pool are not its own.
-            self._conn, self._pid, self._lock = None, os.getpid(), threading.Lock()
+            self._conn, self._generation = None, forks.generation()
+            self._lock = threading.Lock()
         if not self._lock.acquire(blocking=False):
             return None
         try:
@@ -86,7 +87,7 @@ class OwnConnection:
     def close(self) -> None:
         """Returns it to the pool (before the pool closes)."""
         with self._lock:
-            if self._pid == os.getpid():
+            if self._generation == forks.generation():
                 self._release()
             self._conn = None
 

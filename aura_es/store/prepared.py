@@ -4,7 +4,7 @@ psycopg's cursor prepares a statement after five runs too, but each run still go
 through its query conversion, its parameter dumpers, its prepared-statement cache and
 its result machinery: about 10 µs of a keyed command's client CPU beyond the libpq
 call (issue 27). The append's statements are few and fixed, and their parameters of
-few kinds (``_ENCODERS``), so they are prepared under a name of ours and run by
+few kinds (``_ENCODINGS``), so they are prepared under a name of ours and run by
 ``send_query_prepared`` with the parameters encoded here, all in binary, the result read
 in binary.
 
@@ -37,65 +37,69 @@ from aura_es.store.arrays import (
     dump_uuids,
 )
 
-#: How a parameter of each kind is sent (all in binary: a text's UTF-8 bytes with their
-#: length, so a NUL is refused by the server instead of cutting the text short).
-Encode = Callable[[Any], bytes]
 _INT8 = struct.Struct(">q")
 _INT4 = struct.Struct(">i")
 
-
-def text(value: str) -> bytes:
-    return value.encode()
-
-
-def uuid(value: UUID | str) -> bytes:
-    return as_uuid(value).bytes
-
-
-def bigint(value: int) -> bytes:
-    return _INT8.pack(value)
-
-
-def bytea(value: bytes) -> bytes:
-    return bytes(value)
-
-
-def integer(value: int) -> bytes:
-    return _INT4.pack(value)
-
-
-_ENCODERS: dict[str, Encode] = {
-    "text": text, "uuid": uuid, "bigint": bigint, "bytea": bytea, "integer": integer,
-    # A text[] may hold NULLs (the subjects of events without personal fields); the
-    # other arrays never do (their dumpers refuse None).
-    "text[]": dump_texts, "uuid[]": dump_uuids, "bigint[]": dump_bigints,
-    "bytea[]": dump_blobs,
+#: How a parameter of each kind is sent, as an expression of the parameter ``{v}``: all
+#: in binary (a text's UTF-8 bytes with their length, so a NUL is refused by the server
+#: instead of cutting the text short). A text[] may hold NULLs (the subjects of events
+#: without personal fields); the other arrays never do (their dumpers refuse None).
+_ENCODINGS: dict[str, str] = {
+    "text": "{v}.encode()",
+    "uuid": "({v} if type({v}) is UUID else as_uuid({v})).int.to_bytes(16, 'big')",
+    "bigint": "pack_int8({v})",
+    "bytea": "bytes({v})",
+    "integer": "pack_int4({v})",
+    "text[]": "dump_texts({v})",
+    "uuid[]": "dump_uuids({v})",
+    "bigint[]": "dump_bigints({v})",
+    "bytea[]": "dump_blobs({v})",
 }
+_NAMES: dict[str, Any] = {
+    "UUID": UUID, "as_uuid": as_uuid, "pack_int8": _INT8.pack, "pack_int4": _INT4.pack,
+    "dump_texts": dump_texts, "dump_uuids": dump_uuids, "dump_bigints": dump_bigints,
+    "dump_blobs": dump_blobs,
+}
+
+
+def _encoder(kinds: Sequence[str]) -> Callable[[Sequence[Any]], list[bytes]]:
+    """One function encoding a statement's parameters, their expressions
+    (``_ENCODINGS``) written out in order: a call per parameter cost a keyed command's
+    eleven parameters ~1.2 µs of client CPU warm, several after each round trip
+    (issue 27)."""
+    items = ", ".join(_ENCODINGS[kind].format(v=f"p[{i}]") for i, kind in enumerate(kinds))
+    source = (f"def encode(p):\n"
+              f"    if len(p) != {len(kinds)}:\n"
+              f"        raise ValueError(f'{len(kinds)} parameters expected, not {{len(p)}}')\n"
+              f"    return [{items}]\n")
+    names = dict(_NAMES)
+    exec(compile(source, "<aura_es.store.prepared>", "exec"), names)
+    encode: Callable[[Sequence[Any]], list[bytes]] = names["encode"]
+    return encode
+
+
 _PLACEHOLDER = re.compile(r"%s::(\w+(?:\[\])?)")
 _names = itertools.count(1)
 
 
 class PreparedAppend:
     """One statement whose every parameter is written ``%s::type`` (a type of
-    ``_ENCODERS``) and whose rows are one bigint each: the positions the append took."""
+    ``_ENCODINGS``) and whose rows are one bigint each: the positions the append took."""
 
     def __init__(self, statement: str) -> None:
         kinds = _PLACEHOLDER.findall(statement)
         if statement.count("%s") != len(kinds) or not kinds:
             raise ValueError("every parameter must be written %s::type")
-        unknown = sorted(set(kinds) - set(_ENCODERS))
+        unknown = sorted(set(kinds) - set(_ENCODINGS))
         if unknown:
             raise ValueError(f"no encoding for parameters of type {', '.join(unknown)}")
         numbers = itertools.count(1)
         self.text = _PLACEHOLDER.sub(lambda m: f"${next(numbers)}::{m.group(1)}", statement)
         self.name = f"aura_append_{next(_names)}".encode()
-        self._encoders = tuple(_ENCODERS[k] for k in kinds)
+        self.encode = _encoder(kinds)
         self._formats = [pq.Format.BINARY] * len(kinds)
         # Which connections hold it: weak, so a closed connection is forgotten with it.
         self._held: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
-
-    def encode(self, params: Sequence[Any]) -> list[bytes]:
-        return [encode(value) for encode, value in zip(self._encoders, params, strict=True)]
 
     # For a pipeline (``pipelined.py``), which queues the preparation and the runs, and
     # says which connections hold the statement once the server has answered.

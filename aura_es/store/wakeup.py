@@ -17,12 +17,12 @@ only makes it early).
 from __future__ import annotations
 
 import atexit
-import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 
+from aura_es import forks
 from aura_es.log import get_logger
 
 #: How long a process that exits waits for its last NOTIFY to go out.
@@ -59,7 +59,7 @@ class Waker:
         self._idle.set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._generation = -1
 
     @property
     def min_interval(self) -> float:
@@ -69,14 +69,14 @@ class Waker:
         """An append has committed: readers are woken soon, without this caller waiting."""
         # Pending means the waker has not yet cleared it for its next NOTIFY, which it does
         # before sending: that NOTIFY covers this commit. No lock for a busy writer.
-        if self._pending.is_set() and self._pid == os.getpid():
+        if self._pending.is_set() and self._generation == forks.generation():
             return
         with self._lock:
             self._idle.clear()
             self._pending.set()
             # A forked child inherits the object but not the thread.
-            if self._thread is None or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._thread is None or self._generation != forks.generation():
+                self._generation = forks.generation()
                 self._thread = threading.Thread(target=self._run, name="aura-es-waker",
                                                  daemon=True)
                 self._thread.start()
