@@ -22,47 +22,10 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aura_es import AuraAggregate, AuraApp, AuraCreated, AuraEvent, Create, InvalidPayload
+from aura_es import AuraApp, InvalidPayload
 from aura_es.store.chunked import CHUNKED_FROM, chunk_bounds
 from aura_es.store.mapper import MappedLazily
-
-
-class Opened(AuraCreated):
-    TOPIC = "test.ledger.opened.v1"
-    name: str
-
-    def apply(self, ledger: Any) -> None:
-        ledger.name = self.name
-
-
-class Booked(AuraEvent):
-    TOPIC = "test.ledger.booked.v1"
-    amount: float
-
-    def apply(self, ledger: Any) -> None:
-        ledger.total += self.amount
-
-
-class Ledger(AuraAggregate):
-    TYPE = "test.ledger"
-
-    def __init__(self) -> None:
-        self.name = ""
-        self.total = 0.0
-
-    @classmethod
-    def opened(cls, ledger_id: UUID, amounts: list[float]) -> Ledger:
-        ledger = cls._create(Opened, id=ledger_id, name="books")
-        for amount in amounts:
-            ledger.trigger_event(Booked, amount=amount)
-        return ledger
-
-
-def open_ledger(key: str, amounts: list[float]) -> Create[Ledger]:
-    # The amounts as text in the request: a NaN reaches the events' mapping (a request
-    # holding one is refused before anything is sent).
-    return Create("open_ledger", key, {"amounts": repr(amounts)},
-                  lambda id_: Ledger.opened(id_, amounts))
+from tests.support.ledger import open_ledger
 
 
 def _rows(app: AuraApp, aggregate_id: UUID) -> list[tuple[int, int, str]]:

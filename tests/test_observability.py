@@ -33,6 +33,7 @@ from aura_es.testing.servers import PostgresServer
 from aura_es.worker.shutdown import Shutdown
 from aura_es.worker.worker import Worker
 from tests.support.chaos import poisoned_catalog, quick_catalog, start_again, stop, writer
+from tests.support.ledger import open_ledger
 from tests.support.workers import (
     ALL,
     CATALOG,
@@ -43,7 +44,6 @@ from tests.support.workers import (
     positions,
     wait_for,
 )
-from tests.test_long_appends import open_ledger
 
 DEBATES = "DebateStateProjection"
 
