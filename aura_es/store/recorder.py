@@ -239,6 +239,12 @@ class AuraRecorder(PostgresApplicationRecorder):
             if self.serial or not _speaks_utf8(conn):
                 keys = idempotency.KeyRows((record,) if record else ())
                 [position] = self._append(conn, (stored,), keys.as_save_kwargs())
+            elif record is not None and type(stored) is StoredEvent:
+                # The commonest append of all, its parameters as the statement takes them
+                # (the key row's fields in order, then the event's).
+                [position] = self._prepared_one_with_key.positions(conn, (
+                    *record, stored.originator_id, stored.originator_version, stored.topic,
+                    stored.state))
             else:
                 [position] = self._append_one(conn, stored, (record,) if record else ())
         self.waker.committed()
