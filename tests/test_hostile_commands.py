@@ -4,6 +4,7 @@ never a hang, never an exception that is not the library's own."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp, AuraError, EventSourcedApp, InvalidPayload
@@ -20,7 +21,7 @@ from aura_es.application import outage_seconds
 from aura_es.catalog import load_catalog
 from aura_es.errors import ConfigurationError, InvalidIdempotencyKey
 from aura_es.http.keys import InvalidKeyHeader, parse_key
-from aura_es.payload import MAX_EVENT_BYTES
+from aura_es.payload import MAX_EVENT_BYTES, text_problem
 from aura_es.projection.engine.loading import build
 from aura_es.projection.engine.runner import BatchRunner
 from aura_es.store.idempotency import check_key
@@ -88,6 +89,35 @@ def test_nul_and_lone_surrogates_are_refused_naming_the_field(app: AuraApp) -> N
     with pytest.raises(InvalidPayload, match="title contains a lone surrogate"):
         app.propose_decision("agent", "t\udc80", idempotency_key="surrogate")
     assert written(app) == before
+
+
+def test_a_commands_own_texts_are_taken_or_refused_naming_the_field(app: AuraApp) -> None:
+    """A command's type, tenant, correlation and causation ids (checked inline when plain
+    ASCII, issue 27): any text is taken, or refused naming its field with nothing
+    written, exactly when it holds what PostgreSQL cannot store."""
+    fields = ["type", "tenant_id", "correlation_id", "causation_id"]
+
+    @HOSTILE
+    @given(field=st.sampled_from(fields),
+           text=hostile_text | st.text(st.characters(max_codepoint=127), max_size=8))
+    @example(field="type", text="a\x00b")
+    @example(field="tenant_id", text="\x00")
+    @example(field="correlation_id", text="a\x00")
+    @example(field="causation_id", text="\udc80")
+    def check(field: str, text: str) -> None:
+        changed: dict[str, Any] = {field: text or "x"}
+        command = dataclasses.replace(
+            app.start_debate_command("t", ["a"], idempotency_key=f"k{time.monotonic_ns()}"),
+            **changed)
+        before = written(app)
+        if text_problem(text or "x") is None:
+            app.execute(command)
+            return
+        with pytest.raises(InvalidPayload, match=f"^{field} "):
+            app.execute(command)
+        assert written(app) == before
+
+    check()
 
 
 @pytest.mark.timeout(600)

@@ -118,7 +118,8 @@ INSERT = sql.SQL(
     " %s::bigint[], %s::bigint[])"
 ).format(t=sql.Identifier(TABLE))
 
-#: One key row, as plain parameters (the common case: one command per append).
+#: One key row, as plain parameters (the common case: one command per append): an
+#: ``IdempotencyRecord``'s fields, in order.
 INSERT_ONE = sql.SQL(
     "INSERT INTO {t} (key_hash, command_type, idempotency_key, aggregate_id, request_hash,"
     " from_version, to_version)"
@@ -157,10 +158,6 @@ def insert_params(records: tuple[IdempotencyRecord, ...]) -> tuple[list[Any], ..
         BigInts(r.from_version for r in records),
         BigInts(r.to_version for r in records),
     )
-
-
-def insert_one_params(r: IdempotencyRecord) -> tuple[Any, ...]:
-    return tuple(r)  # the INSERT_ONE parameters: the fields, in order
 
 
 def prune(conn: psycopg.Connection[Any], older_than: timedelta) -> int:

@@ -239,14 +239,8 @@ class AuraRecorder(PostgresApplicationRecorder):
             if self.serial or not _speaks_utf8(conn):
                 keys = idempotency.KeyRows((record,) if record else ())
                 [position] = self._append(conn, (stored,), keys.as_save_kwargs())
-            elif record is not None and type(stored) is StoredEvent:
-                # The commonest append of all, its parameters as the statement takes them
-                # (the key row's fields in order, then the event's).
-                [position] = self._prepared_one_with_key.positions(conn, (
-                    *record, stored.originator_id, stored.originator_version, stored.topic,
-                    stored.state))
             else:
-                [position] = self._append_one(conn, stored, (record,) if record else ())
+                [position] = self._append_one(conn, stored, record)
         self.waker.committed()
         return position
 
@@ -301,7 +295,7 @@ class AuraRecorder(PostgresApplicationRecorder):
             if len(stored_events) > 1:
                 return self._append_in_chunks(conn, stored_events, records)
             if len(records) <= 1:
-                return self._append_one(conn, stored_events[0], records)
+                return self._append_one(conn, stored_events[0], records[0] if records else None)
         # Rows as tuples: the dict row factory builds the column names on every append.
         with conn.cursor(row_factory=tuple_row) as curs:
             assert conn.autocommit  # one statement, one transaction
@@ -320,17 +314,19 @@ class AuraRecorder(PostgresApplicationRecorder):
             return [row[0] for row in curs.fetchall()]
 
     def _append_one(self, conn: psycopg.Connection[Any], e: StoredEvent,
-                    records: tuple[idempotency.IdempotencyRecord, ...]) -> list[int]:
+                    record: idempotency.IdempotencyRecord | None) -> list[int]:
         """One event and at most one key row (most commands): by a statement prepared on
-        the connection, its parameters encoded here (``prepared.py``)."""
-        key = idempotency.insert_one_params(records[0]) if records else ()
+        the connection, its parameters encoded here (``prepared.py``, which takes an id
+        as a UUID or its text). A key row is its own parameters, its fields in order."""
+        key: tuple[Any, ...] = record or ()
+        row = (e.originator_id, e.originator_version, e.topic, e.state)
         subject = e.subject if isinstance(e, SealedStoredEvent) else None
         if not subject:
-            plain = self._prepared_one_with_key if records else self._prepared_one
-            return plain.positions(conn, (*key, *_one_row(e)))
-        sealed = self._prepared_sealed_one_with_key if records else self._prepared_sealed_one
+            plain = self._prepared_one_with_key if record else self._prepared_one
+            return plain.positions(conn, (*key, *row))
+        sealed = self._prepared_sealed_one_with_key if record else self._prepared_sealed_one
         try:
-            return sealed.positions(conn, (*key, [subject], *_one_row(e), subject))
+            return sealed.positions(conn, (*key, [subject], *row, subject))
         except psycopg.Error as error:
             self._raise_if_erased(error)
             raise
@@ -402,7 +398,7 @@ class AuraRecorder(PostgresApplicationRecorder):
                        subjects[0])
                 if records:
                     curs.execute(self._insert_sealed_one_with_key,
-                                 (*idempotency.insert_one_params(records[0]), *row),
+                                 (*records[0], *row),
                                  binary=True)
                 else:
                     curs.execute(self._insert_sealed_one, row, binary=True)
@@ -443,7 +439,7 @@ class AuraRecorder(PostgresApplicationRecorder):
             row = _one_row(e)
             if records:
                 curs.execute(self._insert_one_with_key,
-                             (*idempotency.insert_one_params(records[0]), *row), binary=True)
+                             (*records[0], *row), binary=True)
             else:
                 curs.execute(self._insert_one, row, binary=True)
             return
