@@ -10,6 +10,7 @@ of the library: its ``CommandStore`` (an ``EventSourcedApp``) loads and saves.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections import Counter
@@ -143,6 +144,8 @@ class CommandStore(Protocol):
         self, *aggregates: AuraAggregate, records: Sequence[IdempotencyRecord | None],
     ) -> list[Appended]: ...
 
+    def saving_at_once(self) -> contextlib.AbstractContextManager[BatchSaving]: ...
+
     def load_aggregate(self, aggregate_id: UUID) -> AuraAggregate: ...
 
     def load_aggregates(self, aggregate_ids: list[UUID]) -> dict[UUID, AuraAggregate]: ...
@@ -150,6 +153,25 @@ class CommandStore(Protocol):
     def stored_keys(self, key_hashes: list[str]) -> dict[str, dict[str, Any]]: ...
 
     def positions_of(self, aggregate_id: UUID, to_version: int) -> tuple[int, ...]: ...
+
+
+class BatchSaving(Protocol):
+    """A batch's save in one transaction, its key rows inserted as it is decided."""
+
+    @property
+    def appended(self) -> Sequence[Appended] | None:
+        """What the batch appended, once saved; None when nothing was."""
+
+    def must_look_up(self) -> bool: ...
+
+    def decided(self, record: IdempotencyRecord) -> None: ...
+
+    def save(self, aggregates: Sequence[AuraAggregate],
+             meanwhile: Callable[[list[Appended]], None] | None = None) -> None: ...
+
+
+#: How many decisions a batch makes between asking whether its keys' answer has come.
+_ASK_EVERY = 8
 
 
 class CommandPipeline:
@@ -205,32 +227,88 @@ class CommandPipeline:
     def execute_many(self, commands: Sequence[Command]) -> list[CommandResult]:
         """Runs many commands in one transaction: far faster for bulk loads.
 
-        Duplicates are answered from the idempotency table first. If the transaction
-        meets a conflict (a concurrent duplicate or a version race), every command is
-        run again on its own, which sorts out which were duplicates.
+        A batch is saved at once: its key rows are inserted as its commands are
+        decided, its events after, in one round trip. When a key is already stored (the
+        batch sent again), the batch is run the careful way: duplicates answered from
+        the idempotency table, the rest saved together. If that transaction meets a
+        conflict (a concurrent duplicate or a version race), every command is run
+        again on its own, which sorts out which were duplicates.
         """
         with tracing.span("aura.append", commands=len(commands)):
             return through_outages(self.store.outage_seconds,
                                    lambda: self._execute_many(commands))
 
     def _execute_many(self, commands: Sequence[Command]) -> list[CommandResult]:
+        # All prepared first: prepared between decisions, each ran colder and cost a
+        # bulk load's client a fifth more (issue 27).
         prepared = [self._prepare(c) for c in commands]
+        # The same key twice in one batch: the first saved, the others answered after.
+        firsts: dict[str, _Prepared] = {}
+        for p in prepared:
+            firsts.setdefault(p.key_hash, p)
+        fresh = list(firsts.values())
+        try:
+            saved = self._save_at_once(fresh)
+        except (IntegrityError, DomainError, AggregateNotFound):
+            saved = False  # a key stored, a race, or a command the state refuses
+        if not saved:
+            return self._execute_carefully(prepared)
+        return self._answered(prepared, fresh)
+
+    def _save_at_once(self, fresh: list[_Prepared]) -> bool:
+        """Saves the batch in one transaction, each command's key row inserted while the
+        next are decided: one round trip, the server at work meanwhile (issue 27).
+        False when a key row was refused (a key stored) or the store cannot: nothing
+        saved, the batch is run the careful way."""
+        aggregates = self.store.load_aggregates(
+            [p.aggregate_id for p in fresh if isinstance(p.command, Update)])
+        with self.store.saving_at_once() as batch:
+            for i, p in enumerate(fresh):
+                # Asked between decisions, never waited for: a batch sent again stops
+                # soon after its first key row is refused.
+                if i % _ASK_EVERY == 0 and batch.must_look_up():
+                    return False
+                current = aggregates.get(p.aggregate_id)
+                if current is None and isinstance(p.command, Update):
+                    raise AggregateNotFound(p.aggregate_id)  # loaded by the careful way
+                aggregates[p.aggregate_id] = self._decide(p, current)
+                assert p.record is not None
+                batch.decided(p.record)
+            decided = {p.aggregate_id: aggregates[p.aggregate_id] for p in fresh}
+            results: list[CommandResult] = []
+            # Answered while the commit is on the server (its WAL flush, ~0.4 ms).
+            batch.save(list(decided.values()),
+                       lambda appended: results.extend(self._results_of(fresh, appended)))
+        if batch.appended is None:
+            return False
+        if not results:  # saved after the transaction (its events sealed)
+            results = self._results_of(fresh, batch.appended)
+        for p, result in zip(fresh, results, strict=True):
+            p.result = result
+        return True
+
+    def _execute_carefully(self, prepared: list[_Prepared]) -> list[CommandResult]:
+        """The batch with its keys looked up first: duplicates answered from them, the
+        rest saved together; on a conflict, each command on its own."""
         found = self.store.stored_keys([p.key_hash for p in prepared])
         fresh: list[_Prepared] = []
         seen: set[str] = set()
         for p in prepared:
             if p.key_hash in found:
                 p.result = self._as_duplicate(p, found[p.key_hash])
-            elif p.key_hash in seen:
-                pass  # the same key twice in one batch: answered after the save
-            else:
+            elif p.key_hash not in seen:
                 seen.add(p.key_hash)
                 fresh.append(p)
         if fresh:
             try:
                 self._save_together(fresh)
             except (IntegrityError, DomainError, AggregateNotFound):
-                return [self.execute(c) for c in commands]
+                return [self.execute(p.command) for p in prepared]
+        return self._answered(prepared, fresh)
+
+    def _answered(self, prepared: list[_Prepared],
+                  fresh: list[_Prepared]) -> list[CommandResult]:
+        """Every command's result: its own, or (a key repeated in the batch) its first's."""
         firsts = {p.key_hash: p for p in fresh}
         results: list[CommandResult] = []
         for p in prepared:
@@ -248,18 +326,27 @@ class CommandPipeline:
             aggregates[p.aggregate_id] = self._decide(p, aggregates.get(p.aggregate_id))
         appended = self.store.save_commands(*aggregates.values(),
                                               records=[p.record for p in fresh])
+        self._answer_saved(fresh, appended)
+
+    def _answer_saved(self, fresh: list[_Prepared], appended: Sequence[Appended]) -> None:
+        for p, result in zip(fresh, self._results_of(fresh, appended), strict=True):
+            p.result = result
+
+    @staticmethod
+    def _results_of(fresh: list[_Prepared], appended: Sequence[Appended]
+                    ) -> list[CommandResult]:
+        """What each of the commands saved stored, from what the save appended."""
+        # Positional, and a list made into a tuple: a generator, and keywords through a
+        # frozen dataclass, cost 1.8 against 1.4 µs a command, warm (issue 27).
         positions = {(a.aggregate_id, a.version): a.position for a in appended}
+        results = []
         for p in fresh:
-            assert p.record is not None
-            p.result = CommandResult(
-                aggregate_id=p.aggregate_id,
-                from_version=p.record.from_version,
-                to_version=p.record.to_version,
-                positions=tuple(
-                    positions[(p.aggregate_id, v)]
-                    for v in range(p.record.from_version, p.record.to_version + 1)
-                ),
-            )
+            record = p.record
+            assert record is not None
+            aggregate_id, first, last = p.aggregate_id, record.from_version, record.to_version
+            results.append(CommandResult(aggregate_id, first, last, tuple(
+                [positions[(aggregate_id, v)] for v in range(first, last + 1)])))
+        return results
 
     def _created_earlier(self, p: _Prepared) -> CommandResult:
         """The result of a create whose aggregate exists but whose key was pruned."""

@@ -104,9 +104,14 @@ def test_transient_classification_follows_causes_and_the_catalog() -> None:
     assert not is_transient(psycopg.errors.UniqueViolation("x"), types)
 
 
-def test_an_unknown_transient_exception_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="nowhere:Thing"):
-        transient_types(ErrorHandling(transient_exceptions=["nowhere:Thing"]))
+@pytest.mark.parametrize("path", ["nowhere:Thing", "", ":Thing", ".relative:Thing",
+                                  "os:", "os:path", "m" * 500])
+def test_an_unknown_transient_exception_is_a_configuration_error(path: str) -> None:
+    """Any name that is not an importable exception class is one line naming it (the
+    catalog fuzzer found an empty name raising Python's own ValueError)."""
+    with pytest.raises(ConfigurationError, match="transient_exceptions") as refused:
+        transient_types(ErrorHandling(transient_exceptions=[path]))
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 400
 
 
 def test_schema_and_server_errors_are_systemic_not_poison() -> None:

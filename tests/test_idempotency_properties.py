@@ -24,24 +24,14 @@ from aura_es import (
 )
 from aura_es.commands import Command
 from aura_es.testing.servers import PostgresServer
+from tests.support.commands import empty as reset
+from tests.support.commands import stored_events
 
 DB_SETTINGS = settings(
     max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-def reset(app: AuraApp) -> None:
-    with app.connect() as conn:
-        conn.execute("TRUNCATE aura_events, aura_idempotency RESTART IDENTITY")
-
-
-def stored_events(app: AuraApp) -> int:
-    with app.connect() as conn:
-        row = conn.execute("SELECT count(*) FROM aura_events").fetchone()
-        assert row is not None
-        return int(row[0])
 
 
 @dataclass(frozen=True)

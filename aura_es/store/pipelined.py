@@ -20,16 +20,20 @@ not, makes the append fail having done nothing: it runs again, knowing better.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any
+from types import TracebackType
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import errors, generators, pq
 
 from aura_es.store.prepared import PreparedAppend, read_positions
 
+#: Given an append's positions before its commit is answered (``_Pipeline.run_rest``).
+Meanwhile = Callable[[list[int]], None]
 #: A chunk: its statement and its parameters (encoded when it is sent).
 Chunk = tuple[PreparedAppend, Sequence[Any]]
 #: Chunks of an append (their events mapped as they are asked for): a function, so a
@@ -38,6 +42,7 @@ Chunks = Callable[[], Iterable[Chunk]]
 
 _OK, _FAILED = pq.ExecStatus.COMMAND_OK, pq.ExecStatus.FATAL_ERROR
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
+_REFUSED = (_FAILED, pq.ExecStatus.PIPELINE_ABORTED)
 _DUPLICATE = errors.DuplicatePreparedStatement.sqlstate
 _FORGOTTEN = errors.InvalidSqlStatementName.sqlstate
 
@@ -52,114 +57,249 @@ def append_in_chunks(conn: psycopg.Connection[Any], statements: Sequence[Prepare
     for _ in range(len(statements)):
         try:
             return _Pipeline(conn).run(chunks())
-        except _OutOfStep:
+        except OutOfStep:
             continue
     return _Pipeline(conn).run(chunks(), last_try=True)
 
 
-class _OutOfStep(Exception):
+class OutOfStep(Exception):
     """The server did not hold a statement this process thought it held (it forgot them:
     ``DEALLOCATE ALL``), or held one it thought it did not: the append did nothing, and
     can run again, knowing better."""
 
 
+class StepwiseAppend:
+    """A transaction its caller adds to as it goes, then appends in and commits, or
+    leaves (rolled back).
+
+    ``BEGIN`` goes first, and each statement ``send`` queues is on its way, and run by
+    the server, while the caller works on (a batch's key rows, inserted while its next
+    commands are decided); ``refused`` says, without waiting, whether the server has
+    refused one so far (the transaction then commits nothing: a key already stored, in
+    a batch sent again), and ``append`` sends the last chunks and the commit. One round
+    trip in all, the server busy meanwhile: a batch that looked its keys up first idled
+    the client through one round trip and the server through its decisions (issue 27).
+    Used as a context manager; the connection comes back idle and out of pipeline mode,
+    or closed (as ``append_in_chunks``'s).
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._pipeline = _Pipeline(conn)
+        self._ended = False
+        #: How many queries the server was asked to answer (flushed with a request).
+        self._asked = 0
+
+    def __enter__(self) -> StepwiseAppend:
+        try:
+            self._pipeline.begin()
+        except BaseException:
+            self._pipeline.conn.close()
+            raise
+        return self
+
+    def send(self, statement: PreparedAppend, params: Sequence[Any]) -> None:
+        """A statement into the transaction, run by the server while the caller goes on
+        (its refusal, if any, is raised by ``append``)."""
+        pipeline = self._pipeline
+        encoded = statement.encode(params)
+        try:
+            pipeline.send(statement, encoded, appends=False)
+            # The server keeps its answers until told to send them (a sync or a flush).
+            pipeline.pgconn.send_flush_request()
+            pipeline.push()
+        except BaseException:
+            pipeline.conn.close()
+            raise
+        self._asked = len(pipeline.sent)
+
+    def refused(self) -> bool:
+        """Whether the server has refused a statement sent so far, from the answers that
+        have come (it does not wait for the others)."""
+        pipeline = self._pipeline
+        try:
+            pipeline.read_until(self._asked, wait=False)
+        except BaseException:
+            pipeline.conn.close()
+            raise
+        return any(result.status in _REFUSED for result, *_ in pipeline.results)
+
+    def append(self, chunks: Iterable[Chunk], meanwhile: Meanwhile | None = None
+               ) -> list[int]:
+        """Appends the chunks and commits: their positions (given to ``meanwhile`` while
+        the commit is on the server). Raises ``OutOfStep`` when a statement sent was not
+        where this process thought (nothing appended), and the server's refusal of any
+        as psycopg's error."""
+        self._ended = True
+        return self._pipeline.run_rest(chunks, meanwhile=meanwhile)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        # Nothing was appended: the transaction rolled back, what the server answered
+        # learnt (a lost connection is closed, and met again by what comes next).
+        with contextlib.suppress(OutOfStep, psycopg.Error):
+            self._pipeline.run_rest(())
+
+
+class _Sent(NamedTuple):
+    """A query sent: the statement it prepares, or runs, and whether its rows are
+    positions of the append."""
+
+    prepares: PreparedAppend | None = None
+    runs: PreparedAppend | None = None
+    appends: bool = False
+
+
 class _Pipeline:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
-        self._pgconn = conn.pgconn
-        #: Each query sent: the statement it prepares, or runs (a chunk), or neither.
-        self._sent: list[tuple[PreparedAppend | None, PreparedAppend | None]] = []
+        self.conn = conn
+        self.pgconn = conn.pgconn
+        self.sent: list[_Sent] = []
+        self.results: list[list[pq.abc.PGresult]] = []
         self._preparing: list[PreparedAppend] = []
-        self._results: list[list[pq.abc.PGresult]] = []
 
     def run(self, chunks: Iterable[Chunk], *, last_try: bool = False) -> list[int]:
-        conn, pgconn = self._conn, self._pgconn
-        pgconn.enter_pipeline_mode()
-        unmappable: Exception | None = None
         try:
-            self._queue(partial(pgconn.send_query_params, b"BEGIN", None))
+            self.begin()
+        except BaseException:
+            self.conn.close()
+            raise
+        return self.run_rest(chunks, last_try=last_try)
+
+    def begin(self) -> None:
+        self.pgconn.enter_pipeline_mode()
+        self._queue(partial(self.pgconn.send_query_params, b"BEGIN", None), _Sent())
+
+    def send(self, statement: PreparedAppend, encoded: list[bytes], *, appends: bool) -> None:
+        """Queues a run of ``statement`` (prepared first where the connection does not
+        hold it yet)."""
+        conn = self.conn
+        if not statement.held_by(conn) and statement not in self._preparing:
+            # Only what the append uses: a store without keys or sealed subjects has
+            # no table for the statements that write them.
+            self._preparing.append(statement)
+            self._queue(partial(statement.send_prepare, conn), _Sent(prepares=statement))
+        self._queue(partial(statement.send_run, conn, encoded),
+                    _Sent(runs=statement, appends=appends))
+
+    def run_rest(self, chunks: Iterable[Chunk], *, last_try: bool = False,
+                 meanwhile: Meanwhile | None = None) -> list[int]:
+        """The chunks after what was sent, then the commit (a rollback when a chunk
+        could not be mapped, or none was given): the positions appended. ``meanwhile``
+        is given them once every chunk is answered, while the commit is still on the
+        server (its WAL flush); it must not write anything, as the commit may fail."""
+        pgconn = self.pgconn
+        unmappable: Exception | None = None
+        appended = False
+        failed_meanwhile: Exception | None = None
+        positions: list[int] | None = None
+        try:
             try:
                 for statement, params in chunks:
-                    encoded = statement.encode(params)
-                    if not statement.held_by(conn) and statement not in self._preparing:
-                        # Only what the append uses: a store without keys or sealed
-                        # subjects has no table for the statements that write them.
-                        self._preparing.append(statement)
-                        self._queue(partial(statement.send_prepare, conn), prepares=statement)
-                    self._queue(partial(statement.send_run, conn, encoded), runs=statement)
-                    self._push()  # on the server while the next chunk is mapped
+                    self.send(statement, statement.encode(params), appends=True)
+                    appended = True
+                    self.push()  # on the server while the next chunk is mapped
             except Exception as e:  # a chunk not mapped or encoded: nothing may commit
                 unmappable = e
-            end = b"COMMIT" if unmappable is None else b"ROLLBACK"
-            self._queue(partial(pgconn.send_query_params, end, None))
-            self._queue(pgconn.pipeline_sync)
-            self._push()
+            end = b"COMMIT" if unmappable is None and appended else b"ROLLBACK"
+            answered = len(self.sent)
+            if meanwhile is not None and end == b"COMMIT":
+                pgconn.send_flush_request()  # the chunks' answers before the commit's
+            self._queue(partial(pgconn.send_query_params, end, None), _Sent())
+            self._queue(pgconn.pipeline_sync, _Sent())
+            self.push()
+            if meanwhile is not None and end == b"COMMIT":
+                self.read_until(answered, wait=True)
+                if not any(result.status in _REFUSED for result, *_ in self.results):
+                    positions = self._positions()
+                    try:
+                        meanwhile(positions)
+                    except Exception as e:  # the protocol is finished before it is raised
+                        failed_meanwhile = e
             self._read_to_sync()
-            if len(self._results) != len(self._sent):
-                raise psycopg.InterfaceError(f"a pipelined append read {len(self._results)}"
-                                             f" results for {len(self._sent)} queries")
+            if len(self.results) != len(self.sent):
+                raise psycopg.InterfaceError(f"a pipelined append read {len(self.results)}"
+                                             f" results for {len(self.sent)} queries")
             if pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 self._roll_back()  # a refused chunk left the transaction open, failed
             pgconn.exit_pipeline_mode()
         except BaseException:
-            conn.close()  # in the middle of the protocol: no other append may use it
+            self.conn.close()  # in the middle of the protocol: no other append may use it
             raise
         out_of_step = self._learn_what_is_held()
         if unmappable is not None:
             raise unmappable
         if out_of_step and not last_try:
-            raise _OutOfStep
-        return self._positions()
+            raise OutOfStep
+        if positions is None or any(result.status == _FAILED for result, *_ in self.results):
+            positions = self._positions()  # raises the first refusal (the commit's too)
+        if failed_meanwhile is not None:
+            raise failed_meanwhile
+        return positions
 
-    def _queue(self, send: Callable[[], None], *, prepares: PreparedAppend | None = None,
-               runs: PreparedAppend | None = None) -> None:
-        """A query into libpq's buffer (sent by ``_push``)."""
-        self._sent.append((prepares, runs))
+    def _queue(self, send: Callable[[], None], sent: _Sent) -> None:
+        """A query into libpq's buffer (sent by ``push``)."""
+        self.sent.append(sent)
         send()
 
-    def _push(self, results: list[list[pq.abc.PGresult]] | None = None) -> None:
+    def push(self, results: list[list[pq.abc.PGresult]] | None = None) -> None:
         """Sends what is buffered. While the server cannot take it all (its answers to
         the chunks before wait for this process to read them, a long append's), reads
         them meanwhile: neither side waits on the other. A flush that completes at once,
         the common case, costs one system call."""
-        into = self._results if results is None else results
-        while self._pgconn.flush():
-            into.extend(self._conn.wait(
-                generators.pipeline_communicate(self._pgconn, deque())))
+        into = self.results if results is None else results
+        while self.pgconn.flush():
+            into.extend(self.conn.wait(
+                generators.pipeline_communicate(self.pgconn, deque())))
+
+    def read_until(self, count: int, *, wait: bool) -> bool:
+        """Reads the answers of the first ``count`` queries; without ``wait``, only what
+        has come. Whether they are all read."""
+        pgconn = self.pgconn
+        while len(self.results) < count:
+            if not wait:
+                pgconn.consume_input()
+                if pgconn.is_busy():
+                    return False
+            self.results.append(self.conn.wait(generators.fetch_many(pgconn)))
+        return True
 
     def _read_to_sync(self, results: list[list[pq.abc.PGresult]] | None = None) -> None:
-        into = self._results if results is None else results
+        into = self.results if results is None else results
         while not (into and into[-1][0].status == _SYNC):
-            into.append(self._conn.wait(generators.fetch_many(self._pgconn)))
+            into.append(self.conn.wait(generators.fetch_many(self.pgconn)))
 
     def _roll_back(self) -> None:
-        self._pgconn.send_query_params(b"ROLLBACK", None)
-        self._pgconn.pipeline_sync()
+        self.pgconn.send_query_params(b"ROLLBACK", None)
+        self.pgconn.pipeline_sync()
         results: list[list[pq.abc.PGresult]] = []
-        self._push(results)
+        self.push(results)
         self._read_to_sync(results)
 
     def _learn_what_is_held(self) -> bool:
         """Which statements the connection holds, from the server's answers; True when
         this process was wrong about one (the append then did nothing)."""
         wrong = False
-        for (prepares, runs), (result, *_) in zip(self._sent, self._results, strict=True):
+        for sent, (result, *_) in zip(self.sent, self.results, strict=True):
             state = _sqlstate(result)
-            if prepares is not None:  # held once prepared, or found prepared before
+            if sent.prepares is not None:  # held once prepared, or found prepared before
                 held = result.status == _OK or state == _DUPLICATE
-                prepares.mark_held(self._conn, held)
+                sent.prepares.mark_held(self.conn, held)
                 wrong |= state == _DUPLICATE
-            elif runs is not None and state == _FORGOTTEN:  # prepared again next time
-                runs.mark_held(self._conn, False)
+            elif sent.runs is not None and state == _FORGOTTEN:  # prepared again next time
+                sent.runs.mark_held(self.conn, False)
                 wrong = True
         return wrong
 
     def _positions(self) -> list[int]:
         positions: list[int] = []
-        for (_, runs), (result, *_) in zip(self._sent, self._results, strict=True):
+        answered = self.sent[:len(self.results)]
+        for sent, (result, *_) in zip(answered, self.results, strict=True):
             if result.status == _FAILED:  # the first refusal; the rest were aborted
-                raise errors.error_from_result(result, encoding=self._conn.info.encoding)
-            if runs is not None:
+                raise errors.error_from_result(result, encoding=self.conn.info.encoding)
+            if sent.appends:
                 positions.extend(read_positions(result))
         return positions
 

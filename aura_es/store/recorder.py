@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 from uuid import UUID
@@ -49,12 +49,13 @@ from psycopg.rows import tuple_row
 from aura_es.errors import ServiceUnavailable
 from aura_es.store import idempotency, keystore, pooled, wakeup
 from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids, as_uuid
+from aura_es.store.at_once import AppendAtOnce
 from aura_es.store.chunked import CHUNKED_FROM, ChunkStatements, append_statement
 from aura_es.store.keyring import Keyring, SubjectErased
 from aura_es.store.mapper import SealedStoredEvent
 from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
 from aura_es.store.own_connection import OwnConnection
-from aura_es.store.pipelined import append_in_chunks
+from aura_es.store.pipelined import StepwiseAppend, append_in_chunks
 from aura_es.store.prepared import PreparedAppend
 
 #: No append statement runs longer than this (a stalled client cannot hold rows it
@@ -229,6 +230,7 @@ class AuraRecorder(PostgresApplicationRecorder):
         self._prepared_sealed_one = PreparedAppend(self._insert_sealed_one.as_string())
         self._prepared_sealed_one_with_key = PreparedAppend(
             self._insert_sealed_one_with_key.as_string())
+        self._insert_keys = PreparedAppend(idempotency.INSERT.as_string())
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
     def insert_one(self, stored: StoredEvent,
@@ -254,6 +256,27 @@ class AuraRecorder(PostgresApplicationRecorder):
             positions = self._append(conn, stored_events, kwargs)
         self.waker.committed()
         return positions
+
+    @contextlib.contextmanager
+    def appending_at_once(self) -> Iterator[AppendAtOnce | None]:
+        """A transaction a batch inserts its key rows in as its commands are decided,
+        then its events (``at_once.py``); None where appends are not pipelined (serial
+        mode, a session not in UTF-8). Rolled back unless appended."""
+        if self.serial:
+            yield None
+            return
+        at_once: AppendAtOnce | None = None
+        try:
+            with self.connection() as conn:
+                if not _speaks_utf8(conn):
+                    yield None
+                    return
+                with StepwiseAppend(conn) as stepwise:
+                    at_once = AppendAtOnce(stepwise, self._chunked, self._insert_keys)
+                    yield at_once
+        finally:
+            if at_once is not None and at_once.appended:
+                self.waker.committed()
 
     def connection(self) -> _Turn:
         """The connection this recorder keeps when no other thread is using it, else one

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
+from statistics import median
 from typing import Any
 from uuid import uuid4
 
@@ -206,6 +207,50 @@ def batch_duplicates(admin: str, n: int, size: int = 100) -> dict[str, Any]:
                       stored, absorbed)
 
 
+def batch_ways(admin: str, rounds: int, size: int = 100) -> list[dict[str, Any]]:
+    """A batch saved at once (``execute_many``) next to the careful way it takes when a
+    key is stored (keys looked up first, the rest saved together: every batch's way
+    before issue 27's eighth step), in one process, taking turns; wall time and client
+    CPU a command, medians of the rounds. Pin the process (``taskset -c 1``) to keep the
+    client's figures steady; the server runs where it will."""
+    with fresh_database(admin) as url:
+        ours = AuraApp(url, pool_size=2)
+        pipeline = ours.commands
+        ways: dict[str, Callable[[list[Any]], object]] = {
+            "the careful way (keys looked up first)": lambda commands:
+                pipeline._execute_carefully([pipeline._prepare(c) for c in commands]),
+            "at once (one round trip)": pipeline._execute_many,
+        }
+        run = uuid4().hex
+        made = iter(range(10**9))
+
+        def batch() -> list[Any]:
+            b = next(made)
+            return [ours.start_debate_command("t", ["a", "b"], idempotency_key=f"{run}:{b}:{i}")
+                    for i in range(size)]
+
+        for way in ways.values():  # warm: statements prepared, caches filled
+            for _ in range(10):
+                way(batch())
+        wall: dict[str, list[float]] = {name: [] for name in ways}
+        cpu: dict[str, list[float]] = {name: [] for name in ways}
+        for r in range(rounds):
+            for name, way in (list(ways.items()) if r % 2 else list(ways.items())[::-1]):
+                batches = [batch() for _ in range(20)]
+                started, cpu_started = time.perf_counter(), time.process_time()
+                for commands in batches:
+                    way(commands)
+                wall[name].append((time.perf_counter() - started) / (20 * size) * 1e6)
+                cpu[name].append((time.process_time() - cpu_started) / (20 * size) * 1e6)
+        ours.close()
+    careful, at_once = ways
+    return [{"case": f"{size} keyed commands in one transaction, {what} a command",
+             "baseline": careful, "baseline events/s": round(median(values[careful]), 1),
+             "aura-es events/s": round(median(values[at_once]), 1),
+             "ratio": round(median(values[at_once]) / median(values[careful]), 2)}
+            for what, values in (("wall µs", wall), ("client CPU µs", cpu))]
+
+
 def _retry_row(case: str, first: list[float], retried: list[float]) -> dict[str, Any]:
     """Latencies (ms) of retries next to their first, storing calls."""
     def shown(ms: list[float]) -> str:
@@ -304,6 +349,12 @@ def writer_processes(admin: str, n: int, pgbench_seconds: int) -> list[dict[str,
 
 def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
     n = 300 if quick else 3000
+    if "--batch-ways" in argv:
+        with postgres() as admin:
+            rows = batch_ways(admin, 6 if quick else 24)
+        report("append: a batch at once next to the careful way (one process, taking turns)",
+               rows, as_json=as_json)
+        return
     with postgres() as admin:
         rows = [
             single_and_concurrent(admin, n, 1),

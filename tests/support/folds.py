@@ -22,18 +22,27 @@ from aura_es.store import sealing
 Rows = dict[Any, tuple[Any, ...]]
 
 
+#: How far a fold goes: a position, or a reader's cursor (transaction, position): the
+#: log in its readers' order up to it. Transactions commit in any order, so a position
+#: is a prefix only of a log no two of whose transactions were written at once.
+UpTo = int | tuple[int, int] | None
+
+
 def events(
-    conn: psycopg.Connection[Any], up_to: int | None = None, exclude: frozenset[int] = frozenset()
+    conn: psycopg.Connection[Any], up_to: UpTo = None, exclude: frozenset[int] = frozenset()
 ) -> Iterator[dict[str, Any]]:
     query = ("SELECT notification_id, originator_id, topic, convert_from(state, 'UTF8'),"
              " originator_version FROM aura_events")
     params: tuple[Any, ...] = ()
-    if up_to is not None:
+    if isinstance(up_to, tuple):
+        query += " WHERE (transaction_id, notification_id) <= (%s, %s)"
+        params = up_to
+    elif up_to is not None:
         query += " WHERE notification_id <= %s"
         params = (up_to,)
     keys = _keys(conn)
     for position, aggregate_id, topic, state, version in conn.execute(
-        query + " ORDER BY notification_id", params
+        query + " ORDER BY transaction_id, notification_id", params
     ):
         if position in exclude:
             continue
@@ -77,7 +86,7 @@ def _keys(conn: psycopg.Connection[Any]) -> dict[str, bytes | None]:
 
 
 def debate_state(
-    conn: psycopg.Connection[Any], up_to: int | None = None, exclude: frozenset[int] = frozenset()
+    conn: psycopg.Connection[Any], up_to: UpTo = None, exclude: frozenset[int] = frozenset()
 ) -> Rows:
     rows: dict[Any, dict[str, Any]] = {}
     for e in events(conn, up_to, exclude):
@@ -120,7 +129,7 @@ _DECISION = "aura.decision."
 
 
 def agent_performance(
-    conn: psycopg.Connection[Any], bucket_seconds: int = 0, up_to: int | None = None
+    conn: psycopg.Connection[Any], bucket_seconds: int = 0, up_to: UpTo = None
 ) -> Rows:
     rows: dict[Any, dict[str, Any]] = {}
     for e in events(conn, up_to):
@@ -171,7 +180,7 @@ def _p95(values: list[float]) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def llm_spend(conn: psycopg.Connection[Any], up_to: int | None = None) -> Rows:
+def llm_spend(conn: psycopg.Connection[Any], up_to: UpTo = None) -> Rows:
     calls: dict[Any, tuple[str, str, str, Any]] = {}
     rows: dict[Any, dict[str, Any]] = {}
     for e in events(conn, up_to):

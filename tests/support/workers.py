@@ -58,6 +58,13 @@ def positions(conn: psycopg.Connection[Any]) -> dict[str, int]:
     return dict(conn.execute("SELECT projection, position FROM aura_projection_checkpoints"))
 
 
+def cursors(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int]]:
+    """Each projection's cursor in the log's order (transaction, position)."""
+    return {name: (transaction, position) for name, transaction, position in conn.execute(
+        "SELECT projection, cursor_transaction, cursor_position"
+        " FROM aura_projection_checkpoints")}
+
+
 def head(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM aura_events").fetchone()
     assert row is not None
@@ -90,7 +97,8 @@ def assert_read_models_equal_fold(
 
 
 def _compare(conn: psycopg.Connection[Any], names: Sequence[str]) -> None:
-    at = positions(conn)
+    # What a projection applied is the log in its readers' order up to its cursor.
+    at = cursors(conn)
     # A worker killed before its first commit left no checkpoint: then it left nothing.
     for name, table in (("DebateStateProjection", "debate_state"),
                         ("AgentPerformanceProjection", "agent_performance"),

@@ -47,8 +47,11 @@ def _transient_types(paths: tuple[str, ...]) -> tuple[type[BaseException], ...]:
         module_name, _, name = path.partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError) as e:
-            raise ConfigurationError(f"transient_exceptions: cannot import {path!r}: {e}") from None
+        except Exception as e:  # an application's module, or no module named: its own
+            shown = path if len(path) <= 100 else path[:100] + "…"
+            detail = str(e).splitlines()[0][:200] if str(e) else ""
+            raise ConfigurationError(f"transient_exceptions: cannot import {shown!r}"
+                                     f" ({type(e).__name__}: {detail})") from None
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):
             raise ConfigurationError(f"transient_exceptions: {path!r} is not an exception class")
         types.append(cls)
