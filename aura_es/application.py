@@ -261,14 +261,14 @@ class EventSourcedApp(Application[UUID]):
         return appended
 
     @contextlib.contextmanager
-    def saving_at_once(self) -> Iterator[BatchSave]:
-        """A batch's save in one transaction, its key rows inserted as its commands are
-        decided (``store/at_once.py``): a batch run for the first time, nearly every
-        one, is saved in one round trip, the server at work meanwhile (issue 27).
-        ``BatchSave.appended`` says what was saved once the block is left."""
+    def saving_at_once(self, key_hashes: list[str]) -> Iterator[BatchSave]:
+        """A batch's save in one round trip (``store/at_once.py``): whether its keys are
+        stored asked first, then its key rows inserted as its commands are decided, the
+        server at work meanwhile (issue 27). ``BatchSave.appended`` says what was saved
+        once the block is left."""
         batch = BatchSave(self)
         try:
-            with self.recorder.appending_at_once() as at_once:  # type: ignore[attr-defined]
+            with self.recorder.appending_at_once(key_hashes) as at_once:  # type: ignore[attr-defined]
                 batch.at_once = at_once
                 yield batch
         except (PersistenceOperationalError, PersistenceInterfaceError) as e:
@@ -436,20 +436,24 @@ class BatchSave:
 
     def must_look_up(self) -> bool:
         """Whether the batch must be run with its keys looked up first: the server has
-        refused a key row (one is stored), or this store cannot save a batch at once.
-        Does not wait for answers still to come."""
-        return self.at_once is None or self.at_once.refused()
+        answered that one is stored (or refused a key row), or this store cannot save a
+        batch at once. Does not wait for answers still to come."""
+        at_once = self.at_once
+        return at_once is None or at_once.none_stored(wait=False) is False or (
+            self._keys_inserted > 0 and at_once.refused())
 
     def decided(self, record: IdempotencyRecord) -> None:
-        """A command decided: its key row goes to the server with the next few."""
+        """A command decided: its key row goes to the server with the next few, once it
+        has answered that none of the batch's keys is stored."""
         records = self._records
         records.append(record)
-        # The first few soon, so a batch sent again learns early that its keys are stored.
         due = _FIRST_KEY_ROWS if not self._keys_inserted else _KEY_ROWS_AT_ONCE
         if len(records) - self._keys_inserted >= due:
-            assert self.at_once is not None
-            self.at_once.insert_keys(tuple(records[self._keys_inserted:]))
-            self._keys_inserted = len(records)
+            at_once = self.at_once
+            assert at_once is not None
+            if at_once.none_stored(wait=False):
+                at_once.insert_keys(tuple(records[self._keys_inserted:]))
+                self._keys_inserted = len(records)
 
     def save(self, aggregates: Sequence[AuraAggregate],
              meanwhile: Callable[[list[Appended]], None] | None = None) -> None:
@@ -462,8 +466,9 @@ class BatchSave:
         kinds: set[type] = {type(e) for a in aggregates for e in a.pending_events}
         if any(map(personal_fields, kinds)):
             # Sealing may make a subject's key on a pooled connection: mapped and saved
-            # once this transaction is over (rolled back); a key stored collides there.
-            self.later = (aggregates, self._records)
+            # once this transaction is over (rolled back), when no key is stored.
+            if at_once.none_stored(wait=True):
+                self.later = (aggregates, self._records)
             return
         app = self._app
         events: list[Any] = []

@@ -144,7 +144,8 @@ class CommandStore(Protocol):
         self, *aggregates: AuraAggregate, records: Sequence[IdempotencyRecord | None],
     ) -> list[Appended]: ...
 
-    def saving_at_once(self) -> contextlib.AbstractContextManager[BatchSaving]: ...
+    def saving_at_once(self, key_hashes: list[str]
+                       ) -> contextlib.AbstractContextManager[BatchSaving]: ...
 
     def load_aggregate(self, aggregate_id: UUID) -> AuraAggregate: ...
 
@@ -156,7 +157,8 @@ class CommandStore(Protocol):
 
 
 class BatchSaving(Protocol):
-    """A batch's save in one transaction, its key rows inserted as it is decided."""
+    """A batch's save in one round trip: its keys asked about, its key rows inserted as
+    it is decided."""
 
     @property
     def appended(self) -> Sequence[Appended] | None:
@@ -256,16 +258,16 @@ class CommandPipeline:
         return self._answered(prepared, fresh)
 
     def _save_at_once(self, fresh: list[_Prepared]) -> bool:
-        """Saves the batch in one transaction, each command's key row inserted while the
-        next are decided: one round trip, the server at work meanwhile (issue 27).
-        False when a key row was refused (a key stored) or the store cannot: nothing
-        saved, the batch is run the careful way."""
+        """Saves the batch in one round trip: whether its keys are stored asked first,
+        then each command's key row inserted while the next are decided, the server at
+        work meanwhile (issue 27). False when a key is stored (or a key row refused) or
+        the store cannot: nothing saved, the batch is run the careful way."""
         aggregates = self.store.load_aggregates(
             [p.aggregate_id for p in fresh if isinstance(p.command, Update)])
-        with self.store.saving_at_once() as batch:
+        with self.store.saving_at_once([p.key_hash for p in fresh]) as batch:
             for i, p in enumerate(fresh):
                 # Asked between decisions, never waited for: a batch sent again stops
-                # soon after its first key row is refused.
+                # as soon as the answer that its keys are stored has come.
                 if i % _ASK_EVERY == 0 and batch.must_look_up():
                     return False
                 current = aggregates.get(p.aggregate_id)

@@ -168,15 +168,16 @@ def test_a_batch_after_the_server_forgot_its_statements_is_stored_once(app: Aura
     with recorder.connection() as conn:
         conn.execute("DEALLOCATE ALL")
     with batches_saved_at_once() as at_once:
-        for b in range(5):
+        for b in range(6):
             results = app.execute_many([
                 app.start_debate_command("t", ["a"], idempotency_key=f"b{b}-{i}")
                 for i in range(30)])
             assert not any(r.duplicate for r in results)
-    # Three statements (the key rows, a first chunk, a next one): three batches at most.
-    assert at_once.appended().count(False) <= 3
+    # Four statements (the question, the key rows, a first chunk, a next one): four
+    # batches at most.
+    assert at_once.appended().count(False) <= 4
     assert at_once.appended()[-2:] == [True, True]
-    assert stored_events(app) == CALLS + 180
+    assert stored_events(app) == CALLS + 210
 
 
 def test_a_batch_whose_connection_was_killed_is_stored_once(app: AuraApp) -> None:

@@ -3,12 +3,14 @@ client decides.
 
 A batch (``execute_many``) looked its keys up first, a round trip during which the
 client idled, then decided its commands while the server idled, then saved. Here one
-pipelined transaction does it all (``pipelined.StepwiseAppend``): the key rows of the
-commands decided so far are inserted while the next are decided, and the events follow
-in chunks. A key already stored (a batch sent again) makes its insert fail, which the
-client sees between decisions (``refused``): it stops, the transaction rolls back with
-nothing written, and the batch is run the careful way (its keys looked up first,
-duplicates answered from them). A key a concurrent batch stores collides the same way.
+pipeline does it all (``pipelined.StepwiseAppend``): how many of the batch's keys are
+stored is asked first and answered while the first commands are decided; when none is,
+the key rows of the commands decided so far are inserted while the next are decided,
+in a transaction, and the events follow in chunks. A key stored (a batch sent again)
+stops the deciding as soon as the answer is read, with no transaction begun, and the
+batch is run the careful way (its keys looked up, duplicates answered from them). A key
+a concurrent batch stores after the question collides in the insert, which the client
+sees between decisions (``refused``): the transaction rolls back, nothing written.
 """
 
 from __future__ import annotations
@@ -25,19 +27,31 @@ from aura_es.store.prepared import PreparedAppend
 
 
 class AppendAtOnce:
-    """One batch's transaction (``AuraRecorder.appending_at_once``)."""
+    """One batch's question and transaction (``AuraRecorder.appending_at_once``); the
+    question is sent when it is made."""
 
     def __init__(self, stepwise: StepwiseAppend, chunked: ChunkStatements,
-                 keys: PreparedAppend) -> None:
+                 keys: PreparedAppend, count_stored: PreparedAppend,
+                 key_hashes: Sequence[str]) -> None:
         self._stepwise = stepwise
         self._chunked = chunked
         self._keys = keys
         #: Whether the batch's events were appended and committed.
         self.appended = False
+        stepwise.ask(count_stored, (list(key_hashes),))
+
+    def none_stored(self, *, wait: bool) -> bool | None:
+        """Whether none of the batch's keys is stored; None while the answer has not
+        come (``wait=False``). A question the server could not answer is a key stored:
+        the careful way finds out."""
+        answer = self._stepwise.answer(wait=wait)
+        if answer is None:
+            return None if not wait and not self._stepwise.refused() else False
+        return answer == 0
 
     def refused(self) -> bool:
-        """Whether the server has refused key rows sent so far (a key stored): asked
-        between decisions, it does not wait for answers still to come."""
+        """Whether the server has refused the question or key rows sent so far (a key a
+        concurrent batch stored): asked between decisions, it does not wait."""
         return self._stepwise.refused()
 
     def insert_keys(self, records: tuple[IdempotencyRecord, ...]) -> None:
@@ -51,10 +65,10 @@ class AppendAtOnce:
                meanwhile: Meanwhile | None = None) -> list[int] | None:
         """The events and the key rows not inserted yet, appended and committed: their
         positions (given to ``meanwhile`` while the commit is on the server). None,
-        nothing appended, when the server refused key rows sent before or did not hold
-        a statement this process thought it held (the careful way prepares it again); a
-        refusal answered with this append is raised."""
-        if self.refused():
+        nothing appended, when a key is stored, the server refused key rows sent before,
+        or it did not hold a statement this process thought it held (the careful way
+        prepares it again); a refusal answered with this append is raised."""
+        if not self.none_stored(wait=True) or self.refused():
             return None
         try:
             positions = self._stepwise.append(

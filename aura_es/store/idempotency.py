@@ -194,3 +194,11 @@ def stored(cur: psycopg.Cursor[Any], key_hashes: Sequence[str]) -> dict[str, Any
     # A typed array in binary: psycopg would inspect every element of a plain list.
     cur.execute(_LOOKUP, (Texts(key_hashes),), prepare=True, binary=True)
     return {row["key_hash"]: row for row in cur.fetchall()}
+
+
+#: How many of a batch's keys are stored: the question a batch saved at once asks first
+#: (``at_once.py``), each key looked up as ``_LOOKUP`` does.
+COUNT_STORED = sql.SQL(
+    "SELECT count(*) FROM unnest(%s::text[]) AS wanted(key_hash)"
+    " CROSS JOIN LATERAL (SELECT 1 FROM {k} k WHERE k.key_hash = wanted.key_hash LIMIT 1) i"
+).format(k=sql.Identifier(TABLE))

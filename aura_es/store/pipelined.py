@@ -69,16 +69,19 @@ class OutOfStep(Exception):
 
 
 class StepwiseAppend:
-    """A transaction its caller adds to as it goes, then appends in and commits, or
-    leaves (rolled back).
+    """A question, then a transaction its caller adds to as it goes, appends in and
+    commits, or leaves (rolled back).
 
-    ``BEGIN`` goes first, and each statement ``send`` queues is on its way, and run by
-    the server, while the caller works on (a batch's key rows, inserted while its next
-    commands are decided); ``refused`` says, without waiting, whether the server has
-    refused one so far (the transaction then commits nothing: a key already stored, in
-    a batch sent again), and ``append`` sends the last chunks and the commit. One round
-    trip in all, the server busy meanwhile: a batch that looked its keys up first idled
-    the client through one round trip and the server through its decisions (issue 27).
+    The question (``ask``: a statement answering one bigint, run on its own before the
+    transaction) goes first, and the caller works while the server answers it
+    (``answer``: a batch's commands decided while the server counts its keys already
+    stored). Each statement ``send`` queues after it opens the transaction if it is not
+    open, and is on its way, run by the server, while the caller works on (a batch's key
+    rows, inserted while its next commands are decided); ``refused`` says, without
+    waiting, whether the server has refused one so far (the transaction then commits
+    nothing), and ``append`` sends the last chunks and the commit. One round trip in
+    all, the server busy meanwhile: a batch that looked its keys up first idled the
+    client through one round trip and the server through its decisions (issue 27).
     Used as a context manager; the connection comes back idle and out of pipeline mode,
     or closed (as ``append_in_chunks``'s).
     """
@@ -86,16 +89,47 @@ class StepwiseAppend:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._pipeline = _Pipeline(conn)
         self._ended = False
-        #: How many queries the server was asked to answer (flushed with a request).
+        self._begun = False
+        #: How many queries the server was asked to answer (a sync or a flush after them).
         self._asked = 0
+        #: Where the question's answer is among the answers.
+        self._question_at: int | None = None
 
     def __enter__(self) -> StepwiseAppend:
-        try:
-            self._pipeline.begin()
-        except BaseException:
-            self._pipeline.conn.close()
-            raise
+        self._pipeline.enter()
         return self
+
+    def ask(self, question: PreparedAppend, params: Sequence[Any]) -> None:
+        """Sends the question, on its own (before the transaction), answered at once."""
+        pipeline = self._pipeline
+        encoded = question.encode(params)
+        try:
+            pipeline.send(question, encoded, appends=False)
+            self._question_at = len(pipeline.sent) - 1
+            pipeline.sync()
+            pipeline.push()
+        except BaseException:
+            pipeline.conn.close()
+            raise
+        self._asked = len(pipeline.sent)
+
+    def answer(self, *, wait: bool) -> int | None:
+        """The question's answer; None while it has not come (``wait=False``), or when
+        the server could not answer it."""
+        pipeline = self._pipeline
+        at = self._question_at
+        assert at is not None
+        try:
+            if not pipeline.read_until(at + 1, wait=wait):
+                return None
+        except BaseException:
+            pipeline.conn.close()
+            raise
+        result = pipeline.results[at][0]
+        if result.status != pq.ExecStatus.TUPLES_OK:
+            return None
+        [value] = read_positions(result)
+        return value
 
     def send(self, statement: PreparedAppend, params: Sequence[Any]) -> None:
         """A statement into the transaction, run by the server while the caller goes on
@@ -103,6 +137,7 @@ class StepwiseAppend:
         pipeline = self._pipeline
         encoded = statement.encode(params)
         try:
+            self._begin()
             pipeline.send(statement, encoded, appends=False)
             # The server keeps its answers until told to send them (a sync or a flush).
             pipeline.pgconn.send_flush_request()
@@ -113,8 +148,8 @@ class StepwiseAppend:
         self._asked = len(pipeline.sent)
 
     def refused(self) -> bool:
-        """Whether the server has refused a statement sent so far, from the answers that
-        have come (it does not wait for the others)."""
+        """Whether the server has refused a statement sent so far (the question too),
+        from the answers that have come (it does not wait for the others)."""
         pipeline = self._pipeline
         try:
             pipeline.read_until(self._asked, wait=False)
@@ -130,17 +165,32 @@ class StepwiseAppend:
         where this process thought (nothing appended), and the server's refusal of any
         as psycopg's error."""
         self._ended = True
+        try:
+            self._begin()
+        except BaseException:
+            self._pipeline.conn.close()
+            raise
         return self._pipeline.run_rest(chunks, meanwhile=meanwhile)
+
+    def _begin(self) -> None:
+        if not self._begun:
+            self._begun = True
+            self._pipeline.begin()
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if self._ended:
             return
         self._ended = True
-        # Nothing was appended: the transaction rolled back, what the server answered
-        # learnt (a lost connection is closed, and met again by what comes next).
+        # Nothing was appended: the transaction (if any) rolled back, what the server
+        # answered learnt (a lost connection is closed, and met again by what comes
+        # next). Without a transaction, the question's own sync ends the pipeline: no
+        # round trip more for a batch sent again.
         with contextlib.suppress(OutOfStep, psycopg.Error):
-            self._pipeline.run_rest(())
+            if self._begun:
+                self._pipeline.run_rest(())
+            else:
+                self._pipeline.leave()
 
 
 class _Sent(NamedTuple):
@@ -161,6 +211,7 @@ class _Pipeline:
         self._preparing: list[PreparedAppend] = []
 
     def run(self, chunks: Iterable[Chunk], *, last_try: bool = False) -> list[int]:
+        self.enter()
         try:
             self.begin()
         except BaseException:
@@ -168,9 +219,15 @@ class _Pipeline:
             raise
         return self.run_rest(chunks, last_try=last_try)
 
-    def begin(self) -> None:
+    def enter(self) -> None:
         self.pgconn.enter_pipeline_mode()
+
+    def begin(self) -> None:
         self._queue(partial(self.pgconn.send_query_params, b"BEGIN", None), _Sent())
+
+    def sync(self) -> None:
+        """Ends what was sent so far (its own implicit transaction), answers flushed."""
+        self._queue(self.pgconn.pipeline_sync, _Sent())
 
     def send(self, statement: PreparedAppend, encoded: list[bytes], *, appends: bool) -> None:
         """Queues a run of ``statement`` (prepared first where the connection does not
@@ -183,6 +240,17 @@ class _Pipeline:
             self._queue(partial(statement.send_prepare, conn), _Sent(prepares=statement))
         self._queue(partial(statement.send_run, conn, encoded),
                     _Sent(runs=statement, appends=appends))
+
+    def leave(self) -> None:
+        """Out of pipeline mode when everything sent ended with a sync (no transaction
+        open): the answers still to come read, what is held learnt."""
+        try:
+            self.read_until(len(self.sent), wait=True)
+            self.pgconn.exit_pipeline_mode()
+        except BaseException:
+            self.conn.close()
+            raise
+        self._learn_what_is_held()
 
     def run_rest(self, chunks: Iterable[Chunk], *, last_try: bool = False,
                  meanwhile: Meanwhile | None = None) -> list[int]:
@@ -203,14 +271,14 @@ class _Pipeline:
                     self.push()  # on the server while the next chunk is mapped
             except Exception as e:  # a chunk not mapped or encoded: nothing may commit
                 unmappable = e
-            end = b"COMMIT" if unmappable is None and appended else b"ROLLBACK"
+            last = b"COMMIT" if unmappable is None and appended else b"ROLLBACK"
             answered = len(self.sent)
-            if meanwhile is not None and end == b"COMMIT":
+            if meanwhile is not None and last == b"COMMIT":
                 pgconn.send_flush_request()  # the chunks' answers before the commit's
-            self._queue(partial(pgconn.send_query_params, end, None), _Sent())
-            self._queue(pgconn.pipeline_sync, _Sent())
+            self._queue(partial(pgconn.send_query_params, last, None), _Sent())
+            self.sync()
             self.push()
-            if meanwhile is not None and end == b"COMMIT":
+            if meanwhile is not None and last == b"COMMIT":
                 self.read_until(answered, wait=True)
                 if not any(result.status in _REFUSED for result, *_ in self.results):
                     positions = self._positions()
@@ -267,9 +335,13 @@ class _Pipeline:
         return True
 
     def _read_to_sync(self, results: list[list[pq.abc.PGresult]] | None = None) -> None:
-        into = self.results if results is None else results
-        while not (into and into[-1][0].status == _SYNC):
-            into.append(self.conn.wait(generators.fetch_many(self.pgconn)))
+        """Every answer still to come (a rollback's own, into ``results``): up to the
+        last sync, not the first one seen (a question has its own)."""
+        if results is None:
+            self.read_until(len(self.sent), wait=True)
+            return
+        while not (results and results[-1][0].status == _SYNC):
+            results.append(self.conn.wait(generators.fetch_many(self.pgconn)))
 
     def _roll_back(self) -> None:
         self.pgconn.send_query_params(b"ROLLBACK", None)

@@ -231,6 +231,7 @@ class AuraRecorder(PostgresApplicationRecorder):
         self._prepared_sealed_one_with_key = PreparedAppend(
             self._insert_sealed_one_with_key.as_string())
         self._insert_keys = PreparedAppend(idempotency.INSERT.as_string())
+        self._count_stored = PreparedAppend(idempotency.COUNT_STORED.as_string())
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
     def insert_one(self, stored: StoredEvent,
@@ -258,10 +259,11 @@ class AuraRecorder(PostgresApplicationRecorder):
         return positions
 
     @contextlib.contextmanager
-    def appending_at_once(self) -> Iterator[AppendAtOnce | None]:
-        """A transaction a batch inserts its key rows in as its commands are decided,
-        then its events (``at_once.py``); None where appends are not pipelined (serial
-        mode, a session not in UTF-8). Rolled back unless appended."""
+    def appending_at_once(self, key_hashes: Sequence[str]) -> Iterator[AppendAtOnce | None]:
+        """How many of ``key_hashes`` are stored, asked first, then a transaction a batch
+        inserts its key rows in as its commands are decided, then its events
+        (``at_once.py``); None where appends are not pipelined (serial mode, a session
+        not in UTF-8). Rolled back unless appended."""
         if self.serial:
             yield None
             return
@@ -272,7 +274,8 @@ class AuraRecorder(PostgresApplicationRecorder):
                     yield None
                     return
                 with StepwiseAppend(conn) as stepwise:
-                    at_once = AppendAtOnce(stepwise, self._chunked, self._insert_keys)
+                    at_once = AppendAtOnce(stepwise, self._chunked, self._insert_keys,
+                                           self._count_stored, key_hashes)
                     yield at_once
         finally:
             if at_once is not None and at_once.appended:
