@@ -16,6 +16,9 @@ the connection comes back idle and out of pipeline mode, or is closed when it ca
 (a lost connection, an interrupt), never left half way for the next append. A server
 that forgot a statement (``DEALLOCATE ALL``), or held one this process thought it did
 not, makes the append fail having done nothing: it runs again, knowing better.
+
+A batch of commands uses the same pipeline stepwise (``StepwiseAppend``): a question
+first, then statements sent as the batch is decided, then the chunks and the commit.
 """
 
 from __future__ import annotations
