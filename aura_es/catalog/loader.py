@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from pydantic import ValidationError
 
 from aura_es.catalog.model import Catalog
 from aura_es.errors import ConfigurationError
+from aura_es.imports import import_named
 
 DEFAULT_CATALOG = Path("catalog/projection-catalog.yaml")
 MAX_CATALOG_BYTES = 10_000_000
@@ -56,13 +56,7 @@ def import_event_modules(path: Path, modules: list[str]) -> None:
     """Imports the modules that define the catalog's event classes (their topics, their
     schemas): the framework itself imports no application's events."""
     for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # an application's module: any failure is its own
-            shown = name if len(name) <= 100 else name[:100] + "…"
-            detail = str(e).splitlines()[0][:200] if str(e) else ""
-            raise ConfigurationError(f"catalog {path}: event_modules: cannot import"
-                                     f" {shown!r} ({type(e).__name__}: {detail})") from None
+        import_named(name, f"catalog {path}: event_modules")
 
 
 def _reject_duplicate_keys(path: Path, node: yaml.Node, visited: list[int]) -> None:

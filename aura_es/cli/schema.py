@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from aura_es.catalog.model import EventTypeSpec
 from aura_es.cli import render
 from aura_es.cli.common import Json, emit_json, fail, handle_errors
 from aura_es.errors import ConfigurationError
+from aura_es.imports import import_named
 from aura_es.schemas import check as checking
 from aura_es.schemas import registry
 from aura_es.schemas.generate import current_schema, event_classes, payload_version
@@ -30,10 +30,7 @@ Modules = Annotated[list[str] | None, typer.Option(
 
 def _classes(modules: list[str] | None) -> dict[str, type]:
     for name in modules or []:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ConfigurationError(f"--module {name!r}: cannot import it ({e})") from None
+        import_named(name, "--module")
     return event_classes()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import psycopg
 
 from aura_es.catalog.model import ErrorHandling
 from aura_es.errors import ConfigurationError, EventVersionUnknown, ServiceUnavailable
+from aura_es.imports import import_named, shown
 from aura_es.retry import FIXED, IMMEDIATE, Backoff
 
 MAX_DELAY_SECONDS = 30.0
@@ -45,15 +45,11 @@ def _transient_types(paths: tuple[str, ...]) -> tuple[type[BaseException], ...]:
     types = list(_ALWAYS)
     for path in paths:
         module_name, _, name = path.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), name)
-        except Exception as e:  # an application's module, or no module named: its own
-            shown = path if len(path) <= 100 else path[:100] + "…"
-            detail = str(e).splitlines()[0][:200] if str(e) else ""
-            raise ConfigurationError(f"transient_exceptions: cannot import {shown!r}"
-                                     f" ({type(e).__name__}: {detail})") from None
+        module = import_named(module_name, f"transient_exceptions: {shown(path)!r}")
+        cls = getattr(module, name, None)
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-            raise ConfigurationError(f"transient_exceptions: {path!r} is not an exception class")
+            raise ConfigurationError(
+                f"transient_exceptions: {shown(path)!r} is not an exception class")
         types.append(cls)
     return tuple(types)
 
