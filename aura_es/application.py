@@ -482,16 +482,17 @@ class BatchSave:
             if meanwhile is not None:
                 meanwhile(appended)
 
+        # An append that returns its positions gave them to ``while_committing`` first.
         positions = at_once.append(stored, tuple(self._records[self._keys_inserted:]),
                                    while_committing)
         if positions is None:
             return
         app._after_save(aggregates, events, stored, positions)
-        self.appended = appended or _appended(events, stored, positions)
+        self.appended = appended
 
 
-#: Key rows sent to the server together while a batch is decided: a statement each
-#: costs the client ~20 µs, a few dozen rows the server a few hundred.
+#: Key rows sent to the server together while a batch is decided (a statement each;
+#: the first few early, so the server starts soon).
 _KEY_ROWS_AT_ONCE = 25
 _FIRST_KEY_ROWS = 8
 

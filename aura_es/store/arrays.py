@@ -67,7 +67,7 @@ def _with_lengths(data: list[bytes]) -> bytes:
     lengths = set(map(len, data))
     if len(lengths) == 1:
         # All of one length (the hashes of key rows, a batch's one command type or
-        # topic): one length joins them, ~10 against ~170 ns an element (issue 27).
+        # topic): one length joins them, where interleaving took ~170 ns an element.
         length = _LENGTH.pack(lengths.pop())
         return length + length.join(data)
     # Interleaved in C (map, zip, chain), not by a Python loop: a 100-event append's four
@@ -87,8 +87,8 @@ class _TextsDumper(_ArrayDumper):
 
     def elements(self, values: list[Any]) -> bytes:
         if self._encoding in _UTF8_NAMES and _all_texts_without_nul(values):
-            # Encoded by C calls over the whole list, not one Python call an element:
-            # 0.42-0.51 against 0.2 µs an element (a batch's key rows have four texts).
+            # Encoded by C calls over the whole list, not one Python call an element
+            # (a batch's key rows have four texts; docs/benchmarks.md, issue 27).
             return _with_lengths(list(map(str.encode, values)))
         return _with_lengths([_text(value).encode(self._encoding) for value in values])
 
