@@ -434,13 +434,18 @@ class BatchSave:
         self._records: list[IdempotencyRecord] = []
         self._keys_inserted = 0
 
-    def must_look_up(self) -> bool:
-        """Whether the batch must be run with its keys looked up first: the server has
-        answered that one is stored (or refused a key row), or this store cannot save a
-        batch at once. Does not wait for answers still to come."""
+    def must_look_up(self, *, wait: bool = False) -> bool:
+        """Whether the batch must be run the careful way: the server has answered that a
+        key is stored (or refused a key row), or this store cannot save a batch at once.
+        Waits for the keys' answer only when told to."""
         at_once = self.at_once
-        return at_once is None or at_once.none_stored(wait=False) is False or (
+        return at_once is None or at_once.none_stored(wait=wait) is False or (
             self._keys_inserted > 0 and at_once.refused())
+
+    def stored_keys(self) -> dict[str, dict[str, Any]] | None:
+        """The batch's keys found stored by its question (``EventSourcedApp.stored_keys``'s
+        rows), once ``must_look_up`` has said so; None when not known."""
+        return None if self.at_once is None else self.at_once.stored()
 
     def decided(self, record: IdempotencyRecord) -> None:
         """A command decided: its key row goes to the server with the next few, once it

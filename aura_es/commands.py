@@ -164,7 +164,10 @@ class BatchSaving(Protocol):
     def appended(self) -> Sequence[Appended] | None:
         """What the batch appended, once saved; None when nothing was."""
 
-    def must_look_up(self) -> bool: ...
+    def must_look_up(self, *, wait: bool = False) -> bool: ...
+
+    def stored_keys(self) -> dict[str, dict[str, Any]] | None:
+        """The keys found stored (``CommandStore.stored_keys``'s rows); None: not known."""
 
     def decided(self, record: IdempotencyRecord) -> None: ...
 
@@ -249,52 +252,70 @@ class CommandPipeline:
         for p in prepared:
             firsts.setdefault(p.key_hash, p)
         fresh = list(firsts.values())
+        found: dict[str, dict[str, Any]] | None = None
         try:
-            saved = self._save_at_once(fresh)
+            saved, found = self._save_at_once(fresh)
         except (IntegrityError, DomainError, AggregateNotFound):
             saved = False  # a key stored, a race, or a command the state refuses
         if not saved:
-            return self._execute_carefully(prepared, fresh)
+            return self._execute_carefully(prepared, fresh, found)
         return self._answered(prepared, fresh)
 
-    def _save_at_once(self, fresh: list[_Prepared]) -> bool:
-        """Saves the batch in one round trip: whether its keys are stored asked first,
-        then each command's key row inserted while the next are decided, the server at
-        work meanwhile (issue 27). False when a key is stored (or a key row refused) or
-        the store cannot: nothing saved, the batch is run the careful way."""
+    def _save_at_once(self, fresh: list[_Prepared]
+                      ) -> tuple[bool, dict[str, dict[str, Any]] | None]:
+        """Saves the batch in one round trip: its keys looked up first, then each
+        command's key row inserted while the next are decided, the server at work
+        meanwhile (issue 27). Whether it saved, and the keys found stored (None: not
+        known): nothing is saved when a key is stored (or a key row refused) or the
+        store cannot, and the batch is run the careful way."""
         aggregates = self.store.load_aggregates(
             [p.aggregate_id for p in fresh if isinstance(p.command, Update)])
         with self.store.saving_at_once([p.key_hash for p in fresh]) as batch:
-            for i, p in enumerate(fresh):
-                # Asked between decisions, never waited for: a batch sent again stops
-                # as soon as the answer that its keys are stored has come.
-                if i % _ASK_EVERY == 0 and batch.must_look_up():
-                    return False
-                current = aggregates.get(p.aggregate_id)
-                if current is None and isinstance(p.command, Update):
-                    raise AggregateNotFound(p.aggregate_id)  # loaded by the careful way
-                aggregates[p.aggregate_id] = self._decide(p, current)
-                assert p.record is not None
-                batch.decided(p.record)
+            try:
+                if not self._decide_at_once(fresh, aggregates, batch):
+                    return False, batch.stored_keys()
+            except (DomainError, AggregateNotFound):
+                # An update sent again is refused by the state it made: its key stored.
+                if batch.must_look_up(wait=True):
+                    return False, batch.stored_keys()
+                raise
             decided = {p.aggregate_id: aggregates[p.aggregate_id] for p in fresh}
             results: list[CommandResult] = []
             # Answered while the commit is on the server (its WAL flush, ~0.4 ms).
             batch.save(list(decided.values()),
                        lambda appended: results.extend(self._results_of(fresh, appended)))
         if batch.appended is None:
-            return False
+            return False, batch.stored_keys()
         if not results:  # saved after the transaction (its events sealed)
             results = self._results_of(fresh, batch.appended)
         for p, result in zip(fresh, results, strict=True):
             p.result = result
+        return True, None
+
+    def _decide_at_once(self, fresh: list[_Prepared], aggregates: dict[UUID, AuraAggregate],
+                        batch: BatchSaving) -> bool:
+        """Decides the batch, each command's key row given to ``batch``; False as soon as
+        the answer that a key is stored has come (asked between decisions, never waited
+        for)."""
+        for i, p in enumerate(fresh):
+            if i % _ASK_EVERY == 0 and batch.must_look_up():
+                return False
+            current = aggregates.get(p.aggregate_id)
+            if current is None and isinstance(p.command, Update):
+                raise AggregateNotFound(p.aggregate_id)  # loaded by the careful way
+            aggregates[p.aggregate_id] = self._decide(p, current)
+            assert p.record is not None
+            batch.decided(p.record)
         return True
 
-    def _execute_carefully(self, prepared: list[_Prepared],
-                           firsts: list[_Prepared]) -> list[CommandResult]:
+    def _execute_carefully(self, prepared: list[_Prepared], firsts: list[_Prepared],
+                           found: dict[str, dict[str, Any]] | None = None
+                           ) -> list[CommandResult]:
         """The batch (``firsts``: the first command of each key) with its keys looked up
-        first: duplicates answered from them, the rest saved together; on a conflict,
-        each command on its own."""
-        found = self.store.stored_keys([p.key_hash for p in firsts])
+        first (unless ``found`` already): duplicates answered from them, the rest saved
+        together; on a conflict, each command on its own."""
+        if found is None:
+            found = self.store.stored_keys([p.key_hash for p in firsts])
         for p in prepared:
             if p.key_hash in found:
                 p.result = self._as_duplicate(p, found[p.key_hash])

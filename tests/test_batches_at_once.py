@@ -1,8 +1,9 @@
-"""G1 and G2 for a batch saved at once (``execute_many``, issue 27): one pipelined
-transaction inserts each command's key row while the next are decided, then the events;
-a key already stored makes it roll back and the batch run the careful way (its keys
-looked up first). Whichever way a batch went, each command is stored once and answered
-as it would be alone; a batch all of whose keys are new went at once."""
+"""G1 and G2 for a batch saved at once (``execute_many``, issue 27): its keys looked up
+first, then one pipelined transaction inserts each command's key row while the next are
+decided, then the events; a key already stored makes the batch run the careful way
+(duplicates answered from the keys the first lookup found). Whichever way a batch went,
+each command is stored once and answered as it would be alone; a batch all of whose keys
+are new went at once."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aura_es import AuraApp, CommandResult, DomainError
+from aura_es.application import EventSourcedApp
 from aura_es.commands import Command
 from aura_es.store.at_once import AppendAtOnce
 from aura_es.store.recorder import AuraRecorder
@@ -77,6 +79,21 @@ def batches_saved_at_once() -> Iterator[AtOnceOutcomes]:
         yield opened
 
 
+@contextmanager
+def lookups() -> Iterator[list[list[str]]]:
+    """The keys each lookup of the careful way asked for, meanwhile."""
+    asked: list[list[str]] = []
+    original = EventSourcedApp.stored_keys
+
+    def stored_keys(self: EventSourcedApp, key_hashes: list[str]) -> dict[str, Any]:
+        asked.append(key_hashes)
+        return original(self, key_hashes)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EventSourcedApp, "stored_keys", stored_keys)
+        yield asked
+
+
 @settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(batches=st.lists(batch_ops, min_size=1, max_size=4))
@@ -87,14 +104,16 @@ def test_a_batch_stores_each_command_once_and_goes_at_once_when_its_keys_are_new
     while the batch is decided), creates and updates, keys repeated within a batch and
     across batches at any position: every result is the command's alone (a first run
     stored once, a retry its original result), and a batch went at once exactly when
-    none of its keys was stored before it."""
+    none of its keys was stored before it; a batch sent again answered its duplicates
+    from what its first lookup found, with no lookup more."""
     calls = reset(app)
     first: dict[Op, CommandResult] = {}
     for ops in batches:
         all_new = not any(op in first for op in ops)
-        with batches_saved_at_once() as at_once:
+        with batches_saved_at_once() as at_once, lookups() as looked_up:
             results = app.execute_many([to_command(app, op, calls) for op in ops])
         assert at_once.appended() == [all_new]
+        assert looked_up == []
         for op, result in zip(ops, results, strict=True):
             if op in first:
                 assert result == CommandResult(**{**first[op].__dict__, "duplicate": True})

@@ -3,12 +3,12 @@ client decides.
 
 A batch (``execute_many``) looked its keys up first, a round trip during which the
 client idled, then decided its commands while the server idled, then saved. Here one
-pipeline does it all (``pipelined.StepwiseAppend``): how many of the batch's keys are
-stored is asked first and answered while the first commands are decided; when none is,
+pipeline does it all (``pipelined.StepwiseAppend``): the batch's keys are looked up
+first, answered while the first commands are decided; when none is stored,
 the key rows of the commands decided so far are inserted while the next are decided,
 in a transaction, and the events follow in chunks. A key stored (a batch sent again)
 stops the deciding as soon as the answer is read, with no transaction begun, and the
-batch is run the careful way (its keys looked up, duplicates answered from them). A key
+batch is run the careful way, duplicates answered from the keys the answer holds. A key
 a concurrent batch stores after the question collides in the insert, which the client
 sees between decisions (``refused``): the transaction rolls back, nothing written.
 """
@@ -16,6 +16,7 @@ sees between decisions (``refused``): the transaction rolls back, nothing writte
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from eventsourcing.persistence import StoredEvent
 
@@ -31,14 +32,15 @@ class AppendAtOnce:
     question is sent when it is made."""
 
     def __init__(self, stepwise: StepwiseAppend, chunked: ChunkStatements,
-                 keys: PreparedAppend, count_stored: PreparedAppend,
+                 keys: PreparedAppend, look_up: PreparedAppend,
                  key_hashes: Sequence[str]) -> None:
         self._stepwise = stepwise
         self._chunked = chunked
         self._keys = keys
         #: Whether the batch's events were appended and committed.
         self.appended = False
-        stepwise.ask(count_stored, (list(key_hashes),))
+        self._stored: dict[str, Any] | None = None
+        stepwise.ask(look_up, (list(key_hashes),))
 
     def none_stored(self, *, wait: bool) -> bool | None:
         """Whether none of the batch's keys is stored; None while the answer has not
@@ -47,7 +49,17 @@ class AppendAtOnce:
         answer = self._stepwise.answer(wait=wait)
         if answer is None:
             return None if not wait and not self._stepwise.refused() else False
-        return answer == 0
+        if answer.ntuples and self._stored is None:
+            # Read while the connection is this batch's.
+            self._stored = idempotency.stored_in(self._stepwise.connection, answer)
+        return not answer.ntuples
+
+    def stored(self) -> dict[str, Any] | None:
+        """The batch's keys found stored, as ``idempotency.stored`` gives them, once
+        ``none_stored`` has said some are (None before, or when the server could not
+        answer): a batch sent again answers its duplicates from them, without a lookup
+        of its own (a round trip, 0.4 ms of a 100-command batch's)."""
+        return self._stored
 
     def refused(self) -> bool:
         """Whether the server has refused the question or key rows sent so far (a key a

@@ -10,7 +10,8 @@ from typing import Any, NamedTuple
 from uuid import UUID, SafeUUID
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
+from psycopg.adapt import Transformer
 
 from aura_es import payload
 from aura_es.errors import InvalidIdempotencyKey
@@ -178,7 +179,7 @@ def prune(conn: psycopg.Connection[Any], older_than: timedelta) -> int:
 # sequential scan, kept as the table grew: a bulk load slowed from 17,000 to 2,600
 # commands a second over its first 30,000 (issue 27); unprepared, the planner chose a
 # scan for a batch's hundred keys until the table passed tens of thousands of rows.
-_LOOKUP = sql.SQL(
+LOOKUP = sql.SQL(
     "SELECT i.key_hash, i.command_type, i.idempotency_key, i.aggregate_id, i.request_hash,"
     " i.from_version, i.to_version,"
     " ARRAY(SELECT e.notification_id FROM {e} e WHERE e.originator_id = i.aggregate_id"
@@ -192,13 +193,15 @@ _LOOKUP = sql.SQL(
 def stored(cur: psycopg.Cursor[Any], key_hashes: Sequence[str]) -> dict[str, Any]:
     """The stored keys among ``key_hashes``, with the positions their command stored."""
     # A typed array in binary: psycopg would inspect every element of a plain list.
-    cur.execute(_LOOKUP, (Texts(key_hashes),), prepare=True, binary=True)
+    cur.execute(LOOKUP, (Texts(key_hashes),), prepare=True, binary=True)
     return {row["key_hash"]: row for row in cur.fetchall()}
 
 
-#: How many of a batch's keys are stored: the question a batch saved at once asks first
-#: (``at_once.py``), each key looked up as ``_LOOKUP`` does.
-COUNT_STORED = sql.SQL(
-    "SELECT count(*) FROM unnest(%s::text[]) AS wanted(key_hash)"
-    " CROSS JOIN LATERAL (SELECT 1 FROM {k} k WHERE k.key_hash = wanted.key_hash LIMIT 1) i"
-).format(k=sql.Identifier(TABLE))
+def stored_in(conn: psycopg.Connection[Any], result: pq.abc.PGresult) -> dict[str, Any]:
+    """``stored``'s answer from ``LOOKUP``'s result (binary) read some other way: the
+    question a batch saved at once asks first (``at_once.py``)."""
+    names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
+    loader = Transformer(conn)
+    loader.set_pgresult(result)
+    rows = loader.load_rows(0, result.ntuples, lambda values: dict(zip(names, values, strict=True)))
+    return {row["key_hash"]: row for row in rows}

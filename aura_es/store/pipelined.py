@@ -75,18 +75,18 @@ class StepwiseAppend:
     """A question, then a transaction its caller adds to as it goes, appends in and
     commits, or leaves (rolled back).
 
-    The question (``ask``: a statement answering one bigint, run on its own before the
-    transaction) goes first, and the caller works while the server answers it
-    (``answer``: a batch's commands decided while the server counts its keys already
-    stored). Each statement ``send`` queues after it opens the transaction if it is not
-    open, and is on its way, run by the server, while the caller works on (a batch's key
-    rows, inserted while its next commands are decided); ``refused`` says, without
-    waiting, whether the server has refused one so far (the transaction then commits
-    nothing), and ``append`` sends the last chunks and the commit. One round trip in
-    all, the server busy meanwhile: a batch that looked its keys up first idled the
-    client through one round trip and the server through its decisions (issue 27).
-    Used as a context manager; the connection comes back idle and out of pipeline mode,
-    or closed (as ``append_in_chunks``'s).
+    The question (``ask``: a statement run on its own before the transaction) goes
+    first, and the caller works while the server answers it (``answer``: a batch's
+    commands decided while the server looks its keys up). Each statement ``send``
+    queues after it opens the transaction if it is not open, and is on its way, run by
+    the server, while the caller works on (a batch's key rows, inserted while its next
+    commands are decided); ``refused`` says, without waiting, whether the server has
+    refused one so far (the transaction then commits nothing), and ``append`` sends
+    the last chunks and the commit. One round trip in all, the server busy meanwhile:
+    a batch that looked its keys up first idled the client through one round trip and
+    the server through its decisions (issue 27). Used as a context manager; the
+    connection comes back idle and out of pipeline mode, or closed (as
+    ``append_in_chunks``'s).
     """
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
@@ -116,9 +116,9 @@ class StepwiseAppend:
             raise
         self._asked = len(pipeline.sent)
 
-    def answer(self, *, wait: bool) -> int | None:
-        """The question's answer; None while it has not come (``wait=False``), or when
-        the server could not answer it."""
+    def answer(self, *, wait: bool) -> pq.abc.PGresult | None:
+        """The question's answer (its rows, in binary); None while it has not come
+        (``wait=False``), or when the server could not answer it."""
         pipeline = self._pipeline
         at = self._question_at
         assert at is not None
@@ -129,10 +129,11 @@ class StepwiseAppend:
             pipeline.conn.close()
             raise
         result = pipeline.results[at][0]
-        if result.status != pq.ExecStatus.TUPLES_OK:
-            return None
-        [value] = read_positions(result)
-        return value
+        return result if result.status == pq.ExecStatus.TUPLES_OK else None
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        return self._pipeline.conn
 
     def send(self, statement: PreparedAppend, params: Sequence[Any]) -> None:
         """A statement into the transaction, run by the server while the caller goes on

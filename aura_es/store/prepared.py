@@ -84,7 +84,8 @@ _names = itertools.count(1)
 
 class PreparedAppend:
     """One statement whose every parameter is written ``%s::type`` (a type of
-    ``_ENCODINGS``) and whose rows are one bigint each: the positions the append took."""
+    ``_ENCODINGS``) and whose rows are one bigint each, the positions the append took
+    (or, a pipeline's question, rows its asker reads itself)."""
 
     def __init__(self, statement: str) -> None:
         kinds = _PLACEHOLDER.findall(statement)

@@ -231,7 +231,7 @@ class AuraRecorder(PostgresApplicationRecorder):
         self._prepared_sealed_one_with_key = PreparedAppend(
             self._insert_sealed_one_with_key.as_string())
         self._insert_keys = PreparedAppend(idempotency.INSERT.as_string())
-        self._count_stored = PreparedAppend(idempotency.COUNT_STORED.as_string())
+        self._look_up_keys = PreparedAppend(idempotency.LOOKUP.as_string())
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.2)
     def insert_one(self, stored: StoredEvent,
@@ -275,7 +275,7 @@ class AuraRecorder(PostgresApplicationRecorder):
                     return
                 with StepwiseAppend(conn) as stepwise:
                     at_once = AppendAtOnce(stepwise, self._chunked, self._insert_keys,
-                                           self._count_stored, key_hashes)
+                                           self._look_up_keys, key_hashes)
                     yield at_once
         finally:
             if at_once is not None and at_once.appended:
