@@ -21,7 +21,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import orjson
 import psycopg
@@ -35,6 +35,13 @@ from scripts.benchmarks.append import PlainDebate, UsageBatch, plain_app
 _ROW = orjson.dumps({"topic": "AI ethics", "participants": ["a", "b"],
                      "timestamp": "2026-12-06T00:00:00+00:00",
                      "meta": {"event_id": str(uuid4()), "tenant_id": "default"}})
+#: The anchor of the issue's floors: one bare psycopg INSERT of such a row (autocommit).
+BARE_INSERT = ("INSERT INTO aura_events (originator_id, originator_version, topic, state)"
+               " VALUES (%s, 1, 'bench.raw.v1', %s)")
+
+
+def bare_row() -> tuple[UUID, bytes]:
+    return uuid4(), _ROW
 
 
 def cpu_per_call(calls: int, one: Callable[[int], object], start: int = 0) -> float:
@@ -66,8 +73,6 @@ def measure(url: str, n: int) -> dict[str, float]:
     app = AuraApp(url, pool_size=2)
     library = plain_app(url, 2, create_table=True)
     raw = psycopg.connect(url, autocommit=True)
-    insert = ("INSERT INTO aura_events (originator_id, originator_version, topic, state)"
-              " VALUES (%s, 1, 'bench.raw.v1', %s)")
     # An update needs an aggregate of its own: calls requested beforehand, each completed
     # once (the warm-up takes some too).
     requested = iter([app.request_llm_call("acme", "openai", "gpt-4o", 10,
@@ -75,7 +80,7 @@ def measure(url: str, n: int) -> dict[str, float]:
                       for i in range(n + 100)])
     try:
         figures = side_by_side(n, {
-            "bare psycopg INSERT": (1, lambda i: raw.execute(insert, (uuid4(), _ROW))),
+            "bare psycopg INSERT": (1, lambda i: raw.execute(BARE_INSERT, bare_row())),
             "library app.save, no key": (
                 1, lambda i: library.save(PlainDebate("AI ethics", ["a", "b"]))),
             "keyed single-event command": (
@@ -118,10 +123,8 @@ def server_cpu(url: str, n: int) -> dict[str, float]:
     and after. Empty when the server is on another machine."""
     app = AuraApp(url, pool_size=1)
     raw = psycopg.connect(url, autocommit=True)
-    insert = ("INSERT INTO aura_events (originator_id, originator_version, topic, state)"
-              " VALUES (%s, 1, 'bench.raw.v1', %s)")
     cases: dict[str, Callable[[int], object]] = {
-        "bare psycopg INSERT": lambda i: raw.execute(insert, (uuid4(), _ROW)),
+        "bare psycopg INSERT": lambda i: raw.execute(BARE_INSERT, bare_row()),
         "keyed single-event command": lambda i: app.start_debate(
             "AI ethics", ["a", "b"], idempotency_key=f"s{i}-{uuid4()}"),
     }

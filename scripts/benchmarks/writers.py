@@ -1,11 +1,12 @@
 """Appends from many writer processes at once: the `eventsourcing` library's ``app.save``
-(no keys) next to aura-es commands with idempotency keys, and pgbench running the
-recorder's lock-free INSERT at the same client counts (this server's limit).
+(no keys) next to aura-es commands with idempotency keys, a bare psycopg INSERT (the
+driver alone), and pgbench running the recorder's lock-free INSERT at the same client
+counts (this server's limit).
 
 A writer process connects and warms up, says "ready", waits for "go" on stdin, appends
 its share and reports its count; the parent times from "go" to the last report.
 
-    python -m scripts.benchmarks.writers plain|aura URL COUNT   (one writer process)
+    python -m scripts.benchmarks.writers plain|aura|bare URL COUNT   (one writer process)
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def _writer(kind: str, url: str, count: int) -> None:
 
         def one(i: int) -> None:
             plain.save(PlainDebate(f"t{i}", ["a", "b"]))
+    elif kind == "bare":
+        import psycopg
+
+        from scripts.benchmarks.cpu import BARE_INSERT, bare_row
+        conn = psycopg.connect(url, autocommit=True)
+
+        def one(i: int) -> None:
+            conn.execute(BARE_INSERT, bare_row())
     else:
         ours = AuraApp(url, pool_size=1)
 
@@ -120,15 +129,18 @@ def pgbench(url: str, clients: int, seconds: int) -> float | None:
 
 
 def rows(url: str, total: int, pgbench_seconds: int) -> list[dict[str, Any]]:
-    """One row per writer count, and the ratios the issue asks for, all from one run."""
+    """One row per writer count, and the ratios the issue asks for, all from one run;
+    beside ours, the same number of processes each running a bare psycopg INSERT (the
+    anchor of the client CPU floor): how far the driver alone scales on this machine."""
     out: list[dict[str, Any]] = []
-    figures: dict[int, tuple[float, float]] = {}
+    figures: dict[int, tuple[float, float, float]] = {}
     for writers in (1, 8, 32):
         with console.status(f"{writers} writer processes…"):
             plain = processes(url, "plain", writers, total)
             ours = processes(url, "aura", writers, total)
+            bare = processes(url, "bare", writers, total)
             limit = pgbench(url, writers, pgbench_seconds)
-        figures[writers] = (plain, ours)
+        figures[writers] = (plain, ours, bare)
         out.append({
             "case": f"1 event per command, {writers} writer process"
                     + ("es" if writers > 1 else ""),
@@ -136,18 +148,31 @@ def rows(url: str, total: int, pgbench_seconds: int) -> list[dict[str, Any]]:
             "baseline events/s": round(plain),
             "aura-es events/s": round(ours),
             "ratio": round(ours / plain, 2),
+            "bare psycopg INSERT": f"{bare:,.0f} rows/s",
             "pgbench, lock-free INSERT": "" if limit is None else f"{limit:,.0f} tx/s",
         })
-    one = figures[1][1]
-    for writers in (8, 32):
+    _, one, bare_one = figures[1]
+    for writers, than in ((8, 1), (32, 8)):
+        _, ours, bare = figures[writers]
+        _, ours_than, bare_than = figures[than]
         out.append({
-            "case": f"aura-es: {writers} writer processes next to its own 1",
-            "baseline": "aura-es, 1 writer process",
-            "baseline events/s": round(one),
-            "aura-es events/s": round(figures[writers][1]),
-            "ratio": round(figures[writers][1] / one, 2),
+            "case": f"aura-es: {writers} writer processes next to its own {than}",
+            "baseline": f"aura-es, {than} writer process" + ("es" if than > 1 else ""),
+            "baseline events/s": round(ours_than),
+            "aura-es events/s": round(ours),
+            "ratio": round(ours / ours_than, 2),
+            "bare psycopg INSERT": f"{bare / bare_than:.2f}x its own {than}",
             "pgbench, lock-free INSERT": "",
         })
+    out.append({
+        "case": "aura-es: 32 writer processes next to its own 1",
+        "baseline": "aura-es, 1 writer process",
+        "baseline events/s": round(one),
+        "aura-es events/s": round(figures[32][1]),
+        "ratio": round(figures[32][1] / one, 2),
+        "bare psycopg INSERT": f"{figures[32][2] / bare_one:.2f}x its own 1",
+        "pgbench, lock-free INSERT": "",
+    })
     return out
 
 
