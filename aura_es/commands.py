@@ -294,9 +294,9 @@ class CommandPipeline:
 
     def _decide_at_once(self, fresh: list[_Prepared], aggregates: dict[UUID, AuraAggregate],
                         batch: BatchSaving) -> bool:
-        """Decides the batch, each command's key row given to ``batch``; False as soon as
-        the answer that a key is stored has come (asked between decisions, never waited
-        for)."""
+        """Decides the batch into ``aggregates``, each command's key row given to
+        ``batch``; False as soon as the answer that a key is stored has come (asked
+        between decisions, never waited for)."""
         for i, p in enumerate(fresh):
             if i % _ASK_EVERY == 0 and batch.must_look_up():
                 return False
