@@ -260,7 +260,7 @@ class AuraRecorder(PostgresApplicationRecorder):
 
     @contextlib.contextmanager
     def appending_at_once(self, key_hashes: Sequence[str]) -> Iterator[AppendAtOnce | None]:
-        """How many of ``key_hashes`` are stored, asked first, then a transaction a batch
+        """Which of ``key_hashes`` are stored, asked first, then a transaction a batch
         inserts its key rows in as its commands are decided, then its events
         (``at_once.py``); None where appends are not pipelined (serial mode, a session
         not in UTF-8). Rolled back unless appended."""
