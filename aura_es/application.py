@@ -262,9 +262,9 @@ class EventSourcedApp(Application[UUID]):
 
     @contextlib.contextmanager
     def saving_at_once(self, key_hashes: list[str]) -> Iterator[BatchSave]:
-        """A batch's save in one round trip (``store/at_once.py``): whether its keys are
-        stored asked first, then its key rows inserted as its commands are decided, the
-        server at work meanwhile (issue 27). ``BatchSave.appended`` says what was saved
+        """A batch's save in one round trip (``store/at_once.py``): its keys looked up
+        first, then its key rows inserted as its commands are decided, the server at
+        work meanwhile (issue 27). ``BatchSave.appended`` says what was saved
         once the block is left."""
         batch = BatchSave(self)
         try:
@@ -311,11 +311,6 @@ class EventSourcedApp(Application[UUID]):
                 events.extend(aggregate.collect_events())
         stored = self._json_mapper.to_stored_events(events)
         positions = self.recorder.insert_events(stored, **kwargs) or ()
-        return self._inserted(aggregates, events, stored, positions)
-
-    def _inserted(self, aggregates: Sequence[AuraAggregate], events: list[Any],
-                  stored: Sequence[StoredEvent], positions: Sequence[int]) -> list[Appended]:
-        """What a save does once its events are inserted: the library's effects."""
         appended = _appended(events, stored, positions)
         self._after_save(aggregates, events, stored, positions)
         return appended

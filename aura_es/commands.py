@@ -288,8 +288,7 @@ class CommandPipeline:
             return False, batch.stored_keys()
         if not results:  # saved after the transaction (its events sealed)
             results = self._results_of(fresh, batch.appended)
-        for p, result in zip(fresh, results, strict=True):
-            p.result = result
+        _give(fresh, results)
         return True, None
 
     def _decide_at_once(self, fresh: list[_Prepared], aggregates: dict[UUID, AuraAggregate],
@@ -347,11 +346,7 @@ class CommandPipeline:
             aggregates[p.aggregate_id] = self._decide(p, aggregates.get(p.aggregate_id))
         appended = self.store.save_commands(*aggregates.values(),
                                               records=[p.record for p in fresh])
-        self._answer_saved(fresh, appended)
-
-    def _answer_saved(self, fresh: list[_Prepared], appended: Sequence[Appended]) -> None:
-        for p, result in zip(fresh, self._results_of(fresh, appended), strict=True):
-            p.result = result
+        _give(fresh, self._results_of(fresh, appended))
 
     @staticmethod
     def _results_of(fresh: list[_Prepared], appended: Sequence[Appended]
@@ -444,6 +439,12 @@ class CommandPipeline:
             positions=tuple(row["positions"]),
             duplicate=True,
         )
+
+
+def _give(fresh: list[_Prepared], results: list[CommandResult]) -> None:
+    """Each saved command its result."""
+    for p, result in zip(fresh, results, strict=True):
+        p.result = result
 
 
 def _as_row(first: _Prepared) -> dict[str, Any]:

@@ -106,14 +106,11 @@ class StepwiseAppend:
         """Sends the question, on its own (before the transaction), answered at once."""
         pipeline = self._pipeline
         encoded = question.encode(params)
-        try:
+        with pipeline.closed_on_error:
             pipeline.send(question, encoded, appends=False)
             self._question_at = len(pipeline.sent) - 1
             pipeline.sync()
             pipeline.push()
-        except BaseException:
-            pipeline.conn.close()
-            raise
         self._asked = len(pipeline.sent)
 
     def answer(self, *, wait: bool) -> pq.abc.PGresult | None:
@@ -122,12 +119,9 @@ class StepwiseAppend:
         pipeline = self._pipeline
         at = self._question_at
         assert at is not None
-        try:
+        with pipeline.closed_on_error:
             if not pipeline.read_until(at + 1, wait=wait):
                 return None
-        except BaseException:
-            pipeline.conn.close()
-            raise
         result = pipeline.results[at][0]
         return result if result.status == pq.ExecStatus.TUPLES_OK else None
 
@@ -140,26 +134,20 @@ class StepwiseAppend:
         (its refusal, if any, is raised by ``append``)."""
         pipeline = self._pipeline
         encoded = statement.encode(params)
-        try:
+        with pipeline.closed_on_error:
             self._begin()
             pipeline.send(statement, encoded, appends=False)
             # The server keeps its answers until told to send them (a sync or a flush).
             pipeline.pgconn.send_flush_request()
             pipeline.push()
-        except BaseException:
-            pipeline.conn.close()
-            raise
         self._asked = len(pipeline.sent)
 
     def refused(self) -> bool:
         """Whether the server has refused a statement sent so far (the question too),
         from the answers that have come (it does not wait for the others)."""
         pipeline = self._pipeline
-        try:
+        with pipeline.closed_on_error:
             pipeline.read_until(self._asked, wait=False)
-        except BaseException:
-            pipeline.conn.close()
-            raise
         return any(result.status in _REFUSED for result, *_ in pipeline.results)
 
     def append(self, chunks: Iterable[Chunk], meanwhile: Meanwhile | None = None
@@ -169,11 +157,8 @@ class StepwiseAppend:
         where this process thought (nothing appended), and the server's refusal of any
         as psycopg's error."""
         self._ended = True
-        try:
+        with self._pipeline.closed_on_error:
             self._begin()
-        except BaseException:
-            self._pipeline.conn.close()
-            raise
         return self._pipeline.run_rest(chunks, meanwhile=meanwhile)
 
     def _begin(self) -> None:
@@ -197,6 +182,24 @@ class StepwiseAppend:
                 self._pipeline.leave()
 
 
+class _ClosedOnError:
+    """Closes the connection when the block it guards raises (and lets it raise). A
+    class, not a generator: entered between a batch's decisions."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if kind is not None:
+            self._conn.close()
+
+
 class _Sent(NamedTuple):
     """A query sent: the statement it prepares, or runs, and whether its rows are
     positions of the append."""
@@ -213,14 +216,14 @@ class _Pipeline:
         self.sent: list[_Sent] = []
         self.results: list[list[pq.abc.PGresult]] = []
         self._preparing: list[PreparedAppend] = []
+        #: Guards a step of the protocol: a failure in the middle of it (a lost
+        #: connection, an interrupt) closes the connection, so no other append uses it.
+        self.closed_on_error = _ClosedOnError(conn)
 
     def run(self, chunks: Iterable[Chunk], *, last_try: bool = False) -> list[int]:
         self.enter()
-        try:
+        with self.closed_on_error:
             self.begin()
-        except BaseException:
-            self.conn.close()
-            raise
         return self.run_rest(chunks, last_try=last_try)
 
     def enter(self) -> None:
@@ -248,12 +251,9 @@ class _Pipeline:
     def leave(self) -> None:
         """Out of pipeline mode when everything sent ended with a sync (no transaction
         open): the answers still to come read, what is held learnt."""
-        try:
+        with self.closed_on_error:
             self.read_until(len(self.sent), wait=True)
             self.pgconn.exit_pipeline_mode()
-        except BaseException:
-            self.conn.close()
-            raise
         self._learn_what_is_held()
 
     def run_rest(self, chunks: Iterable[Chunk], *, last_try: bool = False,
@@ -267,7 +267,7 @@ class _Pipeline:
         appended = False
         failed_meanwhile: Exception | None = None
         positions: list[int] | None = None
-        try:
+        with self.closed_on_error:
             try:
                 for statement, params in chunks:
                     self.send(statement, statement.encode(params), appends=True)
@@ -297,9 +297,6 @@ class _Pipeline:
             if pgconn.transaction_status != pq.TransactionStatus.IDLE:
                 self._roll_back()  # a refused chunk left the transaction open, failed
             pgconn.exit_pipeline_mode()
-        except BaseException:
-            self.conn.close()  # in the middle of the protocol: no other append may use it
-            raise
         out_of_step = self._learn_what_is_held()
         if unmappable is not None:
             raise unmappable
