@@ -25,6 +25,8 @@ from aura_es.mesh import Delivery, MeshConsumer, Subscription
 from aura_es.retry import Backoff
 
 COUNTED = "test.mesh.counted.v1"
+#: The exit status of a process that died of its fault (``Faults``).
+DIED_OF_FAULT = 9
 TOPICS = ["aura.debate.started.v1", "aura.debate.argument_added.v1",
           "aura.debate.consensus_reached.v1", "aura.debate.failed.v1"]
 TABLE_DDL = ("CREATE TABLE IF NOT EXISTS mesh_applied (n bigserial, consumer text,"
@@ -69,7 +71,7 @@ def run(db_url: str, nats_url: str, stream: str, name: str, faults: Faults = Fau
         nonlocal handled
         handled += 1
         if faults.die_in_handler and handled >= faults.die_in_handler:
-            os._exit(9)  # mid-batch: nothing of it committed
+            os._exit(DIED_OF_FAULT)  # mid-batch: nothing of it committed
         tries[delivery.event_id] = tries.get(delivery.event_id, 0) + 1
         if delivery.data.get("poison"):
             raise RuntimeError(f"poison event {delivery.event_id}")
@@ -81,7 +83,7 @@ def run(db_url: str, nats_url: str, stream: str, name: str, faults: Faults = Fau
         nonlocal commits
         commits += 1
         if faults.die_after_commits and commits >= faults.die_after_commits:
-            os._exit(9)  # after the commit, before anything else
+            os._exit(DIED_OF_FAULT)  # after the commit, before anything else
 
     consumer = MeshConsumer(name, db_url, nats_url,
                             [Subscription(t, 1, handle) for t in [*TOPICS, COUNTED]],
