@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 
 from aura_es.db import connect
-from aura_es.dsn import parse_database_url
 from aura_es.testing.servers import PostgresServer
 from tests.support import folds
 from tests.support.chaos import poisoned_catalog, quick_catalog, stop, stored_count, writer
-from tests.support.proxy import ChaosProxy
+from tests.support.proxy import proxy_for
 from tests.support.workers import (
     ALL,
     ROOT,
@@ -73,9 +72,7 @@ def test_postgres_restart_under_writers_and_workers(
 def test_slow_then_cut_connections_open_the_breaker_and_recover(
     chaos_db: str, tmp_path: Path
 ) -> None:
-    target = parse_database_url(chaos_db)
-    proxy = ChaosProxy(os.path.join(target.host, f".s.PGSQL.{target.port}"))
-    via_proxy = f"postgresql://postgres@127.0.0.1:{proxy.port}/{target.dbname}"
+    proxy, via_proxy = proxy_for(chaos_db)
     log = tmp_path / "workers.log"
     try:
         proxy.latency = 0.02

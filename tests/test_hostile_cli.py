@@ -22,7 +22,7 @@ from aura_es.dsn import nats_servers, parse_database_url, redact
 from aura_es.ops.collector import DatabaseCollector
 from tests.support.chaos import quick_catalog
 from tests.support.cli import assert_one_line_error, aura
-from tests.support.proxy import ChaosProxy
+from tests.support.proxy import proxy_for
 from tests.support.workers import CATALOG, ROOT, env_for, start_supervisor, wait_for
 
 
@@ -76,9 +76,7 @@ def test_tls_settings_in_the_url_reach_the_connection(db_url: str) -> None:
     """`verify-full` against a server without TLS must fail, as psql does; it used to be
     dropped and the connection made in clear. (Over TCP: libpq never uses TLS on a Unix
     socket, so the test server is reached through a TCP proxy.)"""
-    target = parse_database_url(db_url)
-    proxy = ChaosProxy(os.path.join(target.host, f".s.PGSQL.{target.port}"))
-    via_tcp = f"postgresql://postgres@127.0.0.1:{proxy.port}/{target.dbname}"
+    proxy, via_tcp = proxy_for(db_url)
     try:
         with connect(via_tcp) as conn:  # the plain URL works over the proxy
             assert conn.execute("SELECT 1").fetchone() == (1,)

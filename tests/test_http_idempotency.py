@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -34,12 +35,17 @@ from tests.support.workers import ROOT, wait_for
 
 
 def create_app(database_url: str) -> Any:
-    """The example service of docs/examples, as a user would run it."""
+    """The example service of docs/examples, as a user would run it. Imported without
+    AURA_ES_DATABASE_URL (the suite may name its server so): the module would serve
+    that database, which holds no schema, as soon as it is imported."""
     sys.path.insert(0, str(ROOT / "docs" / "examples"))
+    named = os.environ.pop("AURA_ES_DATABASE_URL", None)
     try:
         return importlib.import_module("aura_service").create_app(database_url)
     finally:
         sys.path.pop(0)
+        if named is not None:
+            os.environ["AURA_ES_DATABASE_URL"] = named
 
 
 @pytest.fixture

@@ -1,17 +1,22 @@
-"""A TCP proxy in front of a PostgreSQL Unix socket, for chaos tests: it can add latency,
-cut every connection, and refuse new ones until it is healed."""
+"""A TCP proxy in front of a PostgreSQL server (its Unix socket, or its TCP address when
+the suite runs against a server named by URL), for chaos tests: it can add latency, cut
+every connection, and refuse new ones until it is healed."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
 
+from aura_es.dsn import parse_database_url
+
 
 class ChaosProxy:
-    def __init__(self, unix_socket: str) -> None:
-        self.target = unix_socket
+    def __init__(self, target: str | tuple[str, int]) -> None:
+        """``target``: a Unix socket's path, or a host and port."""
+        self.target = target
         self.latency = 0.0
         self._down = threading.Event()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -33,7 +38,8 @@ class ChaosProxy:
             if self._down.is_set():
                 client.close()
                 continue
-            upstream = socket.socket(socket.AF_UNIX)
+            upstream = socket.socket(socket.AF_UNIX if isinstance(self.target, str)
+                                     else socket.AF_INET)
             try:
                 upstream.connect(self.target)
             except OSError:
@@ -72,3 +78,13 @@ class ChaosProxy:
         self._closed = True
         self.cut()
         self._listener.close()
+
+
+def proxy_for(database_url: str) -> tuple[ChaosProxy, str]:
+    """A proxy in front of the server of ``database_url``, and the URL of the same
+    database through it (over TCP, user ``postgres``)."""
+    target = parse_database_url(database_url)
+    port = int(target.port or 5432)
+    proxy = ChaosProxy(os.path.join(target.host, f".s.PGSQL.{port}")
+                       if target.host.startswith("/") else (target.host, port))
+    return proxy, f"postgresql://postgres@127.0.0.1:{proxy.port}/{target.dbname}"
