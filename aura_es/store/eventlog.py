@@ -438,10 +438,11 @@ def events_of_aggregates(
 
 def histories(cur: psycopg.Cursor[Any], aggregate_ids: Sequence[UUID]) -> list[Any]:
     """Raw stored events of these aggregates, by aggregate and version (for loading many
-    aggregates in one query): rows of originator_id, originator_version, topic, state."""
+    aggregates in one query): rows of originator_id, originator_version, topic, state,
+    subject (whose personal fields it seals, if any)."""
     return cur.execute(
         sql.SQL(
-            "SELECT originator_id, originator_version, topic, state FROM {e}"
+            "SELECT originator_id, originator_version, topic, state, subject FROM {e}"
             " WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
         ).format(e=_E),
         (list(set(aggregate_ids)),), prepare=True,

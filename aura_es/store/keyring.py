@@ -7,8 +7,8 @@ commit, and trusts the keys its connection read since the latest erasure in the 
 (``current``): after an erasure anywhere, its next batch reads its subjects' rows once
 more. Other readers in a transaction (``opening.py``) read their subjects' rows FOR
 SHARE, every time. An aggregate loaded outside a transaction trusts a cached key for
-``READ_TTL_SECONDS`` (an erasure in another process is seen within it; aggregates keep
-no personal field in their state in the AURA domain). Writers seal with a cached key;
+``READ_TTL_SECONDS`` after it was last read from its row (an erasure in another process
+is seen within it; aggregates keep no personal field in their state in the AURA domain). Writers seal with a cached key;
 the append itself checks, in its statement, that the key is not erased.
 """
 
@@ -144,7 +144,10 @@ class Keyring:
         key = self._cached(subject, wrapped)
         if key is None:
             key = self.provider.unwrap(subject, master_key_id, wrapped)
-            self._remember(subject, key, wrapped)
+        # Read from its row just now: trusted for READ_TTL_SECONDS from here. (Kept with
+        # the time it was first cached, a key older than that was read again for every
+        # event of its subject an aggregate's load opened.)
+        self._remember(subject, key, wrapped)
         return key
 
     # -- writing ------------------------------------------------------------------------
