@@ -8,8 +8,9 @@ commit, and trusts the keys its connection read since the latest erasure in the 
 more. Other readers in a transaction (``opening.py``) read their subjects' rows FOR
 SHARE, every time. An aggregate loaded outside a transaction trusts a cached key for
 ``READ_TTL_SECONDS`` after it was last read from its row (an erasure in another process
-is seen within it; aggregates keep no personal field in their state in the AURA domain). Writers seal with a cached key;
-the append itself checks, in its statement, that the key is not erased.
+is seen within it; aggregates keep no personal field in their state in the AURA
+domain). Writers seal with a cached key; the append itself checks, in its statement,
+that the key is not erased.
 """
 
 from __future__ import annotations
