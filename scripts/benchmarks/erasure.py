@@ -2,8 +2,9 @@
 
 The same events twice, with one field personal (sealed with its subject's key) and
 without: appends (keyed commands, one process), a projection's catch-up with a cold key
-cache (a new worker) and its replay with a warm one (the same worker again), and the
-erasure of one subject with 10,000 events in a store holding others.
+cache (a new worker) and its replay with a warm one (the same worker again), bulk
+updates of the notes (each loaded first, its sealed text opened), and the erasure of
+one subject with 10,000 events in a store holding others.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from psycopg import sql
 from aura_es.aggregate import AuraAggregate
 from aura_es.app import AuraApp
 from aura_es.catalog.model import ProjectionSpec
-from aura_es.commands import Create
+from aura_es.commands import Create, Update
 from aura_es.erasure.erase import erase
-from aura_es.events import AuraCreated
+from aura_es.events import AuraCreated, AuraEvent
 from aura_es.personal import Personal
 from aura_es.projection.engine.loading import build
 from aura_es.projection.engine.runner import BatchRunner
@@ -48,13 +49,30 @@ class SealedNote(AuraCreated):
     text: Personal[str]
 
 
+class NoteRead(AuraEvent):
+    """A note marked read: a plain event, whose command loads the note (and opens its
+    sealed text, if it has one)."""
+
+    TOPIC = "bench.note.read.v1"
+    by: str
+
+    def apply(self, note: Any) -> None:
+        note.reads += 1
+
+
 class Note(AuraAggregate):
     TYPE = "bench.note"
+
+    def __init__(self) -> None:
+        self.reads = 0
 
     @classmethod
     def write(cls, note_id: uuid.UUID, author: str, text: str, sealed: bool) -> Note:
         return cls._create(SealedNote if sealed else PlainNote, id=note_id, author=author,
                            text=text)
+
+    def mark_read(self, by: str) -> None:
+        self.trigger_event(NoteRead, by=by)
 
 
 def note(i: int, author: str, sealed: bool, run: str) -> Create[Note]:
@@ -71,15 +89,31 @@ def appends(app: AuraApp, count: int, sealed: bool, run: str, subjects: int) -> 
     return count / (time.perf_counter() - started)
 
 
-def bulk(app: AuraApp, count: int, sealed: bool, run: str, subjects: int = 1) -> None:
+def bulk(app: AuraApp, count: int, sealed: bool, run: str, subjects: int = 1
+         ) -> list[uuid.UUID]:
     """``count`` notes in commands of 500, by ``subjects`` authors in turn (``user-0``,
-    ``user-1`` …; one author: ``run`` itself)."""
+    ``user-1`` …; one author: ``run`` itself): their ids."""
     def author(i: int) -> str:
         return run if subjects == 1 else f"user-{i % subjects}"
 
+    written: list[uuid.UUID] = []
     for start in range(0, count, 500):
-        app.execute_many([note(i, author(i), sealed, run)
-                          for i in range(start, min(count, start + 500))])
+        results = app.execute_many([note(i, author(i), sealed, run)
+                                    for i in range(start, min(count, start + 500))])
+        written.extend(r.aggregate_id for r in results)
+    return written
+
+
+def updates(app: AuraApp, notes: Sequence[uuid.UUID], run: str) -> float:
+    """Each note marked read, 100 commands a transaction (a bulk update: every note
+    loaded first, its sealed text opened): events per second."""
+    started = time.perf_counter()
+    for start in range(0, len(notes), 100):
+        app.execute_many([
+            Update("mark_note_read", f"{run}-{i}", notes[i], {"by": "bench"},
+                   lambda n: n.mark_read("bench"))
+            for i in range(start, min(len(notes), start + 100))])
+    return len(notes) / (time.perf_counter() - started)
 
 
 class Texts(Projection):
@@ -147,10 +181,11 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
                                                       f"{kind}-{r}", subjects=100))
             rows.append(_row("appends, keyed, one process (events/s)",
                              appended["plain"], appended["sealed"]))
+            written: dict[str, list[uuid.UUID]] = {}
             with console.status(f"writing {folded:,} events of each kind to fold …"):
                 for kind in ("plain", "sealed"):
-                    bulk(app, folded - count // rounds * rounds, kind == "sealed",
-                         f"fold-{kind}", subjects=100)
+                    written[kind] = bulk(app, folded - count // rounds * rounds,
+                                         kind == "sealed", f"fold-{kind}", subjects=100)
             # Cold: a new worker's empty key cache (a catch-up); warm: a worker that
             # has every key unwrapped already (a replay).
             folds: dict[str, list[float]] = {
@@ -181,6 +216,17 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
                              folds["plain"], folds["warm"]))
             rows.append(_row("declarative projection (count, last text) (events/s)",
                              folds["declared plain"], folds["declared sealed"]))
+            # Bulk updates of the notes written above, their keys cached long before
+            # (the keyring trusts a key for a second after it was read).
+            updated: dict[str, list[float]] = {"plain": [], "sealed": []}
+            share = min(len(written["plain"]), len(written["sealed"])) // rounds
+            with console.status("bulk updates, plain and sealed notes in turn …"):
+                for r in range(rounds):
+                    for kind in ("plain", "sealed")[::1 if r % 2 == 0 else -1]:
+                        updated[kind].append(updates(
+                            app, written[kind][r * share:(r + 1) * share], f"read-{kind}"))
+            rows.append(_row("bulk updates, 100 a transaction, notes loaded (events/s)",
+                             updated["plain"], updated["sealed"]))
             with console.status(f"writing {heavy:,} events of one subject …"):
                 bulk(app, heavy, True, "heavy-subject")
             with psycopg.connect(url) as conn:
