@@ -377,9 +377,9 @@ class EventSourcedApp(Application[UUID]):
             rows = eventlog.histories(cur, aggregate_ids)
         sealed_for = {row["subject"] for row in rows if row["subject"] is not None}
         if sealed_for:
-            # Their keys read in one query, held for the events' opening below: each
-            # event asked for its own, a query and a pooled connection apiece, 93% of a
-            # bulk load of personal events (the tests' 50,000-event log, profiled).
+            # Their keys read in one query and cached for the events' opening below,
+            # where each subject's first event would read its own (a query and a
+            # pooled connection apiece).
             self.keyring.for_reading(sealed_for)
         for row in rows:
             stored = StoredEvent(
