@@ -114,3 +114,22 @@ def test_a_load_of_many_aggregates_reads_the_keys_it_lacks_in_one_query(
     again = app.load_aggregates(debates)  # within the TTL of that read
     assert len(key_reads) == 1
     assert {d: a.version for d, a in again.items()} == {d: a.version for d, a in loaded.items()}
+
+
+def test_an_erasure_elsewhere_is_seen_once_a_ttl_has_passed_since_the_last_read(
+        new_ring: Callable[[], Keyring], clock: Clock, db_url: str,
+        key_reads: list[list[str]]) -> None:
+    """A read refreshes a key's trust, a cached answer does not: an erasure committed by
+    another process is seen at the first read a TTL after the key was last read."""
+    ring = new_ring()
+    ring.for_writing("user-0")
+    clock.now += 0.6 * READ_TTL_SECONDS
+    assert ring.for_reading(["user-0"])["user-0"] is not None  # cached: trust not extended
+    with connect(db_url) as other, other.cursor() as cur:
+        keystore.mark_erased(cur, "user-0", b"proof")
+    clock.now += 0.3 * READ_TTL_SECONDS
+    assert ring.for_reading(["user-0"])["user-0"] is not None  # within the TTL of its read
+    assert key_reads == []
+    clock.now += 0.2 * READ_TTL_SECONDS
+    assert ring.for_reading(["user-0"])["user-0"] is None
+    assert key_reads == [["user-0"]]
