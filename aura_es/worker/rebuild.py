@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 
+from aura_es import heap
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.db import connect
 from aura_es.errors import AuraError
@@ -21,7 +22,6 @@ from aura_es.log import get_logger
 from aura_es.replay import Rebuild, ReplayRunning
 from aura_es.replay.rebuild import RebuildProgress
 from aura_es.settings import Settings
-from aura_es.worker import heap
 from aura_es.worker.shutdown import follow_supervisor
 
 EXIT_SWITCHED, EXIT_FAILED, EXIT_REFUSED = 0, 1, 5

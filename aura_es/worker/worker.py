@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from aura_es import locks
+from aura_es import heap, locks
 from aura_es.catalog import DEFAULT_CATALOG, load_catalog
 from aura_es.catalog.model import ProjectionSpec
 from aura_es.db import connect
@@ -55,7 +55,6 @@ from aura_es.settings import Settings
 from aura_es.store import eventlog
 from aura_es.store.factory import wake_interval_from_env
 from aura_es.store.following import Follow
-from aura_es.worker import heap
 from aura_es.worker.holdings import REBALANCE_SECONDS, Holdings
 from aura_es.worker.lease import lease_from_env
 from aura_es.worker.middleware.presence import Presence

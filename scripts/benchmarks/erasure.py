@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from aura_es import heap
 from aura_es.aggregate import AuraAggregate
 from aura_es.app import AuraApp
 from aura_es.catalog.model import ProjectionSpec
@@ -30,7 +31,6 @@ from aura_es.projection.engine.runner import BatchRunner
 from aura_es.projection.handlers.api import Projection, Tx
 from aura_es.store.envelope import EventEnvelope
 from aura_es.store.keyring import Keyring
-from aura_es.worker import heap
 from scripts.benchmarks._common import console, fresh_database, postgres, report
 
 TEXT = "an argument of about the length people write, with a few clauses in it"
@@ -192,7 +192,7 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
                 "plain": [], "cold": [], "warm": [], "declared plain": [],
                 "declared sealed": []}
             # The folds stand for a worker process, which settles its heap once started
-            # (``aura_es.worker.heap``): the collector no longer walks this process's
+            # (``aura_es.heap``): the collector no longer walks this process's
             # earlier objects (the writer's) at every full collection.
             heap.settle()
             warm = Keyring.from_env()  # every subject's key already unwrapped
