@@ -34,6 +34,7 @@ from aura_es.errors import (
     ServiceUnavailable,
 )
 from aura_es.events import CommandContext, command_context
+from aura_es.frozen import quick_init
 from aura_es.observability import tracing
 from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED, OUTAGE_RETRIES
 from aura_es.personal import check_subject
@@ -51,6 +52,7 @@ OUTAGE = Backoff(base=0.05, cap=1.0, jitter="equal")
 VERSION_RACE = Backoff(base=0.002, cap=0.05, jitter="full")
 
 
+@quick_init
 @dataclass(frozen=True)
 class CommandResult:
     """What a command stored: the same for the first call and every retry of it."""
@@ -62,6 +64,7 @@ class CommandResult:
     duplicate: bool = False
 
 
+@quick_init
 @dataclass(frozen=True)
 class Create(Generic[A]):
     """A command that creates an aggregate; its id is derived from the idempotency key."""
@@ -77,6 +80,7 @@ class Create(Generic[A]):
     subject: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class Update(Generic[A]):
     """A command that changes an existing aggregate."""

@@ -16,11 +16,13 @@ from uuid import UUID
 from eventsourcing.domain import AggregateCreated, AggregateEvent
 from eventsourcing.utils import register_topic, resolve_topic
 
+from aura_es.frozen import quick_init
 from aura_es.random_ids import random_uuid
 
 META_KEYS = ("event_id", "tenant_id", "correlation_id", "causation_id", "idempotency_key")
 
 
+@quick_init
 @dataclass(frozen=True)
 class CommandContext:
     """Who and what caused the events raised while it is active."""
