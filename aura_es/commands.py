@@ -356,6 +356,9 @@ class CommandPipeline:
     def _results_of(fresh: list[_Prepared], appended: Sequence[Appended]
                     ) -> list[CommandResult]:
         """What each of the commands saved stored, from what the save appended."""
+        in_order = _results_in_order(fresh, appended)
+        if in_order is not None:
+            return in_order
         positions = {(a.aggregate_id, a.version): a.position for a in appended}
         results = []
         for p in fresh:
@@ -461,6 +464,34 @@ def _as_row(first: _Prepared) -> dict[str, Any]:
         "to_version": first.result.to_version,
         "positions": first.result.positions,
     }
+
+
+def _results_in_order(fresh: list[_Prepared], appended: Sequence[Appended]
+                      ) -> list[CommandResult] | None:
+    """``_results_of`` when the save appended each command's events in the commands'
+    order (a bulk load's batch, one aggregate a command: every batch of creates); None
+    when it did not. Each event is matched by its aggregate's id object and version,
+    not looked up by them: hashing a UUID runs Python, and a dict of every event cost
+    a batch of 100 commands ~2% of its client CPU (issue 27)."""
+    results = []
+    at = 0
+    count = len(appended)
+    for p in fresh:
+        record = p.record
+        assert record is not None
+        aggregate_id, first, last = p.aggregate_id, record.from_version, record.to_version
+        end = at + last - first + 1
+        if end > count:
+            return None
+        positions = []
+        for version, (event_of, event_version, _, position) in enumerate(
+                appended[at:end], first):
+            if event_of is not aggregate_id or event_version != version:
+                return None
+            positions.append(position)
+        at = end
+        results.append(CommandResult(aggregate_id, first, last, tuple(positions)))
+    return results
 
 
 class Appended(NamedTuple):
