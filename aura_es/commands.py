@@ -471,8 +471,8 @@ def _results_in_order(fresh: list[_Prepared], appended: Sequence[Appended]
     """``_results_of`` when the save appended each command's events in the commands'
     order (a bulk load's batch, one aggregate a command: every batch of creates); None
     when it did not. Each event is matched by its aggregate's id object and version,
-    not looked up by them: hashing a UUID runs Python, and a dict of every event cost
-    a batch of 100 commands ~2% of its client CPU (issue 27)."""
+    not looked up by them: hashing a UUID runs Python, twice an event for the dict
+    (92 against 65 µs for a batch of 100 commands, issue 27)."""
     results = []
     at = 0
     count = len(appended)

@@ -36,6 +36,15 @@ _lock = threading.Lock()
 _settled_in: int | None = None
 
 
+def _new_lock() -> None:
+    # A child forked while another thread held the lock would wait on it for ever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock)
+
+
 def settle() -> None:
     """Collects what starting left behind, then freezes the rest (it lives as long as
     the process: nothing frozen is ever collected)."""

@@ -64,19 +64,23 @@ def test_an_application_told_not_to_leaves_the_heap_alone(db_url: str, value: st
 
 
 def test_a_forked_child_settles_its_own_heap_once() -> None:
+    """Once, whatever the parent held at the fork (a lock held then is not the child's)."""
     seen = _python("""
-        import gc, json, os
+        import gc, json, os, signal
         from aura_es import heap
         parent = [heap.settle_once(), heap.settle_once()]
         read, write = os.pipe()
+        heap._lock.acquire()  # as another thread might hold it at the fork
         pid = os.fork()
         if pid == 0:
+            signal.alarm(20)  # a child stuck on the lock ends, and the test fails
             os.close(read)
             made = [object() for _ in range(10)] + [[] for _ in range(1000)]
             frozen = gc.get_freeze_count()
             child = [heap.settle_once(), heap.settle_once()]
             os.write(write, json.dumps([child, gc.get_freeze_count() - frozen]).encode())
             os._exit(0)
+        heap._lock.release()
         os.close(write)
         os.waitpid(pid, 0)
         child, more = json.loads(os.read(read, 1000))
