@@ -25,7 +25,8 @@ _NO = ("n", "no", "f", "false", "off", "0")
 
 def _python(source: str, **env: str) -> dict[str, object]:
     """Runs ``source`` in a new interpreter (its heap not yet settled); what it prints."""
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    # The setting as the test gives it, whatever the suite was run with.
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), heap.SETTLE_HEAP: "", **env}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(source)], capture_output=True,
                           text=True, env=environment, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
