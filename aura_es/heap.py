@@ -23,10 +23,8 @@ import gc
 import os
 import threading
 
-from eventsourcing.utils import strtobool
-
 from aura_es import forks
-from aura_es.errors import ConfigurationError
+from aura_es.switches import yes_no
 
 #: ``AURA_ES_SETTLE_HEAP``: a yes/no value, yes when unset.
 SETTLE_HEAP = "AURA_ES_SETTLE_HEAP"
@@ -78,9 +76,4 @@ def settling_wanted() -> bool:
 
 def settle_setting(raw: str) -> bool:
     """An ``AURA_ES_SETTLE_HEAP`` value: yes or no ("" for yes); anything else is one line."""
-    if not raw:
-        return True
-    try:
-        return strtobool(raw)
-    except ValueError:
-        raise ConfigurationError(f"{SETTLE_HEAP}={raw[:40]!r} is not a yes/no value") from None
+    return yes_no(SETTLE_HEAP, raw, default=True)

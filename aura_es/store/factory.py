@@ -8,12 +8,12 @@ from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.postgres import PostgresFactory
-from eventsourcing.utils import strtobool
 
 from aura_es.errors import ConfigurationError
 from aura_es.store import wakeup
 from aura_es.store.names import EVENTS_TABLE
 from aura_es.store.recorder import AuraRecorder
+from aura_es.switches import yes_no
 
 #: Positions commit in order (the table lock), for the library's own position readers.
 SERIAL_APPENDS = "AURA_ES_SERIAL_APPENDS"
@@ -49,12 +49,7 @@ class AuraFactory(PostgresFactory):
         return recorder
 
     def _serial_appends(self) -> bool:
-        value = self.env.get(SERIAL_APPENDS) or "no"
-        try:
-            return strtobool(value)
-        except ValueError:
-            raise ConfigurationError(
-                f"{SERIAL_APPENDS}={value!r} is not a yes/no value") from None
+        return yes_no(SERIAL_APPENDS, self.env.get(SERIAL_APPENDS) or "", default=False)
 
     def _wake_interval(self) -> float:
         return wake_interval(self.env.get(WAKE_INTERVAL_MS) or "")
