@@ -19,7 +19,7 @@ import functools
 import re
 import types
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 from uuid import UUID
 
 from pydantic import BeforeValidator, ConfigDict, TypeAdapter, WithJsonSchema, create_model
@@ -155,11 +155,14 @@ def payload_fields(cls: type) -> dict[str, Any]:
 
 
 @functools.cache
-def payload_adapter(cls: type) -> TypeAdapter[Any]:
+def payload_adapter(cls: type, *, extra: Literal["allow", "ignore"] = "allow"
+                    ) -> TypeAdapter[Any]:
     """The pydantic model of the payload ``cls`` writes: its JSON Schema is the registry
-    file, and (strict, over the stored JSON) it validates writes."""
+    file, and (strict, over the stored JSON) it validates writes. Fields it does not
+    name are allowed (the schema's ``additionalProperties: true``); ``extra="ignore"``
+    validates the same and keeps nothing of them (``validate.py``)."""
     model = create_model(  # type: ignore[call-overload]
-        "Payload", __config__=ConfigDict(extra="allow"),
+        "Payload", __config__=ConfigDict(extra=extra),
         **{name: (_stored_form(hint), ...) for name, hint in payload_fields(cls).items()},
     )
     return TypeAdapter(model)
