@@ -27,6 +27,8 @@ _ID_NAMESPACE_BYTES = _ID_NAMESPACE.bytes
 # RFC 9562 version 5: the version nibble 5, the variant bits 10.
 _KEEP_V5 = ~((0xF000 << 64) | (0xC000 << 48))
 _VERSION_5 = (0x5000 << 64) | (0x8000 << 48)
+_SET_INT = UUID.__dict__["int"].__set__
+_SET_IS_SAFE = UUID.__dict__["is_safe"].__set__
 
 
 def is_blank(key: str) -> bool:
@@ -62,8 +64,10 @@ def derived_aggregate_id(command_type: str, tenant_id: str, key: str) -> UUID:
     digest = hashlib.sha1(_ID_NAMESPACE_BYTES + f"{command_type}:{tenant_id}:{key}".encode())
     number = int.from_bytes(digest.digest()[:16], "big") & _KEEP_V5 | _VERSION_5
     derived = object.__new__(UUID)
-    object.__setattr__(derived, "int", number)
-    object.__setattr__(derived, "is_safe", SafeUUID.unknown)
+    # UUID's slots set by their descriptors: what ``object.__setattr__`` does after
+    # looking them up by name (0.82 -> 0.29 µs the pair, warm; issue 27).
+    _SET_INT(derived, number)
+    _SET_IS_SAFE(derived, SafeUUID.unknown)
     return derived
 
 
@@ -150,15 +154,14 @@ SAVE_KWARG = "aura_key_rows"
 
 
 def insert_params(records: tuple[IdempotencyRecord, ...]) -> tuple[list[Any], ...]:
-    return (
-        Texts(r.key_hash for r in records),
-        Texts(r.command_type for r in records),
-        Texts(r.idempotency_key for r in records),
-        Uuids(r.aggregate_id for r in records),
-        Texts(r.request_hash for r in records),
-        BigInts(r.from_version for r in records),
-        BigInts(r.to_version for r in records),
-    )
+    """The key rows as the insert's seven arrays, one per column: the records turned
+    into columns by ``zip`` (a generator per column cost a batch 0.4 µs a command;
+    issue 27)."""
+    if not records:
+        return (Texts(), Texts(), Texts(), Uuids(), Texts(), BigInts(), BigInts())
+    key_hashes, types, keys, ids, request_hashes, froms, tos = zip(*records, strict=True)
+    return (Texts(key_hashes), Texts(types), Texts(keys), Uuids(ids), Texts(request_hashes),
+            BigInts(froms), BigInts(tos))
 
 
 def prune(conn: psycopg.Connection[Any], older_than: timedelta) -> int:
