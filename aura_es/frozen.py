@@ -13,6 +13,7 @@ dataclass's own (``tests/test_frozen.py`` holds them to a plain twin's).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -21,6 +22,32 @@ T = TypeVar("T")
 def quick_init(cls: type[T]) -> type[T]:
     """``cls`` (a frozen dataclass whose fields have plain defaults, without
     ``__post_init__`` or slots) with an ``__init__`` that fills ``__dict__`` at once."""
+    init = _filling(cls, "__init__", "self", "self.__dict__.update({assigned})")
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__doc__ = cls.__init__.__doc__
+    init.__annotations__ = dict(cls.__init__.__annotations__)
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
+
+
+def quick_new(cls: type[T]) -> Callable[..., T]:
+    """A function making ``cls``'s instances (the same arguments as ``cls(...)``) by
+    filling their ``__dict__`` at once: for a frozen dataclass of a library's, whose
+    ``__init__`` is not ours to replace (the library's ``StoredEvent``, made for every
+    event written and read). The same conditions as ``quick_init``."""
+    make: Callable[..., T] = _filling(
+        cls, "make", None, "instance = _new(_cls)\n"
+        "    instance.__dict__.update({assigned})\n    return instance",
+        _new=object.__new__, _cls=cls)
+    make.__qualname__ = f"quick_new({cls.__qualname__})"
+    return make
+
+
+def _filling(cls: type, name: str, first: str | None, body: str,
+             **names: Any) -> Callable[..., Any]:
+    """A function ``name`` taking ``cls``'s fields as its ``__init__`` does (after
+    ``first``, if any), whose ``body`` has ``{assigned}``: ``field=field, ...``."""
     params = cls.__dict__.get("__dataclass_params__")
     if params is None or not params.frozen:
         raise TypeError(f"{cls.__name__} is not a frozen dataclass")
@@ -29,7 +56,7 @@ def quick_init(cls: type[T]) -> type[T]:
     fields = [f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
               if f.init]
     defaults: dict[str, Any] = {}
-    signature = []
+    signature = [first] if first else []
     for f in fields:
         if f.default_factory is not dataclasses.MISSING or f.kw_only:
             raise TypeError(f"{cls.__name__}.{f.name}: quick_init takes plain fields only")
@@ -39,14 +66,9 @@ def quick_init(cls: type[T]) -> type[T]:
             defaults[f"_default_{f.name}"] = f.default
             signature.append(f"{f.name}=_default_{f.name}")
     assigned = ", ".join(f"{f.name}={f.name}" for f in fields)
-    source = (f"def __init__(self, {', '.join(signature)}):\n"
-              f"    self.__dict__.update({assigned})\n")
-    namespace: dict[str, Any] = dict(defaults)
+    source = (f"def {name}({', '.join(signature)}):\n"
+              f"    {body.format(assigned=assigned)}\n")
+    namespace: dict[str, Any] = {**defaults, **names}
     exec(compile(source, f"<quick_init {cls.__qualname__}>", "exec"), namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__module__ = cls.__module__
-    init.__doc__ = cls.__init__.__doc__
-    init.__annotations__ = dict(cls.__init__.__annotations__)
-    cls.__init__ = init  # type: ignore[method-assign]
-    return cls
+    made: Callable[..., Any] = namespace[name]
+    return made

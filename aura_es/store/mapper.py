@@ -28,6 +28,7 @@ from eventsourcing.utils import get_topic, resolve_topic
 from aura_es import payload
 from aura_es.errors import ConfigurationError, EventUndecodable, EventVersionUnknown
 from aura_es.events import missing_topic
+from aura_es.frozen import quick_new
 from aura_es.payload import json_default
 from aura_es.personal import SEALED_KEY, personal_fields, subject_of
 from aura_es.store import sealing
@@ -157,6 +158,11 @@ class MappedLazily(abc.Sequence[StoredEvent]):
             mapped.append(to_stored(event))
 
 
+#: ``StoredEvent(...)`` for every event mapped and read, without the four
+#: ``object.__setattr__`` calls of its frozen ``__init__`` (1.1 -> 0.3 µs; issue 27).
+stored_event = quick_new(StoredEvent)
+
+
 @dataclass(frozen=True)
 class SealedStoredEvent(StoredEvent):
     """A stored event whose personal fields are sealed: the recorder writes its subject
@@ -208,12 +214,7 @@ class JsonMapper(Mapper[UUID]):
             # Checked as plaintext (above), stored sealed: the schema's placeholders fit.
             return self._sealed(event_state, fields, cls, originator_id, originator_version,
                                 topic, what)
-        return StoredEvent(
-            originator_id=originator_id,
-            originator_version=originator_version,
-            topic=topic,
-            state=state,
-        )
+        return stored_event(originator_id, originator_version, topic, state)
 
     def to_stored_events(self, events: list[DomainEventProtocol[UUID]]
                          ) -> abc.Sequence[StoredEvent]:

@@ -52,7 +52,7 @@ from aura_es.store.arrays import BigInts, Blobs, Texts, Uuids, as_uuid
 from aura_es.store.at_once import AppendAtOnce
 from aura_es.store.chunked import CHUNKED_FROM, ChunkStatements, append_statement
 from aura_es.store.keyring import Keyring, SubjectErased
-from aura_es.store.mapper import SealedStoredEvent
+from aura_es.store.mapper import SealedStoredEvent, stored_event
 from aura_es.store.names import EVENTS_TABLE, RESERVE_FUNCTION
 from aura_es.store.own_connection import OwnConnection
 from aura_es.store.pipelined import StepwiseAppend, append_in_chunks
@@ -309,7 +309,7 @@ class AuraRecorder(PostgresApplicationRecorder):
         with self.connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
             curs.execute(statement, (aggregate_id, *params), prepare=True,
                          binary=True)
-            return [StoredEvent(row[0], row[1], row[2], bytes(row[3]))
+            return [stored_event(row[0], row[1], row[2], bytes(row[3]))
                     for row in curs.fetchall()]
 
     def _append(self, conn: psycopg.Connection[Any], stored_events: Sequence[StoredEvent],
