@@ -9,6 +9,7 @@ creating class methods call ``cls._create(EventClass, id=..., **fields)``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, cast
 from uuid import UUID
 
@@ -18,12 +19,14 @@ from eventsourcing.domain import (
     BaseAggregate,
     CanInitAggregate,
     CanMutateAggregate,
+    DomainEvent,
     _init_mentions_id,
     _spec_filter_kwargs_for_method_params,
 )
 from eventsourcing.utils import _type_cache, get_topic, register_topic
 
 from aura_es.events import new_meta
+from aura_es.frozen import quick_new
 
 A = TypeVar("A", bound="AuraAggregate")
 
@@ -47,15 +50,15 @@ class AuraAggregate(Aggregate):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("meta", new_meta())
-        if kwargs.get("timestamp") is None and _triggers_the_short_way(
-                type(self), cast(type, event_class)):
+        if kwargs.get("timestamp") is None and isinstance(self.id, UUID) and (
+                _triggers_the_short_way(type(self), cast(type, event_class))):
             # The library's steps, less its per-call checks that hold here by
             # construction (the event's id and version are the aggregate's next).
             kwargs["originator_id"] = self.id
             kwargs["originator_version"] = self.version + 1
             kwargs["timestamp"] = event_class.create_timestamp()  # type: ignore[attr-defined]
             try:
-                event = event_class(**kwargs)
+                event = _maker(cast(type, event_class))(**kwargs)
             except TypeError as e:
                 raise TypeError(f"Can't construct event {event_class}: {e}") from None
             event.apply(self)  # type: ignore[attr-defined]
@@ -95,6 +98,24 @@ def _takes_the_short_way(cls: type[AuraAggregate], event_class: type) -> bool:
 
 
 @functools.cache
+def _maker(event_class: type) -> Callable[..., Any]:
+    """What makes ``event_class``'s events on the short ways: for a class whose
+    ``__init__`` is the one its dataclass decorator wrote, a function that fills the
+    event's ``__dict__`` in the fields' order as that ``__init__`` does, one call where
+    it makes one per field (``frozen.quick_new``; 2.2 -> 0.9 µs a debate's event, warm;
+    issue 27). The library's ``__post_init__`` (its originator id a UUID) holds on the
+    short ways by construction. Any other class: the class itself."""
+    init = vars(event_class).get("__init__")
+    code = getattr(init, "__code__", None)
+    if code is None or code.co_filename != "<string>":  # written by hand, not generated
+        return event_class
+    try:
+        return quick_new(event_class, held_post_init=DomainEvent.__post_init__)
+    except TypeError:  # slots, factories, keyword-only fields, a __post_init__ of its own
+        return event_class
+
+
+@functools.cache
 def _triggers_the_short_way(cls: type[AuraAggregate], event_class: type) -> bool:
     """Whether ``trigger_event`` can skip the library's general path for this pair:
     the aggregate has no explicit TOPIC (whose checks the library makes) and the event
@@ -114,9 +135,9 @@ def _created(cls: type[A], event_class: type[CanInitAggregate[Any]], kwargs: dic
     version = cls.INITIAL_VERSION
     timestamp = event_class.create_timestamp()  # type: ignore[attr-defined]
     try:
-        event = event_class(originator_topic=get_topic(cls),  # type: ignore[call-arg]
-                            originator_id=aggregate_id, originator_version=version,
-                            timestamp=timestamp, **kwargs)
+        event = _maker(cast(type, event_class))(
+            originator_topic=get_topic(cls), originator_id=aggregate_id,
+            originator_version=version, timestamp=timestamp, **kwargs)
     except TypeError as e:
         raise TypeError(f"Unable to construct '{event_class.__qualname__}' event: {e}") from e
     aggregate = cls.__new__(cls)

@@ -31,27 +31,33 @@ def quick_init(cls: type[T]) -> type[T]:
     return cls
 
 
-def quick_new(cls: type[T]) -> Callable[..., T]:
+def quick_new(cls: type[T], *, held_post_init: Callable[[Any], None] | None = None
+              ) -> Callable[..., T]:
     """A function making ``cls``'s instances (the same arguments as ``cls(...)``) by
-    filling their ``__dict__`` at once: for a frozen dataclass of a library's, whose
-    ``__init__`` is not ours to replace (the library's ``StoredEvent``, made for every
-    event written and read). The same conditions as ``quick_init``."""
+    filling their ``__dict__`` at once: for a frozen dataclass whose ``__init__`` is
+    not ours to replace (the library's ``StoredEvent``, made for every event written
+    and read; an aggregate's events). The same conditions as ``quick_init``, but that
+    ``cls`` may have ``held_post_init`` as its ``__post_init__``: a check its caller
+    holds by construction, so it is not run."""
     make: Callable[..., T] = _filling(
         cls, "make", None, "instance = _new(_cls)\n"
         "    instance.__dict__.update({assigned})\n    return instance",
-        _new=object.__new__, _cls=cls)
+        held_post_init, _new=object.__new__, _cls=cls)
     make.__qualname__ = f"quick_new({cls.__qualname__})"
     return make
 
 
 def _filling(cls: type, name: str, first: str | None, body: str,
+             held_post_init: Callable[[Any], None] | None = None,
              **names: Any) -> Callable[..., Any]:
     """A function ``name`` taking ``cls``'s fields as its ``__init__`` does (after
     ``first``, if any), whose ``body`` has ``{assigned}``: ``field=field, ...``."""
-    params = cls.__dict__.get("__dataclass_params__")
-    if params is None or not params.frozen:
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is None or not params.frozen or "__dataclass_fields__" not in vars(cls):
         raise TypeError(f"{cls.__name__} is not a frozen dataclass")
-    if hasattr(cls, "__post_init__") or "__slots__" in cls.__dict__:
+    post_init = getattr(cls, "__post_init__", None)
+    if (post_init is not None and post_init is not held_post_init) or any(
+            getattr(base, "__slots__", ()) for base in cls.__mro__):
         raise TypeError(f"{cls.__name__}: quick_init takes no __post_init__ or slots")
     fields = [f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
               if f.init]

@@ -322,6 +322,8 @@ def test_the_short_way_to_create_an_aggregate_gives_what_the_librarys_gives(
         assert short.created_on == ours.timestamp and short.modified_on == ours.timestamp
         assert {k: v for k, v in vars(ours).items() if k != "timestamp"} == {
             k: v for k, v in vars(theirs).items() if k != "timestamp"}
+        # In the same order: the stored JSON's keys follow it.
+        assert list(vars(ours)) == list(vars(theirs))
 
 
 def test_an_aggregate_whose_init_takes_arguments_is_created_the_librarys_way() -> None:
@@ -372,6 +374,7 @@ def test_the_short_way_to_trigger_an_event_gives_what_the_librarys_gives(
     for mine, library in zip(ours, theirs, strict=True):
         assert {k: v for k, v in vars(mine).items() if k != "timestamp"} == {
             k: v for k, v in vars(library).items() if k != "timestamp"}
+        assert list(vars(mine)) == list(vars(library))
     assert short.modified_on == ours[-1].timestamp
     assert {k: v for k, v in vars(short).items() if k != "_modified_on"} == {
         k: v for k, v in vars(general).items() if k != "_modified_on"}
