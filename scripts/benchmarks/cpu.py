@@ -7,7 +7,9 @@ out: what a writer process spends of a core. The anchors: one bare autocommit ps
 ``app.save`` without keys. ``--profile`` adds where a keyed command's CPU goes, by
 stage, from cProfile. When the server runs on this machine (the embedded default), the
 server's side is reported too: the CPU time of the backend process that ran the
-commands (``/proc/PID/stat``), per command.
+commands (``/proc/PID/stat``), per command. ``--instructions`` counts the client's
+instructions per command instead, under valgrind (``instructions.py``): a figure the
+machine's changing speed does not move.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import psycopg
 
 from aura_es.app import AuraApp
 from aura_es.commands import Create
-from scripts.benchmarks._common import fresh_database, postgres, report
+from scripts.benchmarks import instructions
+from scripts.benchmarks._common import console, fresh_database, postgres, report
 from scripts.benchmarks.append import PlainDebate, UsageBatch, plain_app
 
 #: A stored event as the bare INSERT writes it: the same columns, a similar payload.
@@ -197,6 +200,9 @@ def profile(url: str, n: int) -> list[dict[str, Any]]:
 
 
 def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
+    if "--instructions" in argv:
+        counted_instructions(as_json=as_json)
+        return
     n = 500 if quick else 3000
     with postgres() as admin, fresh_database(admin) as url:
         figures = measure(url, n)
@@ -216,3 +222,19 @@ def main(*, quick: bool, as_json: bool, argv: list[str]) -> None:
     if stages:
         report("where a keyed command's client CPU goes (cProfile, cumulative)", stages,
                as_json=as_json)
+
+
+def counted_instructions(*, as_json: bool) -> None:
+    """``--instructions``: each case's client instructions per command (valgrind)."""
+    try:
+        instructions.require_valgrind()  # before a server is started for nothing
+        with postgres() as admin, fresh_database(admin) as url, console.status(
+                "counting instructions under valgrind (each case twice; a few minutes)…"):
+            counted = instructions.per_command(url)
+    except instructions.ValgrindMissing as e:
+        console.print(f"scripts/bench cpu: {e}", soft_wrap=True, markup=False)
+        raise SystemExit(2) from None
+    bare = counted["bare psycopg INSERT"]
+    report("cpu: client instructions per command (callgrind, user space, same run)",
+           [{"case": case, "instructions": round(count), "x bare INSERT": round(count / bare, 2)}
+            for case, count in counted.items()], as_json=as_json)
