@@ -111,7 +111,7 @@ def _maker(event_class: type) -> Callable[..., Any]:
         return event_class
     try:
         return quick_new(event_class, held_post_init=DomainEvent.__post_init__)
-    except TypeError:  # slots, factories, keyword-only fields, a __post_init__ of its own
+    except TypeError:  # slots, factories, keyword-only fields, its own __post_init__ or __new__
         return event_class
 
 

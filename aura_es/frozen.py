@@ -38,7 +38,10 @@ def quick_new(cls: type[T], *, held_post_init: Callable[[Any], None] | None = No
     not ours to replace (the library's ``StoredEvent``, made for every event written
     and read; an aggregate's events). The same conditions as ``quick_init``, but that
     ``cls`` may have ``held_post_init`` as its ``__post_init__``: a check its caller
-    holds by construction, so it is not run."""
+    holds by construction, so it is not run. A class with a ``__new__`` of its own is
+    refused: the function makes instances with ``object.__new__``."""
+    if cls.__new__ is not object.__new__:
+        raise TypeError(f"{cls.__name__}: quick_new takes no __new__ of its own")
     make: Callable[..., T] = _filling(
         cls, "make", None, "instance = _new(_cls)\n"
         "    instance.__dict__.update({assigned})\n    return instance",

@@ -112,6 +112,18 @@ def test_what_it_cannot_make_the_same_is_refused(cls: type) -> None:
         quick_new(cls)
 
 
+def test_a_class_made_by_a_new_of_its_own_is_not_made_quickly() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Interned:
+        a: int
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Interned:
+            return super().__new__(cls)
+
+    with pytest.raises(TypeError, match="__new__"):
+        quick_new(Interned)
+
+
 _make_stored = quick_new(StoredEvent)
 
 
