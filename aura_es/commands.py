@@ -33,7 +33,7 @@ from aura_es.errors import (
     IdempotencyKeyConflict,
     ServiceUnavailable,
 )
-from aura_es.events import CommandContext, command_context
+from aura_es.events import COMMAND_CONTEXT, CommandContext
 from aura_es.frozen import quick_init
 from aura_es.observability import tracing
 from aura_es.observability.metrics import DUPLICATES_ABSORBED, EVENTS_APPENDED, OUTAGE_RETRIES
@@ -414,7 +414,10 @@ class CommandPipeline:
         context = CommandContext(tenant_id, command.correlation_id or random_uuid(),
                                  command.causation_id, command.idempotency_key, command.subject)
         aggregate: AuraAggregate
-        with command_context(context):
+        # ``command_context``'s work without its object and two method calls (0.8 -> 0.4
+        # µs a command, warm; issue 27).
+        token = COMMAND_CONTEXT.set(context)
+        try:
             if isinstance(command, Create):
                 aggregate = command.make(p.aggregate_id)
                 before = 0
@@ -423,6 +426,8 @@ class CommandPipeline:
                 aggregate = existing
                 before = aggregate.version
                 command.change(aggregate)
+        finally:
+            COMMAND_CONTEXT.reset(token)
         if aggregate.version == before:
             raise DomainError(f"command {command.type!r} raised no event")
         p.record = IdempotencyRecord(p.key_hash, command.type, command.idempotency_key,

@@ -39,6 +39,9 @@ class CommandContext:
 _current_context: ContextVar[CommandContext] = ContextVar(
     "aura_command_context", default=CommandContext()  # noqa: B039
 )
+#: The variable itself, for the command pipeline's decide, which sets and resets it
+#: without a ``command_context`` each command.
+COMMAND_CONTEXT = _current_context
 
 
 class command_context:
