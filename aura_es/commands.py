@@ -414,8 +414,8 @@ class CommandPipeline:
         context = CommandContext(tenant_id, command.correlation_id or random_uuid(),
                                  command.causation_id, command.idempotency_key, command.subject)
         aggregate: AuraAggregate
-        # ``command_context``'s work without its object and two method calls (0.8 -> 0.4
-        # µs a command, warm; issue 27).
+        # The events' metadata source, set on the variable itself: a context manager
+        # object and its two calls cost 0.8 µs a command where this costs 0.4 (issue 27).
         token = COMMAND_CONTEXT.set(context)
         try:
             if isinstance(command, Create):

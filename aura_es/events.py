@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 from uuid import UUID
 
 from eventsourcing.domain import AggregateCreated, AggregateEvent
@@ -35,33 +35,17 @@ class CommandContext:
     subject: str | None = None
 
 
-# CommandContext is frozen, so one shared default instance is safe.
-_current_context: ContextVar[CommandContext] = ContextVar(
+#: The metadata source of the events a command raises (``new_meta``): the command
+#: pipeline's decide sets it around each command and resets it after. CommandContext is
+#: frozen, so one shared default instance is safe.
+COMMAND_CONTEXT: ContextVar[CommandContext] = ContextVar(
     "aura_command_context", default=CommandContext()  # noqa: B039
 )
-#: The variable itself, for the command pipeline's decide, which sets and resets it
-#: without a ``command_context`` each command.
-COMMAND_CONTEXT = _current_context
-
-
-class command_context:
-    """Makes ``context`` the metadata source for events raised inside the block."""
-
-    def __init__(self, context: CommandContext) -> None:
-        self._context = context
-        self._token: Any = None
-
-    def __enter__(self) -> CommandContext:
-        self._token = _current_context.set(self._context)
-        return self._context
-
-    def __exit__(self, *exc: object) -> None:
-        _current_context.reset(self._token)
 
 
 def new_meta() -> dict[str, str | None]:
     """Metadata for one new event, taken from the active command context."""
-    ctx = _current_context.get()
+    ctx = COMMAND_CONTEXT.get()
     meta = {
         "event_id": random_uuid(),
         "tenant_id": ctx.tenant_id,
