@@ -23,24 +23,24 @@ import gc
 import os
 import threading
 
-from aura_es import forks
 from aura_es.switches import yes_no
 
 #: ``AURA_ES_SETTLE_HEAP``: a yes/no value, yes when unset.
 SETTLE_HEAP = "AURA_ES_SETTLE_HEAP"
 
 _lock = threading.Lock()
-#: The fork generation (``forks.generation``) whose heap was settled; None before.
-_settled_in: int | None = None
+#: Whether this process's heap was settled (a forked child's not yet: ``_forked``).
+_settled = False
 
 
-def _new_lock() -> None:
-    # A child forked while another thread held the lock would wait on it for ever.
-    global _lock
-    _lock = threading.Lock()
+def _forked() -> None:
+    # The child's heap is its own to settle; and a child forked while another thread
+    # held the lock would wait on it for ever.
+    global _lock, _settled
+    _lock, _settled = threading.Lock(), False
 
 
-os.register_at_fork(after_in_child=_new_lock)
+os.register_at_fork(after_in_child=_forked)
 
 
 def settle() -> None:
@@ -56,16 +56,14 @@ def settle_once() -> bool:
     collection first (a full one costs a short command tens of milliseconds): what
     the imports left behind is little. ``ConfigurationError`` names a value that is
     not yes or no."""
-    global _settled_in
-    wanted = settling_wanted()
-    generation = forks.generation()
-    if not wanted or _settled_in == generation:
+    global _settled
+    if not settling_wanted() or _settled:
         return False
     with _lock:
-        if _settled_in == generation:
+        if _settled:
             return False
         gc.freeze()
-        _settled_in = generation
+        _settled = True
     return True
 
 
