@@ -56,7 +56,7 @@ def _case(name: str, url: str) -> Callable[[int], object]:
 
     app = AuraApp(url, pool_size=2)
     raw = psycopg.connect(url, autocommit=True)
-    rows = b'{"topic": "t", "participants": ["a", "b"]}'
+    state = b'{"topic": "t", "participants": ["a", "b"]}'
     cases: dict[str, Callable[[int], object]] = {
         "bare psycopg INSERT": lambda i: raw.execute(BARE_INSERT, bare_row()),
         "keyed single-event command": lambda i: app.start_debate(
@@ -68,7 +68,7 @@ def _case(name: str, url: str) -> Callable[[int], object]:
             app.start_debate_command("AI ethics", ["a", "b"],
                                      idempotency_key=f"m{i}-{j}-{uuid4()}")
             for j in range(100)]),
-        "raw executemany of 100 rows, per row": lambda i: _raw_batch(raw, rows),
+        "raw executemany of 100 rows, per row": lambda i: _raw_batch(raw, state),
     }
     return cases[name]
 
