@@ -23,6 +23,7 @@ from aura_es import (
     IdempotencyKeyConflict,
 )
 from aura_es.commands import Command
+from aura_es.store import idempotency
 from aura_es.testing.servers import PostgresServer
 from tests.support.commands import empty as reset
 from tests.support.commands import stored_events
@@ -287,6 +288,40 @@ def test_a_racing_duplicate_that_loses_the_version_race_is_a_duplicate(app: Aura
         assert sorted([a.duplicate, b.duplicate]) == [False, True]
     assert app.get_debate(debate_id).arguments == 15
 
+
+
+def test_a_duplicate_committed_while_its_append_waits_is_answered(app: AuraApp) -> None:
+    """Another session holds the command's key row uncommitted: the append waits for
+    it, and once it commits, answers with the row it stored, storing nothing."""
+    reset(app)
+    command = app.start_debate_command("t", ["a"], idempotency_key="held")
+    aggregate_id = idempotency.derived_aggregate_id(command.type, command.tenant_id, "held")
+    record = idempotency.IdempotencyRecord(
+        idempotency.key_hash(command.type, aggregate_id, "held"), command.type, "held",
+        aggregate_id, idempotency.request_hash(command.type, command.request), 1, 1)
+    holder = app.connect(autocommit=False)
+    answers: list[CommandResult] = []
+    try:
+        holder.execute(idempotency.INSERT_ONE, record)
+        appending = threading.Thread(target=lambda: answers.append(app.execute(command)))
+        appending.start()
+        with app.connect() as watcher:
+            for _ in range(2000):  # until the append queues behind the held key row
+                row = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%%aura_idempotency%%' AND pid <> %s",
+                    (holder.info.backend_pid,)).fetchone()
+                if row and row[0]:
+                    break
+                watcher.execute("SELECT pg_sleep(0.005)")
+            else:
+                pytest.fail("the append never waited for the held key row")
+        holder.commit()
+        appending.join(timeout=30)
+    finally:
+        holder.close()
+    assert answers == [CommandResult(aggregate_id, 1, 1, (), duplicate=True)]
+    assert stored_events(app) == 0
 
 def _fingerprint(url: str) -> tuple[list[tuple[Any, ...]], list[str]]:
     app = AuraApp(url, pool_size=1)
