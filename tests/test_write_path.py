@@ -387,25 +387,33 @@ def test_a_key_lookup_reads_no_table_scan_whatever_the_tables_statistics(db_url:
     every lookup (a bulk load into a new store slowed sevenfold over 30,000 commands)."""
     from aura_es.dsn import parse_database_url
     from aura_es.store import idempotency
+    from aura_es.store.prepared import PreparedAppend
 
     conninfo = parse_database_url(db_url).conninfo()
     hashes = [f"h{i:05d}" for i in range(3000)]
-    with psycopg.connect(conninfo) as conn:
-        cur = conn.cursor(row_factory=psycopg.rows.dict_row)
+    # The recorder's lookup (``AuraRecorder.stored_keys``): the statement prepared on
+    # the connection, run by libpq.
+    lookup = PreparedAppend(idempotency.LOOKUP.as_string())
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+
+        def stored(key_hashes: list[str]) -> dict[str, Any]:
+            return idempotency.stored_in(conn, lookup.result(conn, (key_hashes,)))
+
         for _ in range(8):  # past PostgreSQL's five custom plans: the generic one is chosen
-            assert idempotency.stored(cur, ["nothing"]) == {}
-            assert idempotency.stored(cur, ["nothing", "else"]) == {}
-        conn.commit()
+            assert stored(["nothing"]) == {}
+            assert stored(["nothing", "else"]) == {}
         with psycopg.connect(conninfo, autocommit=True) as writer:
             writer.execute(
                 "INSERT INTO aura_idempotency (key_hash, command_type, idempotency_key,"
                 " aggregate_id, request_hash, from_version, to_version)"
                 " SELECT h, 'c', h, gen_random_uuid(), 'r', 1, 1 FROM unnest(%s::text[]) h",
                 (hashes,))
-        found_one = idempotency.stored(cur, [hashes[7]])
-        found_many = idempotency.stored(cur, hashes[100:200])
+        conn.execute("BEGIN")  # the table's reads counted for this transaction only
+        found_one = stored([hashes[7]])
+        found_many = stored(hashes[100:200])
         row = conn.execute("SELECT coalesce(seq_tup_read, 0) FROM pg_stat_xact_user_tables"
                            " WHERE relname = 'aura_idempotency'").fetchone()
+        conn.execute("COMMIT")
     assert list(found_one) == [hashes[7]]
     assert sorted(found_many) == hashes[100:200]
     assert row == (0,)
@@ -424,13 +432,16 @@ def test_a_statement_the_server_holds_but_the_client_lost_track_of_is_used(
     assert held is not None
     try:
         for statement in (app.recorder._prepared_one_with_key,  # type: ignore[attr-defined]
-                          app.recorder._prepared_one):  # type: ignore[attr-defined]
+                          app.recorder._prepared_one,  # type: ignore[attr-defined]
+                          app.recorder._look_up_keys):  # type: ignore[attr-defined]
             statement._held.discard(held)
     finally:
         own.give_back(held)
     result = app.execute(app.start_debate_command("t", ["a"], idempotency_key="second"))
     assert not result.duplicate and _stored(app, result.aggregate_id) == [
         (result.positions[0], 1, "aura.debate.started.v1")]
+    retried = app.execute(app.start_debate_command("t", ["a"], idempotency_key="first"))
+    assert retried.duplicate and retried.positions == (1,)
 
 
 @settings(max_examples=40, deadline=None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -193,16 +192,11 @@ LOOKUP = sql.SQL(
 ).format(e=sql.Identifier(EVENTS_TABLE), k=sql.Identifier(TABLE))
 
 
-def stored(cur: psycopg.Cursor[Any], key_hashes: Sequence[str]) -> dict[str, Any]:
-    """The stored keys among ``key_hashes``, with the positions their command stored."""
-    # A typed array in binary: psycopg would inspect every element of a plain list.
-    cur.execute(LOOKUP, (Texts(key_hashes),), prepare=True, binary=True)
-    return {row["key_hash"]: row for row in cur.fetchall()}
-
-
 def stored_in(conn: psycopg.Connection[Any], result: pq.abc.PGresult) -> dict[str, Any]:
-    """``stored``'s answer from ``LOOKUP``'s result (binary) read some other way: the
-    question a batch saved at once asks first (``at_once.py``)."""
+    """The stored keys that ``LOOKUP`` found, from its result (binary), by key hash: each
+    a dict of the key row's columns and ``positions``, the positions its command stored.
+    ``LOOKUP`` is run by the recorder (a retry's ``stored_keys``) and asked first by a
+    batch saved at once (``at_once.py``)."""
     names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
     loader = Transformer(conn)
     loader.set_pgresult(result)

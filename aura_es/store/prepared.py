@@ -123,6 +123,10 @@ class PreparedAppend:
     def positions(self, conn: psycopg.Connection[Any], params: Sequence[Any]) -> list[int]:
         """Runs the statement on ``conn`` (autocommit, not in use by anyone else) and
         returns the positions; errors are psycopg's, as a cursor would raise them."""
+        return read_positions(self.result(conn, params))
+
+    def result(self, conn: psycopg.Connection[Any], params: Sequence[Any]) -> pq.abc.PGresult:
+        """``positions``'s run, its result (binary) for the caller to read."""
         encoded = self.encode(params)
         if conn not in self._held:
             self._prepare(conn)
@@ -141,11 +145,10 @@ class PreparedAppend:
             self._check(conn, conn.wait(generators.execute(pgconn)), pq.ExecStatus.COMMAND_OK)
         self._held.add(conn)
 
-    def _run(self, conn: psycopg.Connection[Any], encoded: list[bytes]) -> list[int]:
+    def _run(self, conn: psycopg.Connection[Any], encoded: list[bytes]) -> pq.abc.PGresult:
         pgconn = conn.pgconn
         pgconn.send_query_prepared(self.name, encoded, self._formats, pq.Format.BINARY)
-        return read_positions(self._check(conn, conn.wait(generators.execute(pgconn)),
-                                          pq.ExecStatus.TUPLES_OK))
+        return self._check(conn, conn.wait(generators.execute(pgconn)), pq.ExecStatus.TUPLES_OK)
 
     @staticmethod
     def _check(conn: psycopg.Connection[Any], results: list[pq.abc.PGresult],

@@ -33,6 +33,7 @@ SMALL, LARGE = 5, 25
 CASES: dict[str, int] = {
     "bare psycopg INSERT": 1,
     "keyed single-event command": 1,
+    "a retried keyed command (absorbed)": 1,
     "100-event command, per event": 100,
     "100 keyed commands in one transaction, per command": 100,
     "raw executemany of 100 rows, per row": 100,
@@ -57,10 +58,15 @@ def _case(name: str, url: str) -> Callable[[int], object]:
     app = AuraApp(url, pool_size=2)
     raw = psycopg.connect(url, autocommit=True)
     state = b'{"topic": "t", "participants": ["a", "b"]}'
+    retried = f"r-{uuid4()}"
+    if name == "a retried keyed command (absorbed)":
+        app.start_debate("AI ethics", ["a", "b"], idempotency_key=retried)
     cases: dict[str, Callable[[int], object]] = {
         "bare psycopg INSERT": lambda i: raw.execute(BARE_INSERT, bare_row()),
         "keyed single-event command": lambda i: app.start_debate(
             "AI ethics", ["a", "b"], idempotency_key=f"k{i}-{uuid4()}"),
+        "a retried keyed command (absorbed)": lambda i: app.start_debate(
+            "AI ethics", ["a", "b"], idempotency_key=retried),
         "100-event command, per event": lambda i: app.execute(Create(
             "import", f"b{i}-{uuid4()}", {"n": i},
             lambda batch_id: UsageBatch.imported(batch_id, "bench", 100))),
