@@ -222,8 +222,8 @@ class EventSourcedApp(Application[UUID]):
 
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
-        # The connection the recorder keeps between appends, when free: a retried
-        # command's lookup then costs no checkout from the pool.
+        # The connection the recorder keeps between appends, when free: a read of
+        # aggregates for a command then costs no checkout from the pool.
         with self.recorder.connection() as conn, conn.cursor() as cur:  # type: ignore[attr-defined]
             yield cur
 

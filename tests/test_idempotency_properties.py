@@ -289,7 +289,6 @@ def test_a_racing_duplicate_that_loses_the_version_race_is_a_duplicate(app: Aura
     assert app.get_debate(debate_id).arguments == 15
 
 
-
 def test_a_duplicate_committed_while_its_append_waits_is_answered(app: AuraApp) -> None:
     """Another session holds the command's key row uncommitted: the append waits for
     it, and once it commits, answers with the row it stored, storing nothing."""
@@ -322,6 +321,7 @@ def test_a_duplicate_committed_while_its_append_waits_is_answered(app: AuraApp) 
         holder.close()
     assert answers == [CommandResult(aggregate_id, 1, 1, (), duplicate=True)]
     assert stored_events(app) == 0
+
 
 def _fingerprint(url: str) -> tuple[list[tuple[Any, ...]], list[str]]:
     app = AuraApp(url, pool_size=1)

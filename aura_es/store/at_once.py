@@ -55,7 +55,7 @@ class AppendAtOnce:
         return not answer.ntuples
 
     def stored(self) -> dict[str, Any] | None:
-        """The batch's keys found stored, as ``idempotency.stored`` gives them, once
+        """The batch's keys found stored, as ``idempotency.stored_in`` reads them, once
         ``none_stored`` has said some are (None before, or when the server could not
         answer): a batch sent again answers its duplicates from them, without a lookup
         of its own (a round trip, 0.4 ms of a 100-command batch's)."""
