@@ -16,7 +16,6 @@ import contextlib
 import time
 from typing import Any
 
-import nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -59,9 +58,12 @@ class OrderedRead:
         assert self._sub is not None, "open() first"
         try:
             msgs: list[Msg] = await self._sub.fetch(size, timeout=timeout)
-        except nats.errors.TimeoutError:
-            # Idle, not failed (nats-py 2.16 raises its plain TimeoutError on an empty
-            # fetch, FetchTimeoutError only after a heartbeat): now and then make sure
+        except TimeoutError:
+            # Idle, not failed. nats-py 2.16 raises its own TimeoutError on an empty
+            # fetch (FetchTimeoutError only after a heartbeat), and Python's own when the
+            # deadline ran out between its two requests (a loaded machine, a short
+            # timeout): both are TimeoutErrors. Taken as a failure, an idle poll backed
+            # the consumer off (up to its retry's cap). Now and then make sure
             # the server-side consumer still exists (a restarted broker forgets it).
             if time.monotonic() - self._checked_at > self.alive_check_seconds:
                 self._checked_at = time.monotonic()

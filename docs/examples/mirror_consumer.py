@@ -14,7 +14,6 @@ import sys
 from typing import Any
 
 import nats
-from nats.errors import TimeoutError as NatsTimeout
 
 
 async def consume(url: str, *, stream: str = "AURA_EVENTS", durable: str = "billing",
@@ -29,7 +28,7 @@ async def consume(url: str, *, stream: str = "AURA_EVENTS", durable: str = "bill
         while limit is None or len(seen) < limit:
             try:
                 messages = await subscription.fetch(batch=100, timeout=2)
-            except NatsTimeout:
+            except TimeoutError:  # nats-py's, or Python's when its deadline runs out
                 if limit is not None:
                     break
                 continue
